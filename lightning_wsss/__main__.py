@@ -1,0 +1,7 @@
+"""``python -m lightning_wsss`` is the same as ``wsss``."""
+
+import sys
+
+from .cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,15 @@
+"""LightningDataModules, one per supervision type, sharing :class:`WSSSDataModule`."""
+
+from .base import TransformedDataset, WSSSDataModule
+from .collate import collate_samples
+from .supervision import BoxDataModule, ImageLabelDataModule, MaskDataModule, PseudoMaskDataModule
+
+__all__ = [
+    "WSSSDataModule",
+    "TransformedDataset",
+    "ImageLabelDataModule",
+    "BoxDataModule",
+    "MaskDataModule",
+    "PseudoMaskDataModule",
+    "collate_samples",
+]

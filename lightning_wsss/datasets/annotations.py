@@ -1,0 +1,170 @@
+"""Parsing of PASCAL VOC XML annotations and split lists (pure functions, no image I/O)."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import DataError, PathLike
+
+
+def canonical_class_name(name: str) -> str:
+    """Normalise a class name for matching: lower case, letters and digits only ("tv/monitor" == "tvmonitor")."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def class_index_map(class_names: Sequence[str]) -> Dict[str, int]:
+    """Map canonical class names to their indices (background included, at 0)."""
+    return {canonical_class_name(name): index for index, name in enumerate(class_names)}
+
+
+@dataclass(frozen=True)
+class ObjectAnnotations:
+    """The objects of one image.
+
+    Attributes:
+        boxes: float32 [N, 4] (x_min, y_min, x_max, y_max) in 0-based pixel-edge coordinates.
+        labels: int64 [N] class indices in 1..num_classes-1.
+        difficult: bool [N].
+        size: (height, width) declared in the XML, or ``None`` when absent.
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    size: Optional[Tuple[int, int]]
+
+
+def _text(node: ET.Element, tag: str, path: PathLike) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise DataError(path, f"annotation is missing <{tag}>")
+    return child.text.strip()
+
+
+def _number(node: ET.Element, tag: str, path: PathLike) -> float:
+    text = _text(node, tag, path)
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise DataError(path, f"<{tag}> is not a number: {text!r}") from exc
+
+
+def parse_voc_xml(path: PathLike, class_to_index: Dict[str, int]) -> ObjectAnnotations:
+    """Parse a VOC XML file.
+
+    VOC stores 1-based inclusive pixel coordinates (integers or floats); they are converted to 0-based
+    pixel-edge coordinates: ``x_min - 1`` and ``x_max`` unchanged.
+
+    Raises:
+        DataError: unreadable XML, an unknown class name, or a malformed box (non-numeric, zero or negative area).
+    """
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise DataError(path, f"unreadable annotation XML ({exc})") from exc
+    size = None
+    size_node = root.find("size")
+    if size_node is not None and size_node.find("width") is not None and size_node.find("height") is not None:
+        size = (int(_number(size_node, "height", path)), int(_number(size_node, "width", path)))
+    boxes, labels, difficult = [], [], []
+    for obj in root.findall("object"):
+        name = _text(obj, "name", path)
+        index = class_to_index.get(canonical_class_name(name))
+        if index is None or index == 0:
+            known = ", ".join(sorted(k for k, v in class_to_index.items() if v > 0))
+            raise DataError(path, f"unknown class name {name!r} (known: {known})")
+        difficult_node = obj.find("difficult")
+        is_difficult = difficult_node is not None and (difficult_node.text or "0").strip() in ("1", "true")
+        box_node = obj.find("bndbox")
+        if box_node is None:
+            raise DataError(path, f"object {name!r} has no <bndbox>")
+        x0, y0 = _number(box_node, "xmin", path) - 1.0, _number(box_node, "ymin", path) - 1.0
+        x1, y1 = _number(box_node, "xmax", path), _number(box_node, "ymax", path)
+        if x1 <= x0 or y1 <= y0:
+            raise DataError(path, f"box of {name!r} has zero or negative area: {(x0 + 1, y0 + 1, x1, y1)} (VOC xmin, ymin, xmax, ymax)")
+        boxes.append((x0, y0, x1, y1))
+        labels.append(index)
+        difficult.append(is_difficult)
+    return ObjectAnnotations(
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+        difficult=np.asarray(difficult, dtype=bool),
+        size=size,
+    )
+
+
+def validate_boxes(boxes: np.ndarray, height: int, width: int, path: PathLike, tolerance: float = 1.0) -> np.ndarray:
+    """Check that boxes have positive area and lie inside a (height, width) image.
+
+    Boxes that overshoot the border by at most ``tolerance`` pixels (rounding in annotation tools) are clipped.
+
+    Returns:
+        float32 [N, 4] clipped boxes.
+
+    Raises:
+        DataError: a box with zero area or outside the image, naming ``path``.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    for x0, y0, x1, y1 in boxes:
+        if x1 <= x0 or y1 <= y0:
+            raise DataError(path, f"box {(float(x0), float(y0), float(x1), float(y1))} has zero or negative area")
+        if x0 < -tolerance or y0 < -tolerance or x1 > width + tolerance or y1 > height + tolerance:
+            raise DataError(
+                path,
+                f"box {(float(x0), float(y0), float(x1), float(y1))} (0-based x_min, y_min, x_max, y_max) lies outside "
+                f"the {width}x{height} image",
+            )
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    return clipped
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One line of a split list: the image id and, in the ``train_aug`` form, explicit relative paths."""
+
+    image_id: str
+    image_path: Optional[str] = None
+    mask_path: Optional[str] = None
+
+
+def read_split(path: PathLike) -> List[SplitEntry]:
+    """Read ``ImageSets/Segmentation/<split>.txt``.
+
+    Accepts one id per line (``2007_000032``) or the ``train_aug`` form
+    (``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png``).
+
+    Raises:
+        DataError: the file is missing or empty, or lists an id twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "split file is missing")
+    entries: List[SplitEntry] = []
+    seen: Dict[str, int] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) == 1:
+            entry = SplitEntry(parts[0])
+        elif len(parts) == 2:
+            entry = SplitEntry(Path(parts[0]).stem, parts[0].lstrip("/"), parts[1].lstrip("/"))
+        else:
+            raise DataError(path, f"line {number}: expected an id or 'image_path mask_path', got {line!r}")
+        if entry.image_id in seen:
+            raise DataError(path, f"duplicate id {entry.image_id!r} on lines {seen[entry.image_id]} and {number}")
+        seen[entry.image_id] = number
+        entries.append(entry)
+    if not entries:
+        raise DataError(path, "split file is empty")
+    return entries

@@ -1,0 +1,155 @@
+"""Atomic artifact writers and validated readers for images and label maps.
+
+Every artifact the suite writes goes through :func:`atomic_write`: data are written to a temporary file in
+the destination folder and renamed over the target, so an interrupted run never leaves a half-written file
+and a reader never sees one. Readers raise :class:`~lightning_wsss.errors.DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError, PathLike
+from .palette import voc_palette
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path`` and rename it over ``path`` when the block succeeds.
+
+    Yields:
+        a file object opened with ``mode``. If the block raises, the temporary file is removed and ``path``
+        is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_json_atomic(path: PathLike, obj: Any, indent: int = 2) -> None:
+    """Serialise ``obj`` as JSON to ``path`` atomically."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=indent, sort_keys=False) + "\n").encode())
+
+
+def write_label_png(path: PathLike, label: np.ndarray, palette: Optional[np.ndarray] = None) -> None:
+    """Write an integer label map [H, W] (values 0..254 classes, 255 ignore) as a palette PNG, atomically.
+
+    The palette defaults to the PASCAL VOC palette, so the file opens in any viewer with VOC colours and reads
+    back as the same indices.
+    """
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map must be 2-D [H, W], got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values must lie in 0..255, got {label.min()}..{label.max()}")
+    img = Image.fromarray(label.astype(np.uint8), mode="P")
+    img.putpalette((voc_palette() if palette is None else palette).astype(np.uint8).reshape(-1).tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def write_npy_atomic(path: PathLike, array: np.ndarray) -> None:
+    """Save one array as ``.npy`` atomically."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def write_npz_atomic(path: PathLike, **arrays: np.ndarray) -> None:
+    """Save several named arrays as an uncompressed ``.npz`` atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an RGB image.
+
+    Returns:
+        uint8 array [H, W, 3].
+
+    Raises:
+        DataError: the file is missing, unreadable, truncated or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "image file is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.array(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(path, f"unreadable or truncated image ({exc})") from exc
+
+
+def read_label_png(path: PathLike) -> np.ndarray:
+    """Read a label map stored as a palette ('P') or single-channel ('L') PNG.
+
+    Returns:
+        uint8 array [H, W] of class indices (255 = ignore). Palette PNGs are read as their indices, not colours.
+
+    Raises:
+        DataError: the file is missing, unreadable, or an RGB image (colour-coded masks are not label maps).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "mask file is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise DataError(path, f"mask must be a palette or single-channel PNG of class indices, got mode {img.mode!r}")
+            arr = np.array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(path, f"unreadable or truncated mask ({exc})") from exc
+    if arr.ndim != 2:
+        raise DataError(path, f"mask must be 2-D, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
+            raise DataError(path, f"mask values {arr.min()}..{arr.max()} do not fit 0..255")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def existing_complete(path: PathLike) -> bool:
+    """Whether an artifact exists (atomic writes guarantee that an existing file is complete)."""
+    return Path(path).is_file()
+
+
+__all__ = [
+    "atomic_write",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_label_png",
+    "write_npy_atomic",
+    "write_npz_atomic",
+    "read_image",
+    "read_label_png",
+    "existing_complete",
+]

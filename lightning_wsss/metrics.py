@@ -1,0 +1,137 @@
+"""Segmentation metrics (torchmetrics) and folder evaluation of label PNGs against ground truth.
+
+IoU follows the PASCAL VOC protocol: per-class intersection over union accumulated over the whole split,
+ground-truth pixels labelled 255 ignored, classes absent from both prediction and ground truth left out of
+the mean (NaN per class). A *prediction* of 255 (a pseudo mask's "ignore") counts as a miss for the
+ground-truth class at that pixel and as a false positive for no class, so unlabelled pseudo-mask pixels
+lower recall instead of silently vanishing from the score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from .datasets.classes import IGNORE_INDEX
+from .errors import DataError, PathLike
+
+
+class SegmentationIoU(MulticlassJaccardIndex):
+    """Per-class IoU (``reduction="none"``, float [C]) or mIoU (``reduction="mean"``, scalar) over a split.
+
+    Accepts predictions and targets as integer tensors of the same shape (any, e.g. [B, H, W]); targets of 255
+    are ignored, predictions of 255 count as misses. Under DDP the states are synced by torchmetrics, so log
+    the metric object itself.
+    """
+
+    def __init__(self, num_classes: int, reduction: str = "mean", **kwargs) -> None:
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        # one extra class collects "predicted ignore"; its own IoU is dropped
+        super().__init__(
+            num_classes=num_classes + 1, average="none", ignore_index=IGNORE_INDEX, zero_division=float("nan"), **kwargs
+        )
+        self.num_segmentation_classes = num_classes
+        self.reduction = reduction
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        if preds.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(preds.shape)} differs from target shape {tuple(target.shape)}")
+        preds = preds.long()
+        preds = torch.where(preds == IGNORE_INDEX, torch.full_like(preds, self.num_segmentation_classes), preds)
+        super().update(preds, target.long())
+
+    def compute(self) -> torch.Tensor:  # type: ignore[override]
+        per_class = super().compute()[: self.num_segmentation_classes]
+        if self.reduction == "none":
+            return per_class
+        return torch.nanmean(per_class)
+
+
+def iou_table(per_class: torch.Tensor, class_names: Sequence[str]) -> Dict[str, Optional[float]]:
+    """Per-class IoU as ``{name: fraction or None}`` (None where the class is absent from both sides)."""
+    return {name: (None if torch.isnan(v) else float(v)) for name, v in zip(class_names, per_class)}
+
+
+def score_label_maps(
+    pairs, num_classes: int, class_names: Optional[Sequence[str]] = None
+) -> Dict[str, object]:
+    """Score an iterable of ``(pred uint8 [H, W], target uint8 [H, W])`` pairs.
+
+    Returns:
+        ``{"miou": float in [0, 1], "per_class": {name: iou or None}, "num_images": int}``.
+    """
+    metric = SegmentationIoU(num_classes, reduction="none")
+    count = 0
+    for pred, target in pairs:
+        metric.update(torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(target)))
+        count += 1
+    if count == 0:
+        raise DataError(None, "nothing to evaluate: no images")
+    per_class = metric.compute()
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    return {
+        "miou": float(torch.nanmean(per_class)),
+        "per_class": iou_table(per_class, names),
+        "num_images": count,
+    }
+
+
+def evaluate_folder(
+    pred_dir: PathLike,
+    root: PathLike,
+    split: str,
+    class_names: Optional[Sequence[str]] = None,
+    ids: Optional[Sequence[str]] = None,
+) -> Dict[str, object]:
+    """Score a folder of label PNGs (``<pred_dir>/<id>.png``) against a VOC-layout split's ground truth.
+
+    Returns:
+        the dict of :func:`score_label_maps`.
+
+    Raises:
+        DataError: a prediction is missing or its size differs from the ground truth, the split has no masks.
+    """
+    from .datasets.voc import VOCSegmentation
+    from .io import read_label_png
+
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DataError(pred_dir, "prediction folder does not exist")
+    dataset = VOCSegmentation(root, split, class_names=class_names, require_masks=True, ids=ids)
+
+    def pairs():
+        for image_id in dataset.ids:
+            pred_path = pred_dir / f"{image_id}.png"
+            if not pred_path.is_file():
+                raise DataError(pred_path, f"prediction for {image_id!r} of split {split!r} is missing")
+            pred = read_label_png(pred_path)
+            target = read_label_png(dataset.mask_path(image_id))
+            if pred.shape != target.shape:
+                raise DataError(
+                    pred_path, f"prediction size {pred.shape[1]}x{pred.shape[0]} differs from the ground truth's "
+                    f"{target.shape[1]}x{target.shape[0]}"
+                )
+            yield pred, target
+
+    return score_label_maps(pairs(), dataset.num_classes, dataset.class_names)
+
+
+def format_iou_table(result: Dict[str, object], title: str = "") -> str:
+    """Render the result of :func:`score_label_maps` as a plain-text table (IoU in percent)."""
+    lines: List[str] = []
+    if title:
+        lines.append(title)
+    per_class: Dict[str, Optional[float]] = result["per_class"]  # type: ignore[assignment]
+    width = max([len("class")] + [len(name) for name in per_class])
+    lines.append(f"{'class':<{width}}  IoU (%)")
+    lines.append("-" * (width + 9))
+    for name, value in per_class.items():
+        lines.append(f"{name:<{width}}  {'   n/a' if value is None else f'{100 * value:6.2f}'}")
+    lines.append("-" * (width + 9))
+    lines.append(f"{'mIoU':<{width}}  {100 * float(result['miou']):6.2f}   ({result['num_images']} images)")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny VOC-layout data sets written by the tests, and the optional ../shared/data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lightning_wsss.io import write_label_png
+
+SHARED_DATA = Path(os.environ.get("WSSS_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+TINY_CLASSES = ["background", "red", "green", "tv/monitor"]
+
+
+def pytest_configure(config):
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The ../shared/data folder; tests using it skip with a reason where it is absent (a fresh clone)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent (it ships beside the repo, not in it)")
+    return SHARED_DATA
+
+
+def xml_for(image_id: str, size: Tuple[int, int], objects: Sequence[Tuple[str, Sequence[float], int]]) -> str:
+    """VOC XML text; objects are (name, (xmin, ymin, xmax, ymax) 1-based inclusive, difficult)."""
+    height, width = size
+    parts = [f"<annotation><filename>{image_id}.jpg</filename><size><width>{width}</width><height>{height}</height>"
+             f"<depth>3</depth></size>"]
+    for name, (x0, y0, x1, y1), difficult in objects:
+        parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
+                     f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+    parts.append("</annotation>")
+    return "".join(parts)
+
+
+def write_tiny_voc(root: Path, num_images: int = 6, size: int = 48, splits: Dict[str, List[int]] = None,
+                   class_names: Sequence[str] = TINY_CLASSES, seed: int = 0) -> Path:
+    """Write a tiny VOC-layout data set: each image holds one or two coloured rectangles on grey.
+
+    Returns:
+        ``root``. Image ``img_i`` has a class-1 rectangle, and a class-2 one when ``i`` is odd.
+    """
+    rng = np.random.default_rng(seed)
+    for folder in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "class_names.txt").write_text("\n".join(class_names) + "\n")
+    colours = {1: (220, 40, 40), 2: (40, 200, 60)}
+    for i in range(num_images):
+        image_id = f"img_{i}"
+        image = np.full((size, size, 3), 128, dtype=np.uint8) + rng.integers(0, 10, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), dtype=np.uint8)
+        objects = []
+        specs = [(1, (4 + i % 3, 6, 20 + i % 3, 26))]
+        if i % 2:
+            specs.append((2, (26, 24, 44, 42)))
+        for cls, (x0, y0, x1, y1) in specs:  # 0-based, exclusive end
+            image[y0:y1, x0:x1] = colours[cls]
+            mask[y0:y1, x0:x1] = cls
+            objects.append((class_names[cls], (x0 + 1, y0 + 1, x1, y1), 0))
+        mask[0, :] = 255  # a void row, as VOC borders have
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+        (root / "Annotations" / f"{image_id}.xml").write_text(xml_for(image_id, (size, size), objects))
+    splits = splits or {"train": list(range(0, num_images - 2)), "val": list(range(num_images - 2, num_images))}
+    for name, indices in splits.items():
+        (root / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("".join(f"img_{i}\n" for i in indices))
+    return root
+
+
+@pytest.fixture
+def tiny_voc(tmp_path: Path) -> Path:
+    """A 6-image VOC-layout data set (4 train, 2 val) with classes background/red/green/tv-monitor."""
+    return write_tiny_voc(tmp_path / "tiny_voc")

@@ -1,0 +1,56 @@
+"""Box supervision: pseudo masks from bounding boxes and the losses / scores used to train from boxes.
+
+* :mod:`.initializers`: boxes -> pseudo mask (``filled``, ``inner`` (SDI Box^i), ``crf``, ``grabcut``,
+  ``intersection``), registry :data:`INITIALIZERS` and :func:`make_box_mask`.
+* :mod:`.from_mask`: boxes of the connected components of a label map.
+* :mod:`.tightness`: BBTP tightness-prior MIL loss and a pairwise smoothness loss.
+* :mod:`.scoring`: BoxSup candidate costs and selection.
+* :mod:`.crop_inference`: segment box crops at higher resolution and paste them back.
+
+Box convention: float ``(x_min, y_min, x_max, y_max)`` in 0-based pixel-edge coordinates; a box covers pixel
+columns ``floor(x_min) .. ceil(x_max) - 1`` (see :func:`box_pixel_range`).
+"""
+
+from .crop_inference import box_crop_inference, context_region
+from .from_mask import boxes_from_mask
+from .initializers import (
+    INITIALIZERS,
+    box_pixel_range,
+    box_prior,
+    crf_init,
+    filled_init,
+    grabcut_init,
+    inner_init,
+    intersect_masks,
+    intersection_init,
+    make_box_mask,
+    paint_order,
+    validate_boxes,
+)
+from .scoring import clip_to_box, cross_entropy_cost, overlap_cost, score_candidates, select_candidate
+from .tightness import pairwise_smoothness_loss, tightness_prior_loss
+
+__all__ = [
+    "INITIALIZERS",
+    "box_crop_inference",
+    "box_pixel_range",
+    "box_prior",
+    "boxes_from_mask",
+    "clip_to_box",
+    "context_region",
+    "crf_init",
+    "cross_entropy_cost",
+    "filled_init",
+    "grabcut_init",
+    "inner_init",
+    "intersect_masks",
+    "intersection_init",
+    "make_box_mask",
+    "overlap_cost",
+    "pairwise_smoothness_loss",
+    "paint_order",
+    "score_candidates",
+    "select_candidate",
+    "tightness_prior_loss",
+    "validate_boxes",
+]

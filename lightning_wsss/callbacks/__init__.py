@@ -1,0 +1,5 @@
+"""Lightning callbacks: artifact writers for prediction stages."""
+
+from .writers import ArtifactWriter
+
+__all__ = ["ArtifactWriter"]

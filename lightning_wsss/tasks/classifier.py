@@ -1,0 +1,220 @@
+"""The multi-label CAM classifier: the first stage of image-label WSSS."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
+
+from ..callbacks.writers import Artifact, find_writer
+from ..cam import CAMExtractor, add_background, cams_to_label, multiscale_cams
+from ..metrics import SegmentationIoU
+from ..models.backbones import build_backbone
+from .optim import configure_poly
+
+
+class LastFeature(nn.Module):
+    """Wraps a timm ``features_only`` backbone and returns its last feature map [B, D, h, w].
+
+    It is the CAM target layer: hooks on this module see the classifier's input features.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(images)[-1]
+
+
+def present_class_ids(labels: Tensor) -> Tensor:
+    """Dataset class indices (1..C-1) of the present classes per image, padded with -1.
+
+    Args:
+        labels: multi-hot float [B, C-1].
+
+    Returns:
+        long [B, K] with K the largest number of present classes in the batch (at least 1).
+    """
+    counts = (labels > 0.5).sum(1)
+    width = max(1, int(counts.max()) if labels.numel() else 1)
+    out = torch.full((labels.shape[0], width), -1, dtype=torch.long, device=labels.device)
+    for row in range(labels.shape[0]):
+        ids = torch.nonzero(labels[row] > 0.5).flatten() + 1
+        out[row, : len(ids)] = ids
+    return out
+
+
+class CAMClassifier(L.LightningModule):
+    """Multi-label classifier whose class activation maps seed the pseudo labels (as psa/irn train it).
+
+    A timm backbone (any ``features_only`` model; ResNet-50 at output stride 16 for VOC), global average
+    pooling and a bias-free 1x1 classifier; multi-label soft-margin loss; SGD with a 10x learning rate on the
+    new head and a poly schedule. Logs multi-label mAP and F1, and on validation images with masks the
+    single-scale CAM pseudo-label mIoU. ``predict`` writes, per image, the multi-scale + flip CAMs of its
+    present classes (``cams/<id>.npz``: ``cams`` float16 [K, H, W], ``keys`` int [K] class indices) and the
+    argmax pseudo label (``labels/<id>.png``).
+
+    Hooks for subclasses: :meth:`configure_backbone`, :meth:`configure_head`, :meth:`loss`,
+    :meth:`compute_cams`.
+
+    Args:
+        num_classes: classes including background (the head predicts the ``num_classes - 1`` foreground ones).
+        backbone: timm model name.
+        weights: ``None``, ``"imagenet"`` or a local state-dict path (see :mod:`lightning_wsss.models.backbones`).
+        output_stride: backbone output stride (16 as irn).
+        lr, head_lr_mult, weight_decay, momentum, optimizer, poly_power: optimisation.
+        cam_method: ``cam``, ``gradcam``, ``gradcam++``, ``xgradcam`` or ``layercam`` for prediction.
+        cam_scales, cam_flip: multi-scale + flip inference at prediction.
+        bg_mode: ``constant`` (``bg_threshold`` as background score, irn) or ``power`` ((1 - max cam) ** ``bg_alpha``, psa).
+        bg_threshold, bg_alpha: background scoring.
+    """
+
+    artifact_patterns = ("cams/{id}.npz", "labels/{id}.png")
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        weights: Optional[str] = None,
+        output_stride: int = 16,
+        lr: float = 0.01,
+        head_lr_mult: float = 10.0,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        optimizer: str = "sgd",
+        poly_power: float = 0.9,
+        cam_method: str = "cam",
+        cam_scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+        cam_flip: bool = True,
+        bg_mode: str = "constant",
+        bg_threshold: float = 0.15,
+        bg_alpha: float = 16.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.num_classes = num_classes
+        self.features = LastFeature(self.configure_backbone())
+        channels = self.features.backbone.feature_info.channels()[-1]
+        self.head = self.configure_head(channels, num_classes - 1)
+        metric_args = dict(num_labels=num_classes - 1)
+        self.val_metrics = MetricCollection(
+            {"mAP": MultilabelAveragePrecision(**metric_args), "F1": MultilabelF1Score(**metric_args)}, prefix="val/"
+        )
+        self.val_cam_miou = SegmentationIoU(num_classes)
+        self._extractor: Optional[CAMExtractor] = None
+
+    # ------------------------------------------------------------------ hooks
+    def configure_backbone(self) -> nn.Module:
+        """Build the timm ``features_only`` backbone (override for other feature extractors)."""
+        hp = self.hparams
+        return build_backbone(hp.backbone, hp.weights, output_stride=hp.output_stride)
+
+    def configure_head(self, in_channels: int, num_outputs: int) -> nn.Module:
+        """The bias-free 1x1 classifier on pooled features."""
+        head = nn.Conv2d(in_channels, num_outputs, kernel_size=1, bias=False)
+        nn.init.xavier_uniform_(head.weight)
+        return head
+
+    def loss(self, logits: Tensor, labels: Tensor, batch: Optional[Dict[str, Any]] = None) -> Tensor:
+        """Multi-label soft-margin loss; ``logits`` and ``labels`` [B, C-1]."""
+        return F.multilabel_soft_margin_loss(logits, labels)
+
+    def compute_cams(self, images: Tensor, class_ids: Tensor) -> Tensor:
+        """Multi-scale + flip CAMs of ``class_ids`` (dataset indices 1..C-1, -1 padding).
+
+        Returns:
+            float [B, K, H, W] in [0, 1], each map divided by its max.
+        """
+        extractor = self.cam_extractor()
+        logit_ids = torch.where(class_ids > 0, class_ids - 1, class_ids)
+        with torch.inference_mode(False), torch.enable_grad():
+            images = images.clone()
+            return multiscale_cams(extractor, images, logit_ids, self.hparams.cam_scales, self.hparams.cam_flip)
+
+    # ------------------------------------------------------------------ model
+    def forward(self, images: Tensor) -> Tensor:
+        """Class logits [B, C-1] for images [B, 3, H, W]."""
+        return self.classify(self.features(images))
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Logits [B, C-1] from features [B, D, h, w] (global average pooling, then the 1x1 head)."""
+        return self.head(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+    def raw_cams(self, features: Tensor) -> Tensor:
+        """ReLU'd class activation maps [B, C-1, h, w] of every foreground class, from features [B, D, h, w]."""
+        return F.relu(F.conv2d(features, self.head.weight))
+
+    def cam_extractor(self) -> CAMExtractor:
+        """The extractor for ``cam_method`` on this model (built once; hooks live as long as the module)."""
+        if self._extractor is None or self._extractor.method != self.hparams.cam_method.lower():
+            if self._extractor is not None:
+                self._extractor.release()
+            self._extractor = CAMExtractor(
+                self, [self.features], method=self.hparams.cam_method, normalize="none",
+                classifier_weight=self.head.weight.flatten(1) if self.hparams.cam_method == "cam" else None,
+            )
+        return self._extractor
+
+    def background(self, cams: Tensor) -> Tensor:
+        """Prepend the background channel to CAMs [B, K, H, W] -> [B, K+1, H, W]."""
+        hp = self.hparams
+        return add_background(cams, mode=hp.bg_mode, bg_threshold=hp.bg_threshold, alpha=hp.bg_alpha)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["labels"], batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
+        return loss
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        features = self.features(batch["image"])
+        logits = self.classify(features)
+        batch_size = len(batch["id"])
+        self.log("val/loss", self.loss(logits, batch["labels"], batch), batch_size=batch_size, sync_dist=True)
+        self.val_metrics.update(torch.sigmoid(logits), batch["labels"].long())
+        self.log_dict(self.val_metrics, batch_size=batch_size)
+        if "mask" in batch:
+            class_ids = present_class_ids(batch["labels"])
+            maps = self.raw_cams(features)
+            gathered = torch.gather(maps, 1, (class_ids.clamp(min=1) - 1)[..., None, None].expand(-1, -1, *maps.shape[-2:]))
+            gathered = gathered * (class_ids >= 1)[..., None, None]
+            cams = F.interpolate(gathered, size=batch["image"].shape[-2:], mode="bilinear", align_corners=False)
+            cams = cams / (cams.flatten(2).amax(-1)[..., None, None] + 1e-5)
+            labels = cams_to_label(self.background(cams), class_ids)
+            self.val_cam_miou.update(labels, batch["mask"])
+            self.log("val/cam_miou", self.val_cam_miou, batch_size=batch_size)
+
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> List[Optional[List[Artifact]]]:
+        writer = find_writer(self._trainer)
+        todo = [i for i, image_id in enumerate(batch["id"]) if writer is None or not writer.is_done(image_id, self)]
+        results: List[Optional[List[Artifact]]] = [None] * len(batch["id"])
+        if not todo:
+            return results
+        index = torch.tensor(todo, device=batch["image"].device)
+        class_ids = present_class_ids(batch["labels"][index])
+        cams = self.compute_cams(batch["image"][index], class_ids)
+        labels = cams_to_label(self.background(cams), class_ids)
+        for row, i in enumerate(todo):
+            height, width = batch["size"][i].tolist()
+            keep = class_ids[row] > 0
+            image_id = batch["id"][i]
+            results[i] = [
+                Artifact(f"cams/{image_id}.npz", "npz", {
+                    "cams": cams[row, keep, :height, :width].cpu().numpy().astype("float16"),
+                    "keys": class_ids[row, keep].cpu().numpy(),
+                }),
+                Artifact(f"labels/{image_id}.png", "png", labels[row, :height, :width].cpu().numpy().astype("uint8")),
+            ]
+        return results
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return configure_poly(self, self.features.parameters(), self.head.parameters(), hp.lr, hp.head_lr_mult,
+                              hp.weight_decay, hp.optimizer, hp.momentum, hp.poly_power)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
+@functools.lru_cache(maxsize=4)
 def voc_palette(num_colors: int = 256) -> np.ndarray:
-    """Return the PASCAL VOC palette.
+    """Return the PASCAL VOC palette (cached; the array is read-only).
 
     Returns:
         uint8 array [num_colors, 3]; index 0 is black (background), 255 is (224, 224, 192) (void).
@@ -20,6 +23,7 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
             blue |= ((value >> 2) & 1) << (7 - bit)
             value >>= 3
         palette[index] = (red, green, blue)
+    palette.flags.writeable = False
     return palette
 
 

@@ -23,7 +23,7 @@ def _make_synthetic(argv: List[str]) -> int:
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = in this process)")
     args = parser.parse_args(argv)
     from ..datasets.synthetic import make_synthetic
 

@@ -1,5 +1,6 @@
-"""Lightning callbacks: artifact writers for prediction stages."""
+"""Lightning callbacks: artifact writers for prediction stages, per-epoch seeding."""
 
+from .seeding import EpochSeed
 from .writers import ArtifactWriter
 
-__all__ = ["ArtifactWriter"]
+__all__ = ["ArtifactWriter", "EpochSeed"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,16 +56,31 @@ def evaluate_cam_thresholds(
     from ..io import read_label_png
 
     dataset = VOCSegmentation(root, split, class_names=class_names, require_masks=True)
-    metrics = [SegmentationIoU(dataset.num_classes) for _ in thresholds]
+    metrics = [SegmentationIoU(dataset.num_classes, validate_args=False) for _ in thresholds]
     cam_dir = Path(cam_dir)
+    preds: List[List[np.ndarray]] = [[] for _ in thresholds]
+    targets: List[np.ndarray] = []
+
+    def flush() -> None:
+        if not targets:
+            return
+        target_t = torch.from_numpy(np.concatenate(targets).astype(np.int64))
+        for metric, chunk in zip(metrics, preds):
+            metric.update(torch.from_numpy(np.concatenate(chunk).astype(np.int64)), target_t)
+            chunk.clear()
+        targets.clear()
+
     for image_id in dataset.ids:
         data = load_cams(cam_dir / f"{image_id}.npz")
         target = read_label_png(dataset.mask_path(image_id))
         if data["cams"].shape[1:] != target.shape:
             raise DataError(cam_dir / f"{image_id}.npz", f"CAM size {data['cams'].shape[1:]} differs from the mask's {target.shape}")
-        target_t = torch.from_numpy(target.astype(np.int64))
-        for threshold, metric in zip(thresholds, metrics):
-            metric.update(torch.from_numpy(cams_to_label_map(data["cams"], data["keys"], threshold).astype(np.int64)), target_t)
+        targets.append(target.reshape(-1))
+        for threshold, chunk in zip(thresholds, preds):
+            chunk.append(cams_to_label_map(data["cams"], data["keys"], threshold).reshape(-1))
+        if len(targets) >= 64:  # score in chunks: one metric update per threshold per 64 images
+            flush()
+    flush()
     mious = [float(m.compute()) for m in metrics]
     best = int(np.nanargmax(mious))
     return {

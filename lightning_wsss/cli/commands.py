@@ -40,3 +40,43 @@ def evaluate_cams(argv: List[str]) -> int:
         print(f"{t:12.2f}  {100 * m:7.2f}{marker}")
     print(f"best: threshold {result['best_threshold']:.2f}, mIoU {100 * result['best_miou']:.2f}")
     return 0
+
+
+@register("pipeline")
+def pipeline(argv: List[str]) -> int:
+    """``wsss pipeline CONFIG [--out DIR]``: run a supervision pipeline; complete stages are skipped."""
+    parser = argparse.ArgumentParser(prog="wsss pipeline", description="Run a multi-stage WSSS pipeline from one YAML.")
+    parser.add_argument("config", help="pipeline YAML (see experiments/*/pipeline_*.yaml)")
+    parser.add_argument("--out", default=None, help="output folder (default: the config's 'out', else runs/<name>)")
+    args = parser.parse_args(argv)
+    from ..pipeline.config import load_config
+    from ..pipeline.pipelines import run_pipeline
+    from ..pipeline.report import format_table
+
+    config = load_config(args.config)
+    out = args.out or config.get("out") or f"runs/{config.get('name', 'pipeline')}"
+    summary = run_pipeline(config, out)
+    print(format_table(summary))
+    print(f"summary: {out}/summary.json")
+    return 0
+
+
+@register("demo")
+def demo(argv: List[str]) -> int:
+    """``wsss demo [--out DIR]``: the three supervision types on the synthetic set, table and HTML report."""
+    parser = argparse.ArgumentParser(prog="wsss demo", description="Compare image-label, box and full supervision "
+                                     "on the embedded synthetic data set (CPU, minutes).")
+    parser.add_argument("--out", default="demo_out", help="output folder")
+    parser.add_argument("--data", default=None, help="synthetic data folder (default: OUT/data; generated if absent)")
+    parser.add_argument("--num-train", type=int, default=None, help="training images (default: the demo's size)")
+    parser.add_argument("--num-val", type=int, default=None)
+    parser.add_argument("--size", type=int, default=None, help="image side")
+    parser.add_argument("--supervision", nargs="+", default=["image", "box", "full"], choices=["image", "box", "full"])
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (a few images, one epoch per stage)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    from ..pipeline.demo import run_demo
+
+    run_demo(args.out, data=args.data, num_train=args.num_train, num_val=args.num_val, size=args.size,
+             supervisions=args.supervision, quick=args.quick, progress=not args.no_progress)
+    return 0

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..datasets.base import SegmentationDataset
@@ -20,17 +21,26 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, apply_transform, eval_trans
 
 
 class TransformedDataset(Dataset):
-    """A reader plus a transform plus a per-supervision view of each sample (``prepare`` picks the keys)."""
+    """A reader plus a transform plus a per-supervision view of each sample (``prepare`` picks the keys).
 
-    def __init__(self, reader: SegmentationDataset, transform, prepare) -> None:
+    With ``reseed=True`` (training) the albumentations pipeline is reseeded for every sample from torch's RNG,
+    so augmentation is reproducible under ``seed_everything`` in the main process and in DataLoader workers
+    (torch seeds each worker differently and deterministically; albumentations alone would repeat one
+    sequence in every worker, or draw from OS entropy).
+    """
+
+    def __init__(self, reader: SegmentationDataset, transform, prepare, reseed: bool = False) -> None:
         self.reader = reader
         self.transform = transform
         self.prepare = prepare
+        self.reseed = reseed
 
     def __len__(self) -> int:
         return len(self.reader)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
+        if self.reseed:
+            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,))))
         return apply_transform(self.transform, self.prepare(self.reader[index]))
 
 
@@ -155,7 +165,7 @@ class WSSSDataModule(L.LightningDataModule):
                 continue
             if key == "fit":
                 reader = self.build_reader("fit", require_masks=self.requires_train_masks)
-                self.datasets[key] = TransformedDataset(reader, self.train_transform(), self.prepare_train)
+                self.datasets[key] = TransformedDataset(reader, self.train_transform(), self.prepare_train, reseed=True)
             else:
                 reader = self.build_reader(key, require_masks=False)
                 self.datasets[key] = TransformedDataset(reader, self.eval_transform(), self.prepare_eval)

@@ -112,6 +112,10 @@ class VOCSegmentation(SegmentationDataset):
             return None
         return parse_voc_xml(path, self._class_to_index)
 
+    def annotations(self, image_id: str) -> Optional[ObjectAnnotations]:
+        """The parsed XML objects of ``image_id`` (boxes, classes, difficult flags), or ``None`` without XML."""
+        return self._annotations[image_id]
+
     def has_masks(self) -> bool:
         return all(self._mask_paths[i] is not None for i in self.ids)
 

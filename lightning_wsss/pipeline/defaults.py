@@ -1,0 +1,56 @@
+"""Default stage configs: CPU-sized (the synthetic set at 128 px, tiny random-init backbones).
+
+A pipeline YAML overrides any key of these (``stages: {classifier: {trainer: {max_epochs: 20}}}``); the VOC and
+COCO configs in ``experiments/`` replace the models with ResNet-50 / DeepLabV3+ settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+TINY_BACKBONE = "test_resnet"  # timm's 0.4 M-parameter ResNet: trains on 2 CPU cores in seconds per epoch
+TINY_ENCODER = "tu-test_resnet"
+
+DEFAULTS: Dict[str, Any] = {
+    "seed": 0,
+    "logger": "csv",
+    "progress_bar": True,
+    "trainer": {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 10, "num_sanity_val_steps": 0},
+    "data": {"batch_size": 16, "eval_batch_size": 16, "crop_size": 112, "scale_range": [0.8, 1.2], "num_workers": 0},
+    "costs": {"box_protocol": "extreme_clicking"},
+    "stages": {
+        "classifier": {
+            "model": {"class_path": "CAMClassifier", "init_args": {
+                "backbone": TINY_BACKBONE, "output_stride": 16, "lr": 0.05, "head_lr_mult": 10.0}},
+            "trainer": {"max_epochs": 12},
+        },
+        "cams": {"cam": {"cam_method": "cam", "cam_scales": [1.0, 0.5, 1.5, 2.0], "cam_flip": True,
+                         "bg_mode": "constant", "bg_threshold": 0.15}},
+        "affinity": {
+            "labels": {"mode": "psa", "alpha_low": 4, "alpha_high": 32},
+            "model": {"class_path": "AffinityRefiner", "init_args": {
+                "backbone": TINY_BACKBONE, "output_stride": 16, "feature_levels": [1, 2, 3], "embed_dim": 32, "lr": 0.05, "radius": 5}},
+            "trainer": {"max_epochs": 6, "limit_val_batches": 0},
+        },
+        "random_walk": {"walk": {"beta": 8.0, "log_t": 8, "bg_alpha": 16.0}},
+        "box_init": {"initializers": ["filled", "grabcut", "crf"]},
+        "boxsup": {
+            "model": {"class_path": "BoxSupTrainer", "init_args": {
+                "initializer": "grabcut", "round_epochs": 3, "arch": "deeplabv3plus", "encoder": TINY_ENCODER,
+                "output_stride": 16, "decoder_channels": 64, "lr": 0.05}},
+            "trainer": {"max_epochs": 9},
+        },
+        "segmenter": {
+            "model": {"class_path": "DeepLabSegmenter", "init_args": {
+                "arch": "deeplabv3plus", "encoder": TINY_ENCODER, "output_stride": 16, "decoder_channels": 64,
+                "lr": 0.05}},
+            "trainer": {"max_epochs": 10},
+        },
+    },
+}
+
+STAGES_BY_SUPERVISION = {
+    "image": ["classifier", "cams", "affinity", "random_walk", "segmenter"],
+    "box": ["box_init", "boxsup", "segmenter"],
+    "full": ["segmenter"],
+}

@@ -1,0 +1,86 @@
+"""The stage runner: hashing, skipping complete stages, resuming interrupted ones.
+
+Each stage writes to ``OUT/<stage>/<hash>/`` where the hash covers the stage's resolved config and the
+hashes of the stages it reads from. A stage is complete when its ``stage.json`` exists (written atomically,
+last); a complete stage is skipped, an incomplete one resumes from what it left (training from
+``checkpoints/last.ckpt``, prediction by skipping images already written).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from ..io import write_json_atomic
+from .config import stage_hash
+
+
+@dataclass
+class StageResult:
+    """What a stage left: its folder, named outputs (paths), metrics, and timing."""
+
+    name: str
+    hash: str
+    dir: str
+    outputs: Dict[str, Any] = field(default_factory=dict)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    reused: bool = False
+
+
+StageFn = Callable[["PipelineContext", Path, Dict[str, StageResult], Dict[str, Any]], Dict[str, Any]]
+
+
+@dataclass
+class Stage:
+    """A pipeline step.
+
+    Attributes:
+        name: folder name under the output directory.
+        config: the stage's resolved config (hashed).
+        run: ``(ctx, stage_dir, upstream results, config) -> {"outputs": {...}, "metrics": {...}}``.
+        upstream: names of the stages whose results it reads.
+    """
+
+    name: str
+    config: Dict[str, Any]
+    run: StageFn
+    upstream: Sequence[str] = ()
+
+
+class PipelineContext:
+    """Shared state of one pipeline run: output folder, pipeline config, results so far, a log function."""
+
+    def __init__(self, out_dir: Path, config: Mapping[str, Any], log: Callable[[str], None] = print) -> None:
+        self.out_dir = Path(out_dir)
+        self.config = dict(config)
+        self.results: Dict[str, StageResult] = {}
+        self.log = log
+
+
+def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResult]:
+    """Run ``stages`` in order, skipping complete ones. Returns the results by stage name."""
+    for stage in stages:
+        upstream = {name: ctx.results[name].hash for name in stage.upstream}
+        digest = stage_hash(stage.config, upstream)
+        stage_dir = ctx.out_dir / stage.name / digest
+        marker = stage_dir / "stage.json"
+        if marker.is_file():
+            result = StageResult(**{**json.loads(marker.read_text()), "reused": True})
+            ctx.log(f"[{stage.name}] complete ({digest}), reusing {stage_dir}")
+        else:
+            ctx.log(f"[{stage.name}] running ({digest}) in {stage_dir}")
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(stage_dir / "config.json", {"config": stage.config, "upstream": upstream})
+            start = time.perf_counter()
+            produced = stage.run(ctx, stage_dir, {name: ctx.results[name] for name in stage.upstream}, stage.config)
+            result = StageResult(stage.name, digest, str(stage_dir), produced.get("outputs", {}),
+                                 produced.get("metrics", {}), time.perf_counter() - start)
+            write_json_atomic(marker, {k: v for k, v in asdict(result).items() if k != "reused"})
+            metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.metrics.items())
+            ctx.log(f"[{stage.name}] done in {result.wall_s:.1f}s {metrics}")
+        ctx.results[stage.name] = result
+    return ctx.results

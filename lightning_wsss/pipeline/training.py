@@ -1,0 +1,118 @@
+"""Building trainers, datamodules and models for pipeline stages; resumable fit and predict."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from ..callbacks import ArtifactWriter, EpochSeed
+from .config import deep_merge, resolve_class
+from .runner import PipelineContext
+
+
+def make_logger(ctx: PipelineContext, stage_dir: Path, stage_name: str):
+    """The stage's logger: ``csv`` (default), ``wandb`` (grouped by run, tagged by supervision and stage) or ``none``."""
+    kind = str(ctx.config.get("logger", "csv")).lower()
+    if kind == "none":
+        return False
+    if kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        wandb_cfg = dict(ctx.config.get("wandb") or {})
+        run_name = ctx.config.get("name", "wsss")
+        supervision = ctx.config.get("supervision")
+        return WandbLogger(
+            project=wandb_cfg.pop("project", "lightning-wsss"),
+            group=wandb_cfg.pop("group", run_name),
+            name=f"{run_name}/{stage_name}",
+            job_type=stage_name,
+            tags=[f"supervision:{supervision}", f"stage:{stage_name}"] + list(wandb_cfg.pop("tags", [])),
+            save_dir=str(stage_dir),
+            config={"supervision": supervision, "stage": stage_name},
+            **wandb_cfg,
+        )
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(str(stage_dir), name="logs")
+
+
+def make_trainer(ctx: PipelineContext, stage_dir: Path, stage_name: str, trainer_cfg: Optional[Mapping[str, Any]],
+                 callbacks: List[L.Callback], logger: bool = True) -> L.Trainer:
+    """A Trainer with the pipeline's shared trainer settings overridden by the stage's."""
+    cfg = deep_merge(ctx.config.get("trainer") or {}, trainer_cfg)
+    cfg.setdefault("enable_model_summary", False)
+    cfg.setdefault("enable_progress_bar", bool(ctx.config.get("progress_bar", True)))
+    return L.Trainer(default_root_dir=str(stage_dir), logger=make_logger(ctx, stage_dir, stage_name) if logger else False,
+                     callbacks=callbacks, **cfg)
+
+
+def make_datamodule(ctx: PipelineContext, class_name: str, overrides: Optional[Mapping[str, Any]] = None):
+    """Instantiate a DataModule on the pipeline's data set with the shared ``data`` settings and ``overrides``."""
+    dataset = ctx.config["dataset"]
+    args = deep_merge({"root": str(dataset["root"])}, ctx.config.get("data") or {})
+    args = deep_merge(args, overrides)
+    return resolve_class(class_name, "data")(**args)
+
+
+def _valid_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a loadable checkpoint (a write killed mid-way leaves an unloadable file)."""
+    if not path.is_file():
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:
+        return False
+
+
+def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg: Mapping[str, Any], datamodule,
+              trainer_cfg: Optional[Mapping[str, Any]] = None, extra_init: Optional[Dict[str, Any]] = None):
+    """Train (or resume, or reuse) a model; returns ``(model, final checkpoint path)``.
+
+    ``checkpoints/last.ckpt`` is written every epoch; a rerun resumes from it (an unreadable one is discarded).
+    ``checkpoints/final.ckpt`` is written atomically when training ends; if it exists, training is skipped.
+    """
+    model_cls = resolve_class(model_cfg.get("class_path", "CAMClassifier"), "model")
+    init_args = dict(model_cfg.get("init_args") or {})
+    init_args.update(extra_init or {})
+    final = stage_dir / "checkpoints" / "final.ckpt"
+    if final.is_file():
+        return model_cls.load_from_checkpoint(str(final), map_location="cpu", weights_only=False), final
+    model = model_cls(num_classes=datamodule.num_classes, **init_args)
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if _valid_checkpoint(last) else None
+    if last.exists() and resume is None:
+        last.unlink()
+    callbacks = [ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last=True, save_top_k=0),
+                 EpochSeed(int(ctx.config.get("seed", 0)))]
+    L.seed_everything(int(ctx.config.get("seed", 0)), workers=True, verbose=False)
+    trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks)
+    if resume:
+        ctx.log(f"[{stage_name}] resuming from {last}")
+    trainer.fit(model, datamodule, ckpt_path=resume)
+    tmp = final.with_suffix(".tmp")
+    trainer.save_checkpoint(str(tmp))
+    os.replace(tmp, final)
+    return model, final
+
+
+def predict_to_dir(ctx: PipelineContext, stage_dir: Path, stage_name: str, model, datamodule,
+                   trainer_cfg: Optional[Mapping[str, Any]] = None) -> Path:
+    """Run ``predict`` writing artifacts under ``stage_dir`` (images already written are skipped)."""
+    cfg = deep_merge({"inference_mode": False}, trainer_cfg)
+    trainer = make_trainer(ctx, stage_dir, stage_name, cfg, [ArtifactWriter(str(stage_dir))], logger=False)
+    trainer.predict(model, datamodule, return_predictions=False)
+    return stage_dir
+
+
+def validate_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model, datamodule,
+                   trainer_cfg: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
+    """Validation metrics of ``model`` on the datamodule's val split (floats)."""
+    trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, [], logger=False)
+    metrics = trainer.validate(model, datamodule, verbose=False)[0]
+    return {k: float(v) for k, v in metrics.items()}

@@ -1,0 +1,259 @@
+"""Dense CRF post-processing (fully connected CRF of Kraehenbuehl & Koltun).
+
+Thin, validated wrappers around ``pydensecrf.densecrf.DenseCRF2D`` (PyPI package
+``pydensecrf2``). All functions are pure: they take numpy arrays and return new
+numpy arrays. ``pydensecrf`` is imported lazily so that the rest of
+``lightning_wsss.refine`` works without it.
+
+Conventions: images are uint8 RGB ``[H, W, 3]``; probabilities / scores are
+``[C, H, W]`` with the background at channel 0; label maps are ``[H, W]`` with
+255 = unknown.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+IGNORE_INDEX = 255
+PROB_CLIP = 1e-5
+
+__all__ = [
+    "CRFParams",
+    "IRN_CRF_PARAMS",
+    "crf_from_probs",
+    "crf_from_labels",
+    "crf_labels",
+    "batch_crf",
+]
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """Pairwise-kernel parameters of the dense CRF.
+
+    Defaults are the ones used by PSA (Ahn & Kwak, CVPR 2018) for its CAM CRF.
+    ``gauss_*``: appearance-free smoothness kernel; ``bilateral_*``: appearance
+    kernel (position std ``bilateral_sxy`` in pixels, colour std
+    ``bilateral_srgb`` in 0..255 units); ``iterations``: mean-field steps.
+    """
+
+    gauss_sxy: float = 3
+    gauss_compat: float = 3
+    bilateral_sxy: float = 80
+    bilateral_srgb: float = 13
+    bilateral_compat: float = 10
+    iterations: int = 10
+
+
+#: Parameters of IRN's ``crf_inference_label`` (used for its IR labels).
+IRN_CRF_PARAMS = CRFParams(bilateral_sxy=50, bilateral_srgb=5)
+
+
+_IMPORT_HINT = (
+    "lightning_wsss.refine.crf needs the 'pydensecrf' module; install it with "
+    "`pip install pydensecrf2`."
+)
+
+
+def _densecrf_module() -> Any:
+    """Return the ``pydensecrf.densecrf`` module or raise a helpful ImportError."""
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(_IMPORT_HINT) from exc
+    return dcrf
+
+
+def _unary_from_labels() -> Any:
+    """Return ``pydensecrf.utils.unary_from_labels`` or raise a helpful ImportError."""
+    try:
+        from pydensecrf.utils import unary_from_labels
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(_IMPORT_HINT) from exc
+    return unary_from_labels
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape [H, W, 3], got {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating) and image.size and image.max() <= 1.0:
+            raise ValueError(
+                "image must be uint8 RGB in 0..255, got a float image with max <= 1 "
+                f"(dtype {image.dtype}); convert it with (image * 255).astype(np.uint8)"
+            )
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def _run_crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
+    """Mean-field inference. ``unary``: float32 [C, H*W] energies. Returns float32 [C, H, W]."""
+    dcrf = _densecrf_module()
+    h, w = image.shape[:2]
+    n_labels = unary.shape[0]
+    crf = dcrf.DenseCRF2D(w, h, n_labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=params.gauss_sxy, compat=params.gauss_compat)
+    crf.addPairwiseBilateral(
+        sxy=params.bilateral_sxy,
+        srgb=params.bilateral_srgb,
+        rgbim=image,
+        compat=params.bilateral_compat,
+    )
+    q = crf.inference(int(params.iterations))
+    return np.asarray(q, dtype=np.float32).reshape(n_labels, h, w)
+
+
+def crf_from_probs(
+    image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams()
+) -> np.ndarray:
+    """Refine per-class probabilities with a dense CRF.
+
+    Args:
+        image: uint8 RGB image [H, W, 3].
+        probs: float scores [C, H, W] in [0, 1] (need not sum to 1; PSA feeds raw
+            CAM scores). The unary energy is ``-log(clip(p, 1e-5, 1))``.
+        params: CRF kernel parameters.
+
+    Returns:
+        float32 array [C, H, W]: CRF marginals (sum to 1 over C at every pixel).
+    """
+    image = _check_image(image)
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"probs must have shape [C, H, W], got {tuple(probs.shape)}")
+    if probs.shape[1:] != image.shape[:2]:
+        raise ValueError(
+            f"probs spatial shape {tuple(probs.shape[1:])} (probs {tuple(probs.shape)}) does not "
+            f"match image {tuple(image.shape)}"
+        )
+    if probs.shape[0] < 2:
+        raise ValueError(f"probs needs at least 2 classes, got {tuple(probs.shape)}")
+    p = np.clip(probs.astype(np.float32, copy=False), PROB_CLIP, 1.0)
+    unary = -np.log(p).reshape(probs.shape[0], -1)
+    return _run_crf(image, np.ascontiguousarray(unary, dtype=np.float32), params)
+
+
+def crf_from_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    confidence: float = 0.7,
+    params: CRFParams = CRFParams(),
+) -> np.ndarray:
+    """Refine a hard label map with a dense CRF.
+
+    Each labelled pixel gets probability ``confidence`` for its label and
+    ``(1 - confidence) / (num_classes - 1)`` for the others; pixels labelled 255
+    get a uniform unary (pydensecrf's ``zero_unsure`` mode; labels are shifted by
+    one internally because pydensecrf uses 0 for "unsure").
+
+    Args:
+        image: uint8 RGB image [H, W, 3].
+        labels: int label map [H, W], values in 0..num_classes-1 or 255.
+        num_classes: number of classes C (including background).
+        confidence: probability given to the annotated label, in (0, 1).
+        params: CRF kernel parameters.
+
+    Returns:
+        float32 array [C, H, W]: CRF marginals.
+    """
+    image = _check_image(image)
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} does not match image {tuple(image.shape)}"
+        )
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    labels = labels.astype(np.int64)
+    unknown = labels == IGNORE_INDEX
+    bad = (~unknown) & ((labels < 0) | (labels >= num_classes))
+    if bad.any():
+        raise ValueError(
+            f"labels must be in 0..{num_classes - 1} or {IGNORE_INDEX}; found "
+            f"{sorted(np.unique(labels[bad]).tolist())[:10]}"
+        )
+    shifted = np.where(unknown, 0, labels + 1)  # pydensecrf: 0 = unsure, 1..C = classes
+    unary = _unary_from_labels()(shifted, num_classes, gt_prob=confidence, zero_unsure=True)
+    return _run_crf(image, np.ascontiguousarray(unary, dtype=np.float32), params)
+
+
+def crf_labels(
+    image: np.ndarray,
+    probs: Optional[np.ndarray] = None,
+    *,
+    labels: Optional[np.ndarray] = None,
+    num_classes: Optional[int] = None,
+    confidence: float = 0.7,
+    params: CRFParams = CRFParams(),
+) -> np.ndarray:
+    """CRF then argmax. Give either ``probs`` [C, H, W] or ``labels`` [H, W] + ``num_classes``.
+
+    Returns:
+        uint8 label map [H, W] (channel index of the CRF argmax).
+    """
+    if (probs is None) == (labels is None):
+        raise ValueError("crf_labels needs exactly one of probs= or labels=")
+    if probs is not None:
+        q = crf_from_probs(image, probs, params)
+    else:
+        if num_classes is None:
+            raise ValueError("crf_labels(labels=...) also needs num_classes")
+        q = crf_from_labels(image, labels, num_classes, confidence, params)
+    if q.shape[0] > 256:
+        raise ValueError(f"cannot store {q.shape[0]} classes in uint8")
+    return np.argmax(q, axis=0).astype(np.uint8)
+
+
+def _crf_worker(args: tuple) -> np.ndarray:
+    """Top-level (picklable, spawn-safe) pool worker: ``(image, probs, params)`` -> marginals."""
+    image, probs, params = args
+    return crf_from_probs(image, probs, params)
+
+
+def batch_crf(
+    images: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
+    params: CRFParams = CRFParams(),
+    processes: Optional[int] = None,
+    mp_context: Optional[str] = None,
+) -> List[np.ndarray]:
+    """Run :func:`crf_from_probs` over many images, in a process pool.
+
+    Args:
+        images: sequence of uint8 images [H_i, W_i, 3].
+        probs: sequence of float scores [C_i, H_i, W_i] (same length as ``images``).
+        params: CRF parameters shared by all images.
+        processes: pool size; ``None`` -> ``os.cpu_count()``; 0 or 1 -> run serially
+            in this process. Never more processes than images.
+        mp_context: multiprocessing start method (``"spawn"``, ``"fork"``,
+            ``"forkserver"``) or ``None`` for the platform default. The worker is a
+            top-level function, so every start method works.
+
+    Returns:
+        list of float32 arrays [C_i, H_i, W_i], in input order.
+    """
+    images = list(images)
+    probs = list(probs)
+    if len(images) != len(probs):
+        raise ValueError(f"got {len(images)} images but {len(probs)} probability maps")
+    if processes is not None and processes < 0:
+        raise ValueError(f"processes must be >= 0 or None, got {processes}")
+    jobs = [(img, p, params) for img, p in zip(images, probs)]
+    n_proc = (os.cpu_count() or 1) if processes is None else processes
+    n_proc = min(n_proc, len(jobs))
+    if n_proc <= 1:
+        return [_crf_worker(job) for job in jobs]
+    ctx = multiprocessing.get_context(mp_context)
+    chunksize = max(1, len(jobs) // (4 * n_proc))
+    with ctx.Pool(processes=n_proc) as pool:
+        return pool.map(_crf_worker, jobs, chunksize=chunksize)

@@ -1,0 +1,482 @@
+"""BoxSup (Dai et al., "BoxSup: Exploiting Bounding Boxes to Supervise Convolutional Networks for Semantic
+Segmentation", ICCV 2015) on top of :class:`~lightning_wsss.tasks.segmenter.DeepLabSegmenter`, with an optional
+BBTP tightness prior (Hsu et al., NeurIPS 2019).
+
+Design (how the pseudo masks reach the training batches)
+---------------------------------------------------------
+Training alternates between rounds of ``round_epochs`` epochs; round ``k`` trains on the pseudo-mask set
+``out_dir/round_{k}/<id>.png`` (uint8, original image size). Round 0 comes from a box initializer
+(:func:`lightning_wsss.boxes.make_box_mask`); round ``k > 0`` re-chooses, for every box, one candidate segment
+with the BoxSup cost, using the network as it is after epoch ``k * round_epochs - 1``.
+
+* The masks are written as PNG files (atomically) and the training data reads them: at ``on_fit_start`` the
+  task wraps the ``prepare`` function of the datamodule's training dataset with :class:`PseudoMaskInjector`,
+  which adds ``mask = out_dir/round_{k}/<id>.png`` to each raw sample *before* augmentation, so the mask follows
+  every random scale / crop / flip with the image (``PseudoMaskDataModule`` semantics on any datamodule, e.g.
+  ``BoxDataModule``, whose boxes stay in the batch). ``on_fit_end`` removes the wrapper.
+* The round to train on is a function of the epoch: ``k = epoch // round_epochs``. Round ``k + 1`` is built at
+  the end of epoch ``(k + 1) * round_epochs - 1`` (not after the last epoch), and the injector then points to it.
+  Because persistent DataLoader workers hold a copy of the dataset, the task sets
+  ``trainer.reload_dataloaders_every_n_epochs = 1`` (when it is 0; any other value is refused), so every epoch
+  gets a fresh loader that reads the current round.
+* Restart: a round's masks are files, a mask already on disk is read instead of recomputed, and
+  ``out_dir/rounds.json`` (``{"round_0": 0.61, ...}``, null without ground truth) is written when a round is
+  complete. A run resumed from a checkpoint builds (or reloads) the round of its first epoch.
+* The current round's masks are also held in memory (``self.masks``: id -> uint8 [H, W]; under DDP each rank
+  holds the share of images it built, ``ids[rank::world_size]``), to give the "previous mask" candidate.
+* Ground-truth masks of the training split, where the reader has them, are used only to score each round
+  (``boxsup/round_miou``), never for training.
+
+With ``mask_loss_weight=0`` (BBTP mode) no pseudo masks are built: the network trains from the tightness prior
+(and the pairwise term) on the batch's boxes alone.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from ..boxes import (
+    clip_to_box,
+    make_box_mask,
+    pairwise_smoothness_loss,
+    paint_order,
+    score_candidates,
+    select_candidate,
+    tightness_prior_loss,
+)
+from ..errors import DataError
+from ..io import read_label_png, write_json_atomic, write_label_png
+from ..metrics import SegmentationIoU
+from .segmenter import DeepLabSegmenter
+
+__all__ = ["BoxSupTrainer", "PseudoMaskInjector", "round_dir"]
+
+
+def round_dir(out_dir, round_index: int) -> Path:
+    """The folder of round ``round_index``'s masks: ``out_dir/round_{k}``."""
+    return Path(out_dir) / f"round_{round_index}"
+
+
+class PseudoMaskInjector:
+    """A dataset ``prepare`` function that adds the pseudo mask ``mask_dir/<id>.png`` to a raw sample.
+
+    Wraps the datamodule's own ``prepare`` (which may drop the ground-truth mask); picklable, so it works in
+    DataLoader worker processes. The mask must have the image's size.
+    """
+
+    def __init__(self, prepare: Callable[[Dict[str, Any]], Dict[str, Any]], mask_dir) -> None:
+        self.prepare = prepare
+        self.mask_dir = Path(mask_dir)
+
+    def __call__(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        out = dict(self.prepare(sample))
+        path = self.mask_dir / f"{sample['id']}.png"
+        mask = read_label_png(path)
+        if mask.shape != sample["image"].shape[:2]:
+            raise DataError(path, f"pseudo mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's "
+                                  f"{sample['image'].shape[1]}x{sample['image'].shape[0]}")
+        out["mask"] = mask
+        return out
+
+
+def _resume_epoch(checkpoint: Dict[str, Any]) -> Optional[int]:
+    """The first epoch a fit resumed from ``checkpoint`` runs (Lightning's processed-epoch count)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        epoch = checkpoint.get("epoch")
+        return None if epoch is None else int(epoch) + 1
+
+
+class BoxSupTrainer(DeepLabSegmenter):
+    """BoxSup: train DeepLab on box-derived pseudo masks that are re-estimated every ``round_epochs`` epochs.
+
+    Per box, the candidates (:meth:`candidates`) are the network's prediction of the box's class inside the
+    box, its dense-CRF refinement, the previous round's segment and the initializer's segment; each is scored
+    by :meth:`score_candidate` (``overlap_cost + ce_weight * network cross-entropy``,
+    :mod:`lightning_wsss.boxes.scoring`) and one is picked (``selection="greedy"`` or ``"sample"`` among the
+    ``top_k`` best). :meth:`update_mask` paints the chosen segments, clipped to their boxes, larger boxes first
+    (the smaller box wins), background everywhere else. See the module docstring for how the masks reach the
+    training batches, and for restarts.
+
+    Hooks: :meth:`initial_mask` / :meth:`initial_masks` (round 0), :meth:`candidates`, :meth:`score_candidate`,
+    :meth:`update_mask` / :meth:`update_masks` (rounds > 0), plus the segmenter's.
+
+    Args:
+        num_classes: classes including background.
+        out_dir: folder of the rounds (``round_{k}/<id>.png``) and ``rounds.json``.
+        round_epochs: epochs per round.
+        initializer: round-0 initializer name (``filled``, ``inner``, ``crf``, ``grabcut``, ``intersection``).
+        initializer_kwargs: its options.
+        selection: ``greedy`` or ``sample``; top_k: pool size for ``sample``.
+        ce_weight: weight of the network cross-entropy in the candidate cost (BoxSup: 3).
+        crf_candidate: include the dense-CRF refinement of the prediction as a candidate.
+        candidate_crf_params: ``CRFParams`` keyword arguments for that candidate.
+        seed: seed of the ``sample`` selection (per round and image).
+        mask_loss_weight: weight of the pseudo-mask cross-entropy (0: BBTP, boxes only, no rounds).
+        tightness_weight: weight of the BBTP tightness-prior loss on the batch's boxes (0 = off).
+        pairwise_weight: weight of the colour-weighted pairwise smoothness loss (0 = off).
+        pairwise_sigma: its colour bandwidth (RGB in [0, 1]).
+        **kwargs: :class:`DeepLabSegmenter` arguments (``arch``, ``encoder``, ``lr``...).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        out_dir: str,
+        round_epochs: int = 1,
+        initializer: str = "filled",
+        initializer_kwargs: Optional[Dict[str, Any]] = None,
+        selection: str = "greedy",
+        top_k: int = 3,
+        ce_weight: float = 3.0,
+        crf_candidate: bool = True,
+        candidate_crf_params: Optional[Dict[str, float]] = None,
+        seed: int = 0,
+        mask_loss_weight: float = 1.0,
+        tightness_weight: float = 0.0,
+        pairwise_weight: float = 0.0,
+        pairwise_sigma: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        if round_epochs < 1:
+            raise ValueError(f"round_epochs must be >= 1, got {round_epochs}")
+        if selection not in ("greedy", "sample"):
+            raise ValueError(f"selection must be 'greedy' or 'sample', got {selection!r}")
+        if mask_loss_weight <= 0 and tightness_weight <= 0:
+            raise ValueError("nothing to train: mask_loss_weight and tightness_weight are both 0")
+        super().__init__(num_classes, **kwargs)
+        self.save_hyperparameters()
+        self.out_dir = Path(out_dir)
+        self.masks: Dict[str, np.ndarray] = {}
+        self.round_index: Optional[int] = None
+        self.round_miou: Dict[str, Optional[float]] = {}
+        self._resume_from: Optional[int] = None
+        self._injector: Optional[PseudoMaskInjector] = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def uses_masks(self) -> bool:
+        """Whether training needs pseudo masks (False in BBTP mode)."""
+        return self.hparams.mask_loss_weight > 0
+
+    @property
+    def rounds_file(self) -> Path:
+        return self.out_dir / "rounds.json"
+
+    def read_rounds(self) -> Dict[str, Optional[float]]:
+        """``rounds.json`` as a dict (empty when absent)."""
+        if not self.rounds_file.is_file():
+            return {}
+        try:
+            return json.loads(self.rounds_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(self.rounds_file, f"unreadable rounds file ({exc})") from exc
+
+    def _reader(self):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        datasets = getattr(datamodule, "datasets", None)
+        if not datasets or "fit" not in datasets:
+            raise ValueError("BoxSupTrainer needs a WSSSDataModule (e.g. BoxDataModule) with a training split")
+        return datasets["fit"].reader
+
+    # ------------------------------------------------------------------ hooks: round 0
+    def initial_mask(self, sample: Dict[str, Any]) -> np.ndarray:
+        """Round-0 mask of one raw sample: ``make_box_mask(initializer, ...)``. Returns uint8 [H, W]."""
+        return make_box_mask(self.hparams.initializer, sample["image"], sample["boxes"], sample["box_labels"],
+                             source=sample["id"], **(self.hparams.initializer_kwargs or {}))
+
+    def initial_masks(self) -> Dict[str, np.ndarray]:
+        """Build (or reload) round 0 for this rank's share of the training images. Returns id -> uint8 [H, W]."""
+        return self.build_round(0, lambda sample: self.initial_mask(sample))
+
+    # ------------------------------------------------------------------ hooks: rounds > 0
+    def candidates(
+        self,
+        image: np.ndarray,
+        probs: np.ndarray,
+        box: Sequence[float],
+        class_id: int,
+        previous_mask: Optional[np.ndarray],
+        init_mask: Optional[np.ndarray],
+        refined_probs: Optional[np.ndarray] = None,
+    ) -> List[np.ndarray]:
+        """Candidate segments of one box.
+
+        Args:
+            image: uint8 [H, W, 3].
+            probs: float [C, H, W] network probabilities.
+            box: ``(x_min, y_min, x_max, y_max)``; class_id: its class.
+            previous_mask, init_mask: uint8 [H, W] label maps of the previous round and of the initializer
+                (None to leave the candidate out).
+            refined_probs: float [C, H, W] CRF marginals of ``probs`` (computed here when None and
+                ``crf_candidate`` is set).
+
+        Returns:
+            bool masks [H, W], each restricted to the box: network argmax == class, CRF argmax == class,
+            previous == class, initializer == class (in that order, absent ones left out).
+        """
+        out = [clip_to_box(probs.argmax(axis=0) == class_id, box)]
+        if self.hparams.crf_candidate:
+            if refined_probs is None:
+                refined_probs = self.refine_probs(image, probs)
+            out.append(clip_to_box(refined_probs.argmax(axis=0) == class_id, box))
+        for mask in (previous_mask, init_mask):
+            if mask is not None:
+                out.append(clip_to_box(np.asarray(mask) == class_id, box))
+        return out
+
+    def refine_probs(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Dense-CRF marginals float32 [C, H, W] of ``probs`` on ``image`` uint8 [H, W, 3]."""
+        from ..refine.crf import CRFParams, crf_from_probs
+
+        return crf_from_probs(image, probs, CRFParams(**(self.hparams.candidate_crf_params or {})))
+
+    def score_candidate(self, candidate: np.ndarray, box: Sequence[float], class_id: int,
+                        log_probs: Optional[Tensor]) -> float:
+        """BoxSup cost of one candidate (lower is better): ``overlap_cost + ce_weight * cross-entropy``.
+
+        Args:
+            candidate: bool [H, W]; log_probs: float [C, H, W] network log-probabilities (None: overlap only).
+        """
+        return float(score_candidates([candidate], box, class_id, log_probs, self.hparams.ce_weight)[0])
+
+    def update_mask(
+        self,
+        image: np.ndarray,
+        probs: np.ndarray,
+        boxes,
+        box_labels,
+        previous_mask: Optional[np.ndarray],
+        init_mask: Optional[np.ndarray],
+        generator: Optional[torch.Generator] = None,
+    ) -> np.ndarray:
+        """Re-estimate one image's mask from its boxes.
+
+        For each box: build :meth:`candidates`, score them (:meth:`score_candidate`), pick one
+        (``selection``/``top_k``), clip it to the box. Boxes are painted by decreasing area so the smaller box
+        wins where they overlap; a box paints only its chosen foreground (never its background over another
+        box's foreground). Pixels outside every chosen segment are background.
+
+        Args:
+            image: uint8 [H, W, 3]; probs: float [C, H, W] network probabilities at the image's size.
+            boxes: float [N, 4]; box_labels: int [N].
+
+        Returns:
+            uint8 [H, W] with values 0..C-1.
+        """
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        labels = np.asarray(box_labels, dtype=np.int64).reshape(-1)
+        height, width = image.shape[:2]
+        mask = np.zeros((height, width), dtype=np.uint8)
+        if len(boxes) == 0:
+            return mask
+        probs = np.asarray(probs, dtype=np.float32)
+        log_probs = torch.from_numpy(np.log(np.clip(probs, 1e-8, 1.0)))
+        refined = self.refine_probs(image, probs) if self.hparams.crf_candidate else None
+        for i in paint_order(boxes):
+            box, class_id = boxes[i], int(labels[i])
+            cands = self.candidates(image, probs, box, class_id, previous_mask, init_mask, refined_probs=refined)
+            scores = torch.tensor([self.score_candidate(c, box, class_id, log_probs) for c in cands], dtype=torch.float64)
+            pick = select_candidate(scores, self.hparams.selection, self.hparams.top_k, generator)
+            chosen = clip_to_box(cands[pick], box).astype(bool)
+            mask[chosen] = class_id
+        return mask
+
+    def update_masks(self, round_index: int) -> Dict[str, np.ndarray]:
+        """Build (or reload) round ``round_index`` > 0 with the current network. Returns id -> uint8 [H, W]."""
+        previous = round_index - 1
+
+        def build(sample: Dict[str, Any]) -> np.ndarray:
+            image_id = sample["id"]
+            prev = self.masks.get(image_id) if self.round_index == previous else None
+            if prev is None:
+                prev = self._read_round_mask(previous, image_id)
+            init = self._read_round_mask(0, image_id)
+            probs = self.image_probs(sample["image"])
+            generator = torch.Generator().manual_seed(
+                int(self.hparams.seed) * 1_000_003 + round_index * 7919 + zlib.crc32(image_id.encode()))
+            return self.update_mask(sample["image"], probs, sample["boxes"], sample["box_labels"], prev, init, generator)
+
+        return self.build_round(round_index, build)
+
+    # ------------------------------------------------------------------ round machinery
+    def _read_round_mask(self, round_index: int, image_id: str) -> Optional[np.ndarray]:
+        path = round_dir(self.out_dir, round_index) / f"{image_id}.png"
+        return read_label_png(path) if path.is_file() else None
+
+    @torch.no_grad()
+    def image_probs(self, image: np.ndarray) -> np.ndarray:
+        """Network probabilities float32 [C, H, W] of one raw uint8 image [H, W, 3] (``predict_logits``)."""
+        mean, std = self.normalization()
+        array = (image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        tensor = torch.from_numpy(array.transpose(2, 0, 1).copy())[None].to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            probs = self.predict_logits(tensor).float().softmax(dim=1)[0]
+        finally:
+            self.train(was_training)
+        return probs.cpu().numpy()
+
+    def build_round(self, round_index: int, make: Callable[[Dict[str, Any]], np.ndarray]) -> Dict[str, np.ndarray]:
+        """Write round ``round_index`` for this rank's share of the training images and score it.
+
+        Masks already on disk are read, not recomputed. Unless the round is complete and recorded in
+        ``rounds.json``, it is scored against the ground truth (where the reader has it), rank 0 records the
+        mIoU (None without ground truth) in ``rounds.json``, and it is logged as ``boxsup/round_miou``.
+
+        Returns:
+            id -> uint8 [H, W] for this rank's share (``ids[rank::world_size]``).
+        """
+        reader = self._reader()
+        folder = round_dir(self.out_dir, round_index)
+        key = f"round_{round_index}"
+        strategy = self.trainer.strategy
+        rank, world = self.global_rank, max(1, self.trainer.world_size)
+        share = list(range(rank, len(reader), world))
+        missing = sum(not (folder / f"{reader.ids[i]}.png").is_file() for i in share)
+        missing_all = int(strategy.reduce(torch.tensor(float(missing), device=self.device), reduce_op="sum"))
+        recorded = self.read_rounds()
+        rescore = missing_all > 0 or key not in recorded
+        metric = SegmentationIoU(self.num_classes).to(self.device)
+        scored = 0
+        masks: Dict[str, np.ndarray] = {}
+        for index in share:
+            image_id = reader.ids[index]
+            path = folder / f"{image_id}.png"
+            sample = None
+            if path.is_file():
+                mask = read_label_png(path)
+            else:
+                sample = reader[index]
+                mask = np.asarray(make(sample), dtype=np.uint8)
+                write_label_png(path, mask)
+            masks[image_id] = mask
+            if rescore:
+                gt = (sample if sample is not None else reader[index])["mask"]
+                if gt is not None:
+                    metric.update(torch.from_numpy(mask.astype(np.int64)).to(self.device),
+                                  torch.from_numpy(gt.astype(np.int64)).to(self.device))
+                    scored += 1
+        strategy.barrier("boxsup_round")
+        if rescore:
+            scored_all = int(strategy.reduce(torch.tensor(float(scored), device=self.device), reduce_op="sum"))
+            miou = float(metric.compute()) if scored_all > 0 else None
+        else:
+            miou = recorded[key]
+        self.round_miou[key] = miou
+        if self.trainer.is_global_zero:
+            if rescore:
+                rounds = self.read_rounds()
+                rounds[key] = miou
+                write_json_atomic(self.rounds_file, dict(sorted(rounds.items(), key=lambda kv: int(kv[0].split("_")[1]))))
+            for logger in self.loggers:
+                logger.log_metrics({"boxsup/round_miou": float("nan") if miou is None else miou,
+                                    "boxsup/round": float(round_index)}, step=self.global_step)
+        rank_zero_info(f"BoxSup {key}: {missing_all} masks built, {len(reader) - missing_all} reused; mIoU vs ground "
+                       f"truth {'n/a' if miou is None else f'{100 * miou:.2f}'}")
+        strategy.barrier("boxsup_round_done")
+        return masks
+
+    def activate_round(self, round_index: int) -> None:
+        """Make round ``round_index`` the training set: build or reload it, point the injector at it."""
+        if round_index == 0:
+            self.masks = self.initial_masks()
+        else:
+            if "round_0" not in self.read_rounds():  # the initializer's masks are candidates of every round
+                self.initial_masks()
+            self.masks = self.update_masks(round_index)
+        self.round_index = round_index
+        if self._injector is not None:
+            self._injector.mask_dir = round_dir(self.out_dir, round_index)
+
+    def _install_injector(self) -> None:
+        dataset = self.trainer.datamodule.datasets["fit"]
+        if isinstance(dataset.prepare, PseudoMaskInjector):
+            self._injector = dataset.prepare
+        else:
+            self._injector = PseudoMaskInjector(dataset.prepare, round_dir(self.out_dir, 0))
+            dataset.prepare = self._injector
+
+    def _remove_injector(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        datasets = getattr(datamodule, "datasets", {}) or {}
+        dataset = datasets.get("fit")
+        if dataset is not None and isinstance(dataset.prepare, PseudoMaskInjector):
+            dataset.prepare = dataset.prepare.prepare
+        self._injector = None
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self._resume_from = _resume_epoch(checkpoint)
+
+    def on_fit_start(self) -> None:
+        if not self.uses_masks:
+            return
+        self._reader()
+        reload_every = self.trainer.reload_dataloaders_every_n_epochs
+        if reload_every == 0:
+            self.trainer.reload_dataloaders_every_n_epochs = 1
+        elif reload_every != 1:
+            raise ValueError("BoxSupTrainer changes the training masks between epochs and needs a fresh train "
+                             f"DataLoader every epoch: leave reload_dataloaders_every_n_epochs at 0 or 1, got {reload_every}")
+        start = self._resume_from if self._resume_from is not None else self.trainer.current_epoch
+        self._resume_from = None
+        self._install_injector()
+        self.activate_round(start // self.hparams.round_epochs)
+
+    def on_train_epoch_start(self) -> None:
+        if not self.uses_masks:
+            return
+        expected = self.trainer.current_epoch // self.hparams.round_epochs
+        if self.round_index != expected:  # only after an unusual resume: the round is normally set beforehand
+            rank_zero_warn(f"BoxSup: epoch {self.trainer.current_epoch} should train on round {expected} but round "
+                           f"{self.round_index} is active; switching now (with DataLoader workers, batches already "
+                           "prefetched this epoch keep the previous masks)")
+            self.activate_round(expected)
+
+    def on_train_epoch_end(self) -> None:
+        if not self.uses_masks:
+            return
+        next_epoch = self.trainer.current_epoch + 1
+        max_epochs = self.trainer.max_epochs
+        if next_epoch % self.hparams.round_epochs or (max_epochs is not None and 0 <= max_epochs <= next_epoch):
+            return
+        self.activate_round(next_epoch // self.hparams.round_epochs)
+
+    def on_fit_end(self) -> None:
+        self._remove_injector()
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, logits: Tensor, batch: Dict[str, Any]) -> Tensor:
+        """``mask_loss_weight * CE(pseudo mask) + tightness_weight * BBTP + pairwise_weight * smoothness``.
+
+        Boxes are the batch's (augmented-image coordinates); logits are at input resolution.
+        """
+        hp = self.hparams
+        total = logits.sum() * 0.0
+        batch_size = len(batch["id"])
+        if hp.mask_loss_weight > 0:
+            total = total + hp.mask_loss_weight * super().loss(logits, batch)
+        if hp.tightness_weight > 0:
+            tight = tightness_prior_loss(logits.float(), batch["boxes"], batch["box_labels"])
+            self.log("train/tightness_loss", tight, batch_size=batch_size)
+            total = total + hp.tightness_weight * tight
+        if hp.pairwise_weight > 0:
+            mean, std = self.normalization()
+            mean_t = torch.as_tensor(mean, dtype=logits.dtype, device=logits.device).view(1, 3, 1, 1)
+            std_t = torch.as_tensor(std, dtype=logits.dtype, device=logits.device).view(1, 3, 1, 1)
+            rgb = batch["image"].to(logits.dtype) * std_t + mean_t
+            pair = pairwise_smoothness_loss(logits.float().softmax(dim=1), rgb, sigma=hp.pairwise_sigma)
+            self.log("train/pairwise_loss", pair, batch_size=batch_size)
+            total = total + hp.pairwise_weight * pair
+        return total

@@ -1,0 +1,449 @@
+"""DeepLab segmentation network (segmentation_models_pytorch) trained on masks: the last stage of WSSS.
+
+:class:`DeepLabSegmenter` trains DeepLabV3 / DeepLabV3+ on full or pseudo masks (``MaskDataModule`` /
+``PseudoMaskDataModule``), validates and tests with mIoU, and predicts label PNGs. Method-specific tasks
+(BoxSup, SEC, self-training) subclass it and override its hooks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..callbacks.writers import Artifact, find_writer
+from ..datamodules.plotting import denormalize
+from ..datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..datasets.classes import IGNORE_INDEX
+from ..errors import DataError
+from ..metrics import SegmentationIoU
+from ..models.backbones import load_backbone_weights, load_state_dict_file, strip_prefixes
+from .optim import configure_poly
+
+ARCHITECTURES = ("deeplabv3", "deeplabv3plus")
+
+
+# ----------------------------------------------------------------------------------------------- functional core
+def _is_local_weights(weights: Optional[str]) -> bool:
+    return weights not in (None, "", "none", "imagenet")
+
+
+def load_encoder_weights(model: nn.Module, encoder: str, path: str) -> Dict[str, int]:
+    """Load a local state dict into an smp model's encoder.
+
+    ``tu-NAME`` encoders wrap a timm ``features_only`` model at ``model.encoder.model``: it goes through
+    :func:`lightning_wsss.models.backbones.load_backbone_weights` (timm names, or other names matched by order
+    and shape). Native smp encoders (``resnet50``...) use torchvision/timm-style names: wrapper prefixes are
+    stripped and every encoder tensor must be present; extra keys (the classifier) are dropped.
+
+    Returns:
+        ``{"loaded": n, "dropped": m}``.
+
+    Raises:
+        DataError: missing/unreadable file, missing tensors or shape mismatches (the message names the file).
+    """
+    if encoder.startswith("tu-"):
+        return load_backbone_weights(model.encoder.model, encoder[3:], path)
+    state = strip_prefixes(load_state_dict_file(path))
+    own = model.encoder.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise DataError(path, f"weights lack {len(missing)} encoder tensors, e.g. {missing[:3]}")
+    for key, value in own.items():
+        if key in state and tuple(state[key].shape) != tuple(value.shape):
+            raise DataError(path, f"{key!r}: shape {tuple(state[key].shape)} differs from the encoder's {tuple(value.shape)}")
+    picked = {k: state[k] for k in own if k in state}
+    model.encoder.load_state_dict(picked, strict=False)
+    return {"loaded": len(picked), "dropped": len(state) - len(picked)}
+
+
+def build_deeplab(
+    arch: str,
+    encoder: str,
+    num_classes: int,
+    encoder_weights: Optional[str] = None,
+    output_stride: int = 16,
+    encoder_depth: int = 5,
+    decoder_channels: int = 256,
+    aux_classes: Optional[int] = None,
+) -> nn.Module:
+    """Create an smp DeepLabV3 / DeepLabV3+ and load its encoder weights.
+
+    Args:
+        arch: ``"deeplabv3"`` or ``"deeplabv3plus"`` (case-insensitive; ``"DeepLabV3Plus"`` works).
+        encoder: smp encoder name (``resnet50``) or timm through smp (``tu-resnet18``, ``tu-efficientnet_lite0``).
+        num_classes: output channels (background included).
+        encoder_weights: ``None``, ``"imagenet"`` (downloads: needs network) or a local state-dict path.
+        output_stride: 8 or 16.
+        encoder_depth: encoder stages used (smp: 3..5).
+        decoder_channels: ASPP / decoder width.
+        aux_classes: adds smp's classification head on the deepest features with this many outputs.
+
+    Returns:
+        the smp model; ``model(x)`` gives logits [B, num_classes, H, W] (and [B, aux_classes] with the
+        auxiliary head) for H, W divisible by ``model.encoder.output_stride``.
+    """
+    import segmentation_models_pytorch as smp
+
+    key = arch.lower().replace("_", "").replace("-", "")
+    classes = {"deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus}
+    if key not in classes:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+    if encoder_weights == "imagenet":
+        smp_weights: Any = True if encoder.startswith("tu-") else "imagenet"
+    else:
+        smp_weights = None
+    model = classes[key](
+        encoder_name=encoder,
+        encoder_depth=encoder_depth,
+        encoder_weights=smp_weights,
+        encoder_output_stride=output_stride,
+        decoder_channels=decoder_channels,
+        classes=num_classes,
+        aux_params=None if aux_classes is None else {"classes": aux_classes, "dropout": 0.0},
+    )
+    if _is_local_weights(encoder_weights):
+        load_encoder_weights(model, encoder, encoder_weights)  # type: ignore[arg-type]
+    return model
+
+
+def pad_to_multiple(images: Tensor, multiple: int, value: float = 0.0) -> Tensor:
+    """Pad images [B, C, H, W] at the bottom and right so H and W are multiples of ``multiple``.
+
+    Returns:
+        float [B, C, H', W'] with H' = ceil(H / multiple) * multiple (the input itself when no padding is needed).
+    """
+    height, width = images.shape[-2:]
+    pad_h = (-height) % multiple
+    pad_w = (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    return F.pad(images, (0, pad_w, 0, pad_h), value=value)
+
+
+def multiscale_flip_probs(
+    forward: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False
+) -> Tensor:
+    """Mean softmax over rescaled (bilinear) and optionally horizontally flipped copies of ``images``.
+
+    Args:
+        forward: maps images [B, 3, h, w] to logits [B, C, h, w].
+        images: float [B, 3, H, W].
+
+    Returns:
+        float [B, C, H, W] probabilities (sum to 1 over C).
+    """
+    height, width = images.shape[-2:]
+    total: Optional[Tensor] = None
+    count = 0
+    for scale in scales:
+        size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
+        scaled = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in ((False, True) if flip else (False,)):
+            logits = forward(scaled.flip(-1) if flipped else scaled)
+            if flipped:
+                logits = logits.flip(-1)
+            if tuple(logits.shape[-2:]) != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probs = logits.float().softmax(dim=1)
+            total = probs if total is None else total + probs
+            count += 1
+    if total is None:
+        raise ValueError("scales must not be empty")
+    return total / count
+
+
+def masked_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Pixel cross-entropy averaged over the labelled pixels (0, not NaN, when every pixel is ignored).
+
+    Args:
+        logits: float [B, C, H, W].
+        target: long [B, H, W] with ``ignore_index`` for unknown pixels.
+
+    Returns:
+        scalar tensor.
+    """
+    valid = target != ignore_index
+    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    return total / valid.sum().clamp(min=1)
+
+
+def denormalize_batch(images: Tensor, sizes: Tensor, mean: Sequence[float], std: Sequence[float]) -> List[np.ndarray]:
+    """Undo normalisation of a padded batch and crop each image to its size.
+
+    Args:
+        images: float [B, 3, H, W] normalised images.
+        sizes: long [B, 2] unpadded (height, width).
+
+    Returns:
+        list of B uint8 RGB arrays [h_i, w_i, 3].
+    """
+    out = []
+    for image, (height, width) in zip(images.detach().float().cpu(), sizes.tolist()):
+        out.append(denormalize(image[:, :height, :width].numpy(), mean, std))
+    return out
+
+
+def select_rows(batch: Dict[str, Any], rows: Sequence[int]) -> Dict[str, Any]:
+    """The sub-batch of ``rows``: tensors indexed on their first dimension, lists picked; other values kept."""
+    out: Dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == len(batch["id"]):
+            out[key] = value[torch.as_tensor(list(rows), dtype=torch.long, device=value.device)]
+        elif isinstance(value, (list, tuple)) and len(value) == len(batch["id"]):
+            out[key] = [value[i] for i in rows]
+        else:
+            out[key] = value
+    return out
+
+
+def metric_key(name: str) -> str:
+    """A class name made safe for a metric key (``"tv/monitor"`` -> ``"tv_monitor"``)."""
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", name)
+
+
+# ----------------------------------------------------------------------------------------------- the task
+class DeepLabSegmenter(L.LightningModule):
+    """DeepLabV3 / DeepLabV3+ (smp) trained with pixel cross-entropy on (pseudo) masks.
+
+    Training: cross-entropy with 255 ignored, optional auxiliary multi-label classification head (smp's
+    ``aux_params`` on the deepest encoder features; ``BCEWithLogits`` on the image labels, weight
+    ``aux_weight``), SGD (or AdamW) with ``head_lr_mult`` on everything but the encoder and a per-step poly
+    schedule. Validation: single-scale mIoU (``val/miou``) and, at epoch end, per-class IoU
+    (``val/iou/<class>``). Test: ``predict_logits`` (multi-scale + flip) and ``postprocess`` (optional dense
+    CRF), mIoU ``test/miou`` and ``test/iou/<class>``. Predict: ``labels/<id>.png`` (argmax at the image's
+    original size), skipping images already written by the :class:`~lightning_wsss.callbacks.ArtifactWriter`.
+
+    Any input size works: images are padded inside :meth:`forward` to a multiple of the encoder's output
+    stride and the logits cropped back; batches padded by the collate are cropped to ``size`` before writing.
+
+    Hooks for subclasses: :meth:`configure_model` (builds ``self.model``; idempotent, as Lightning requires),
+    :meth:`loss`, :meth:`predict_logits`, :meth:`postprocess`.
+
+    Args:
+        num_classes: classes including background.
+        arch: ``deeplabv3`` or ``deeplabv3plus``.
+        encoder: smp encoder (``resnet50``) or ``tu-<timm name>`` (``tu-resnet18``, ``tu-efficientnet_lite0``).
+        encoder_weights: ``None``, ``"imagenet"`` or a local state-dict path.
+        encoder_depth: encoder stages (3..5).
+        output_stride: 8 or 16.
+        decoder_channels: ASPP / decoder width.
+        lr, head_lr_mult, weight_decay, momentum, optimizer, poly_power: optimisation.
+        aux_weight: weight of the auxiliary classification loss; 0 builds no auxiliary head.
+        test_scales, test_flip: multi-scale + flip inference at test and prediction time.
+        crf: dense-CRF post-processing at test and prediction time.
+        crf_params: keyword arguments of :class:`lightning_wsss.refine.crf.CRFParams`.
+        crf_processes: CRF worker processes (0 = in this process).
+        class_names: names for per-class IoU keys (default: the datamodule's ``class_names``).
+    """
+
+    artifact_patterns: Tuple[str, ...] = ("labels/{id}.png",)
+
+    def __init__(
+        self,
+        num_classes: int,
+        arch: str = "deeplabv3plus",
+        encoder: str = "resnet50",
+        encoder_weights: Optional[str] = None,
+        encoder_depth: int = 5,
+        output_stride: int = 16,
+        decoder_channels: int = 256,
+        lr: float = 0.01,
+        head_lr_mult: float = 10.0,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        optimizer: str = "sgd",
+        poly_power: float = 0.9,
+        aux_weight: float = 0.0,
+        test_scales: Sequence[float] = (1.0,),
+        test_flip: bool = False,
+        crf: bool = False,
+        crf_params: Optional[Dict[str, float]] = None,
+        crf_processes: int = 0,
+        class_names: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.num_classes = num_classes
+        self.model: Optional[nn.Module] = None
+        self.configure_model()
+        self.val_miou = SegmentationIoU(num_classes)
+        self.val_iou = SegmentationIoU(num_classes, reduction="none")
+        self.test_miou = SegmentationIoU(num_classes)
+        self.test_iou = SegmentationIoU(num_classes, reduction="none")
+
+    # ------------------------------------------------------------------ hooks
+    def configure_model(self) -> None:
+        """Build ``self.model`` (smp DeepLab) unless it exists; called from ``__init__`` and again by Lightning."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = build_deeplab(
+            hp.arch, hp.encoder, self.num_classes, hp.encoder_weights, hp.output_stride, hp.encoder_depth,
+            hp.decoder_channels, aux_classes=self.num_classes - 1 if hp.aux_weight > 0 else None,
+        )
+
+    def loss(self, logits: Tensor, batch: Dict[str, Any]) -> Tensor:
+        """Pixel cross-entropy of ``logits`` [B, C, H, W] against ``batch["mask"]`` [B, H, W] (255 ignored)."""
+        if "mask" not in batch:
+            raise ValueError("DeepLabSegmenter trains on masks: the training batch has none (use MaskDataModule or "
+                             "PseudoMaskDataModule, or a task that builds masks such as BoxSupTrainer)")
+        return masked_cross_entropy(logits, batch["mask"])
+
+    def aux_loss(self, aux_logits: Tensor, batch: Dict[str, Any]) -> Tensor:
+        """Multi-label BCE of the auxiliary head's logits [B, C-1] against ``batch["labels"]`` [B, C-1]."""
+        return F.binary_cross_entropy_with_logits(aux_logits, batch["labels"].to(aux_logits.dtype))
+
+    def predict_logits(self, images: Tensor) -> Tensor:
+        """Inference logits at input resolution, with ``test_scales`` / ``test_flip``.
+
+        Returns:
+            float [B, C, H, W]: the logits for a single scale without flip, else the log of the mean softmax.
+        """
+        scales = tuple(float(s) for s in self.hparams.test_scales) or (1.0,)
+        if scales == (1.0,) and not self.hparams.test_flip:
+            return self(images)
+        probs = multiscale_flip_probs(self, images, scales, bool(self.hparams.test_flip))
+        return probs.clamp_min(1e-8).log()
+
+    def postprocess(self, probs: Tensor, batch: Dict[str, Any]) -> Tensor:
+        """Refine probabilities before the argmax: a dense CRF on each unpadded image when ``crf`` is set.
+
+        Args:
+            probs: float [B, C, H, W] (padded batch).
+            batch: the batch (``image``, ``size``).
+
+        Returns:
+            float [B, C, H, W]; the padding keeps the input probabilities.
+        """
+        if not self.hparams.crf:
+            return probs
+        from ..refine.crf import CRFParams, batch_crf
+
+        mean, std = self.normalization()
+        images = denormalize_batch(batch["image"], batch["size"], mean, std)
+        crops = [probs[i, :, :h, :w].detach().float().cpu().numpy() for i, (h, w) in enumerate(batch["size"].tolist())]
+        refined = batch_crf(images, crops, CRFParams(**(self.hparams.crf_params or {})), processes=self.hparams.crf_processes)
+        out = probs.clone()
+        for i, (height, width) in enumerate(batch["size"].tolist()):
+            out[i, :, :height, :width] = torch.from_numpy(refined[i]).to(out)
+        return out
+
+    # ------------------------------------------------------------------ model
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (the encoder's output stride)."""
+        return int(getattr(self.model.encoder, "output_stride", 32))
+
+    def forward_outputs(self, images: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Segmentation logits [B, C, H, W] at input size and auxiliary logits [B, C-1] (None without the head)."""
+        height, width = images.shape[-2:]
+        padded = pad_to_multiple(images, self.size_multiple)
+        outputs = self.model(padded)
+        logits, aux = outputs if isinstance(outputs, (tuple, list)) else (outputs, None)
+        if logits.shape[-2:] != padded.shape[-2:]:  # decoders that stop short of the input resolution
+            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :height, :width], aux
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits [B, C, H, W] for images [B, 3, H, W] of any size."""
+        return self.forward_outputs(images)[0]
+
+    def normalization(self) -> Tuple[Sequence[float], Sequence[float]]:
+        """The (mean, std) the images were normalised with: the datamodule's, else ImageNet's."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        mean = getattr(datamodule, "mean", None)
+        std = getattr(datamodule, "std", None)
+        if mean is None or std is None:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return tuple(mean), tuple(std)
+
+    def class_names(self) -> Optional[List[str]]:
+        """Class names for per-class IoU: the ``class_names`` argument, else the datamodule's."""
+        if self.hparams.class_names:
+            return list(self.hparams.class_names)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        return list(names) if names is not None and len(names) == self.num_classes else None
+
+    def segment(self, batch: Dict[str, Any]) -> Tensor:
+        """Test/predict labels: ``predict_logits`` -> softmax -> ``postprocess`` -> argmax. Returns long [B, H, W]."""
+        probs = self.predict_logits(batch["image"]).float().softmax(dim=1)
+        return self.postprocess(probs, batch).argmax(dim=1)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Tensor:
+        logits, aux = self.forward_outputs(batch["image"])
+        batch_size = len(batch["id"])
+        loss = self.loss(logits, batch)
+        self.log("train/seg_loss", loss, batch_size=batch_size)
+        if aux is not None and self.hparams.aux_weight > 0:
+            aux_loss = self.aux_loss(aux, batch)
+            self.log("train/aux_loss", aux_loss, batch_size=batch_size)
+            loss = loss + self.hparams.aux_weight * aux_loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        if "mask" not in batch:
+            return
+        logits = self(batch["image"])
+        batch_size = len(batch["id"])
+        self.log("val/loss", masked_cross_entropy(logits, batch["mask"]), batch_size=batch_size, sync_dist=True)
+        preds = logits.argmax(dim=1)
+        self.val_miou.update(preds, batch["mask"])
+        self.val_iou.update(preds, batch["mask"])
+        self.log("val/miou", self.val_miou, prog_bar=True, batch_size=batch_size)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_per_class(self.val_iou, "val")
+
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        if "mask" not in batch:
+            return
+        preds = self.segment(batch)
+        self.test_miou.update(preds, batch["mask"])
+        self.test_iou.update(preds, batch["mask"])
+        self.log("test/miou", self.test_miou, batch_size=len(batch["id"]))
+
+    def on_test_epoch_end(self) -> None:
+        self._log_per_class(self.test_iou, "test")
+
+    def _log_per_class(self, metric: SegmentationIoU, stage: str) -> None:
+        names = self.class_names()
+        if metric.update_count == 0:
+            return
+        per_class = metric.compute()
+        metric.reset()
+        if names is None or self._trainer is None or self.trainer.sanity_checking:
+            return
+        for name, value in zip(names, per_class):
+            if not torch.isnan(value):
+                self.log(f"{stage}/iou/{metric_key(name)}", value, sync_dist=True)
+
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> List[Optional[List[Artifact]]]:
+        writer = find_writer(self._trainer)
+        todo = [i for i, image_id in enumerate(batch["id"]) if writer is None or not writer.is_done(image_id, self)]
+        results: List[Optional[List[Artifact]]] = [None] * len(batch["id"])
+        if not todo:
+            return results
+        labels = self.segment(select_rows(batch, todo)).cpu().numpy().astype(np.uint8)
+        for row, i in enumerate(todo):
+            height, width = batch["size"][i].tolist()
+            results[i] = [Artifact(f"labels/{batch['id'][i]}.png", "png", labels[row, :height, :width])]
+        return results
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        encoder = list(self.model.encoder.parameters())
+        encoder_ids = {id(p) for p in encoder}
+        head = [p for p in self.parameters() if id(p) not in encoder_ids]
+        return configure_poly(self, encoder, head, hp.lr, hp.head_lr_mult, hp.weight_decay, hp.optimizer,
+                              hp.momentum, hp.poly_power)

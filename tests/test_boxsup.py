@@ -1,0 +1,260 @@
+"""BoxSupTrainer: candidate scoring and mask update on hand-built examples, rounds on tiny_voc, restart, BBTP mode."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_wsss.datamodules import BoxDataModule
+from lightning_wsss.datamodules.base import TransformedDataset
+from lightning_wsss.io import read_label_png
+from lightning_wsss.tasks import boxsup as boxsup_module
+from lightning_wsss.tasks.boxsup import BoxSupTrainer, PseudoMaskInjector
+
+TINY = dict(num_classes=4, encoder="tu-resnet18", decoder_channels=16)
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+def _trainer(**kwargs) -> L.Trainer:
+    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0)
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def _probs(h: int, w: int, values) -> np.ndarray:
+    """Constant probabilities float32 [C, h, w] with channel c = values[c]."""
+    return np.broadcast_to(np.asarray(values, np.float32)[:, None, None], (len(values), h, w)).copy()
+
+
+# ----------------------------------------------------------------------------------------------- unit level
+def test_score_candidate_prefers_the_segment_closest_to_the_box(tmp_path):
+    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    box = (2.0, 2.0, 10.0, 10.0)  # pixels 2..9
+    exact = np.zeros((16, 16), bool)
+    exact[2:10, 2:10] = True
+    inner = np.zeros((16, 16), bool)
+    inner[4:8, 4:8] = True
+    leaking = np.zeros((16, 16), bool)
+    leaking[0:14, 0:14] = True
+    # overlap term only (no network yet): 1 - IoU of the tight boxes, computed by hand
+    costs = [model.score_candidate(c, box, 1, None) for c in (inner, leaking, exact)]
+    assert costs == pytest.approx([1 - 16 / 64, 1 - 64 / 196, 0.0])
+    # with a network that says class 1 (p = 0.8) on the exact square, background (0.9) elsewhere
+    probs = _probs(16, 16, [0.9, 0.05, 0.03, 0.02])
+    probs[:, 2:10, 2:10] = np.array([0.1, 0.8, 0.05, 0.05], np.float32)[:, None, None]
+    log_probs = torch.from_numpy(np.log(probs))
+    cost_exact = model.score_candidate(exact, box, 1, log_probs)
+    cost_inner = model.score_candidate(inner, box, 1, log_probs)
+    assert cost_exact == pytest.approx(3.0 * -math.log(0.8), rel=1e-5)
+    assert cost_inner == pytest.approx(0.75 + 3.0 * (16 * -math.log(0.8) + 48 * -math.log(0.1)) / 64, rel=1e-5)
+    # update_mask picks the network's square over the initializer's inner square
+    init = np.zeros((16, 16), np.uint8)
+    init[inner] = 1
+    image = np.full((16, 16, 3), 128, np.uint8)
+    mask = model.update_mask(image, probs, np.array([box]), np.array([1]), None, init)
+    assert np.array_equal(mask, exact.astype(np.uint8))
+
+
+def test_update_keeps_foreground_in_boxes_and_smaller_box_wins(tmp_path):
+    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=True, candidate_crf_params={"iterations": 3})
+    h = w = 20
+    probs = _probs(h, w, [0.1, 0.6, 0.3, 0.0])  # the network says class 1 everywhere, even outside the boxes
+    boxes = np.array([[0, 0, 12, 12], [8, 8, 16, 16]], np.float32)  # large class 1, small class 2, overlap 8..11
+    labels = np.array([1, 2])
+    init = np.zeros((h, w), np.uint8)  # a "filled" initializer: the smaller box painted last
+    init[0:12, 0:12] = 1
+    init[8:16, 8:16] = 2
+    image = np.full((h, w, 3), 100, np.uint8)
+    mask = model.update_mask(image, probs, boxes, labels, previous_mask=init, init_mask=init)
+    expected = np.zeros((h, w), np.uint8)
+    expected[0:12, 0:12] = 1
+    expected[8:16, 8:16] = 2
+    assert np.array_equal(mask, expected)
+    # the same with the boxes given in the other order
+    mask2 = model.update_mask(image, probs, boxes[::-1].copy(), labels[::-1].copy(), init, init)
+    assert np.array_equal(mask2, expected)
+
+
+class LeakyCandidates(BoxSupTrainer):
+    """A subclass whose only candidate is the whole image."""
+
+    def candidates(self, image, probs, box, class_id, previous_mask, init_mask, refined_probs=None):
+        return [np.ones(image.shape[:2], bool)]
+
+
+def test_update_clips_any_candidate_to_its_box(tmp_path):
+    model = LeakyCandidates(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    mask = model.update_mask(np.zeros((10, 10, 3), np.uint8), _probs(10, 10, [0.5, 0.5, 0, 0]),
+                             np.array([[2.5, 3, 6, 7.2]]), np.array([1]), None, None)
+    expected = np.zeros((10, 10), np.uint8)
+    expected[3:8, 2:6] = 1  # pixel range floor(x_min)..ceil(x_max)-1, same for y
+    assert np.array_equal(mask, expected)
+
+
+def test_sample_selection_draws_from_top_k(tmp_path):
+    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, selection="sample", top_k=1)
+    probs = _probs(12, 12, [0.2, 0.5, 0.2, 0.1])
+    init = np.zeros((12, 12), np.uint8)
+    init[3:6, 3:6] = 1
+    box = np.array([[2, 2, 9, 9]], np.float32)
+    greedy = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    image = np.zeros((12, 12, 3), np.uint8)
+    expected = greedy.update_mask(image, probs, box, [1], None, init)
+    for seed in range(3):  # top_k = 1: sampling is greedy
+        got = model.update_mask(image, probs, box, [1], None, init, torch.Generator().manual_seed(seed))
+        assert np.array_equal(got, expected)
+
+
+def test_injector_adds_the_round_mask(tiny_voc, tmp_path):
+    dm = BoxDataModule(root=str(tiny_voc), crop_size=32)
+    dm.setup("fit")
+    reader = dm.datasets["fit"].reader
+    sample = reader[0]
+    pseudo = np.zeros(sample["image"].shape[:2], np.uint8)
+    pseudo[5:9, 5:9] = 2
+    folder = tmp_path / "round_0"
+    folder.mkdir()
+    from lightning_wsss.io import write_label_png
+
+    write_label_png(folder / f"{sample['id']}.png", pseudo)
+    injector = PseudoMaskInjector(dm.prepare_train, folder)
+    out = injector(sample)
+    assert np.array_equal(out["mask"], pseudo) and len(out["boxes"]) == len(sample["boxes"])
+    dataset = TransformedDataset(reader, dm.eval_transform(), injector)
+    assert torch.equal(dataset[0]["mask"], torch.from_numpy(pseudo.astype(np.int64)))
+
+
+def test_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="nothing to train"):
+        BoxSupTrainer(**TINY, out_dir=str(tmp_path), mask_loss_weight=0.0)
+    with pytest.raises(ValueError, match="selection"):
+        BoxSupTrainer(**TINY, out_dir=str(tmp_path), selection="best")
+
+
+# ----------------------------------------------------------------------------------------------- training runs
+class Spy(BoxSupTrainer):
+    """Records what each training epoch trains on."""
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.seen = getattr(self, "seen", [])
+        self.seen.append(self._injector.mask_dir.name)
+
+    def training_step(self, batch, batch_idx):
+        self.batches = getattr(self, "batches", [])
+        self.batches.append({k: batch[k] for k in ("mask", "boxes", "box_labels")})
+        return super().training_step(batch, batch_idx)
+
+
+def _boxes_union(reader, image_id):
+    sample = reader[reader.index_of(image_id)]
+    union = np.zeros(sample["image"].shape[:2], bool)
+    for x0, y0, x1, y1 in sample["boxes"]:
+        union[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+    return union
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using")
+def test_two_rounds_then_resume(tiny_voc, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    out = tmp_path / "boxsup"
+    dm = BoxDataModule(root=str(tiny_voc), crop_size=32, batch_size=2)
+    model = Spy(**TINY, out_dir=str(out), round_epochs=1, initializer="filled",
+                candidate_crf_params={"iterations": 3})
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    trainer = _trainer(max_epochs=2, callbacks=[ckpt], enable_checkpointing=True)
+    trainer.fit(model, datamodule=dm)
+
+    assert model.seen == ["round_0", "round_1"]  # epoch 1 trained on the masks rebuilt after epoch 0
+    assert trainer.reload_dataloaders_every_n_epochs == 1
+    for batch in model.batches:  # training batches carry the augmented pseudo mask
+        assert batch["mask"].shape == (2, 32, 32) and set(batch["mask"].unique().tolist()) <= {0, 1, 2, 255}
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert list(rounds) == ["round_0", "round_1"]
+    assert rounds["round_0"] == pytest.approx(1.0)  # "filled" boxes are exactly the tiny_voc rectangles
+    assert 0.0 <= rounds["round_1"] <= 1.0
+    assert not (out / "round_2").exists()  # no round after the last epoch
+    reader = dm.datasets["fit"].reader
+    for image_id in reader.ids:
+        for k in (0, 1):
+            mask = read_label_png(out / f"round_{k}" / f"{image_id}.png")
+            assert mask.shape == (48, 48)
+            assert not mask[~_boxes_union(reader, image_id)].any()  # foreground never leaves the boxes
+    assert not isinstance(dm.datasets["fit"].prepare, PseudoMaskInjector)  # removed at fit end
+
+    # resume from the checkpoint for one more epoch: rounds 0 and 1 are reused, round 2 is built
+    stamps = {p: os.stat(p).st_mtime_ns for p in out.glob("round_*/*.png")}
+
+    def no_initializer(*args, **kwargs):
+        raise AssertionError("round 0 must not be recomputed")
+
+    monkeypatch.setattr(boxsup_module, "make_box_mask", no_initializer)
+    resumed = Spy(**TINY, out_dir=str(out), round_epochs=1, candidate_crf_params={"iterations": 3})
+    trainer = _trainer(max_epochs=3)
+    trainer.fit(resumed, datamodule=BoxDataModule(root=str(tiny_voc), crop_size=32, batch_size=2),
+                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.seen == ["round_2"]
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
+    assert sorted(json.loads((out / "rounds.json").read_text())) == ["round_0", "round_1", "round_2"]
+    assert len(list((out / "round_2").glob("*.png"))) == 4
+
+    # a fresh run over the same out_dir rebuilds nothing
+    monkeypatch.setattr(BoxSupTrainer, "update_mask", no_initializer)
+    rounds_stamp = os.stat(out / "rounds.json").st_mtime_ns
+    again = Spy(**TINY, out_dir=str(out), round_epochs=1)
+    _trainer(max_epochs=2).fit(again, datamodule=BoxDataModule(root=str(tiny_voc), crop_size=32, batch_size=2))
+    assert again.seen == ["round_0", "round_1"]
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
+    assert os.stat(out / "rounds.json").st_mtime_ns == rounds_stamp  # recorded rounds are not rescored
+    assert again.round_miou["round_0"] == pytest.approx(1.0)
+
+
+def test_tightness_only_bbtp_mode(tiny_voc, tmp_path):
+    torch.manual_seed(0)
+    out = tmp_path / "bbtp"
+    dm = BoxDataModule(root=str(tiny_voc), crop_size=32, batch_size=2)
+    model = BoxSupTrainer(**TINY, out_dir=str(out), mask_loss_weight=0.0, tightness_weight=1.0, pairwise_weight=0.5)
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and float(metrics["train/tightness_loss"]) > 0
+    assert torch.isfinite(metrics["train/pairwise_loss"])
+    assert not out.exists()  # no pseudo masks in BBTP mode
+
+
+def test_tightness_loss_adds_to_mask_loss(tiny_voc, tmp_path):
+    dm = BoxDataModule(root=str(tiny_voc), crop_size=32, batch_size=2)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    batch["mask"] = torch.zeros(2, 32, 32, dtype=torch.long)
+    logits = torch.randn(2, 4, 32, 32, requires_grad=True)
+    from lightning_wsss.boxes import tightness_prior_loss
+    from lightning_wsss.tasks.segmenter import masked_cross_entropy
+
+    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), mask_loss_weight=0.5, tightness_weight=2.0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = model.loss(logits, batch)
+    expected = 0.5 * masked_cross_entropy(logits, batch["mask"]) + 2.0 * tightness_prior_loss(
+        logits, batch["boxes"], batch["box_labels"])
+    assert torch.isclose(loss, expected) and torch.isfinite(loss)
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()

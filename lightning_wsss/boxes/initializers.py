@@ -345,6 +345,7 @@ def grabcut_init(
             gc_mask = np.zeros((height, width), dtype=np.uint8)
             bgd_model = np.zeros((1, 65), dtype=np.float64)
             fgd_model = np.zeros((1, 65), dtype=np.float64)
+            cv2.setRNGSeed(0)  # GrabCut's GMM k-means init is random: fix it so masks are reproducible
             cv2.grabCut(
                 bgr, gc_mask, (x0, y0, x1 - x0, y1 - y0), bgd_model, fgd_model, int(iterations),
                 cv2.GC_INIT_WITH_RECT,

@@ -11,6 +11,15 @@ import numpy as np
 from .main import register
 
 
+def quiet_lightning() -> None:
+    """Hide Lightning's start-up tips and device banners (progress bars and warnings stay)."""
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @register("evaluate-cams")
 def evaluate_cams(argv: List[str]) -> int:
     """``wsss evaluate-cams --cams DIR --root ROOT --split SPLIT``: best background threshold and its mIoU."""
@@ -49,6 +58,7 @@ def pipeline(argv: List[str]) -> int:
     parser.add_argument("config", help="pipeline YAML (see experiments/*/pipeline_*.yaml)")
     parser.add_argument("--out", default=None, help="output folder (default: the config's 'out', else runs/<name>)")
     args = parser.parse_args(argv)
+    quiet_lightning()
     from ..pipeline.config import load_config
     from ..pipeline.pipelines import run_pipeline
     from ..pipeline.report import format_table
@@ -75,8 +85,35 @@ def demo(argv: List[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (a few images, one epoch per stage)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
+    quiet_lightning()
     from ..pipeline.demo import run_demo
 
     run_demo(args.out, data=args.data, num_train=args.num_train, num_val=args.num_val, size=args.size,
              supervisions=args.supervision, quick=args.quick, progress=not args.no_progress)
+    return 0
+
+
+@register("compare")
+def compare(argv: List[str]) -> int:
+    """``wsss compare RUN_DIR... [--out DIR]``: merge several runs' summaries into one comparison table and report."""
+    parser = argparse.ArgumentParser(prog="wsss compare", description="Merge the summary.json of several pipeline "
+                                     "runs (e.g. one per supervision) into one table, summary and HTML report.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders holding summary.json (or the files)")
+    parser.add_argument("--out", default="compare_out", help="output folder (default: compare_out)")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from ..errors import DataError
+    from ..pipeline.compare import merge_summaries, summary_path, write_comparison
+    from ..pipeline.report import format_table
+
+    target = (Path(args.out) / "summary.json").resolve()
+    for run in args.runs:
+        if summary_path(run).resolve() == target:
+            raise DataError(summary_path(run), "is an input and would be overwritten by the merged summary; "
+                                               "choose another --out")
+    summary = merge_summaries(args.runs)
+    print(format_table(summary))
+    paths = write_comparison(args.out, summary)
+    print(f"\nsummary: {paths['summary']}\nreport:  {paths['html']}\nplot:    {paths['plot']}")
     return 0

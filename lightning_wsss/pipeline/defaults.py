@@ -32,7 +32,7 @@ DEFAULTS: Dict[str, Any] = {
                 "backbone": TINY_BACKBONE, "output_stride": 16, "feature_levels": [1, 2, 3], "embed_dim": 32, "lr": 0.05, "radius": 5}},
             "trainer": {"max_epochs": 6, "limit_val_batches": 0},
         },
-        "random_walk": {"walk": {"beta": 8.0, "log_t": 8, "bg_alpha": 16.0}},
+        "random_walk": {"walk": {"beta": 8.0, "log_t": None, "bg_alpha": 16.0}},
         "box_init": {"initializers": ["filled", "grabcut", "crf"]},
         "boxsup": {
             "model": {"class_path": "BoxSupTrainer", "init_args": {

@@ -25,7 +25,7 @@ QUICK_OVERRIDES: Dict[str, Any] = {
         "classifier": {"trainer": {"max_epochs": 1}},
         "cams": {"cam": {"cam_scales": [1.0]}},
         "affinity": {"trainer": {"max_epochs": 1}},
-        "random_walk": {"walk": {"log_t": 4}},
+        
         "box_init": {"initializers": ["filled", "grabcut"]},
         "boxsup": {"model": {"init_args": {"round_epochs": 1, "crf_candidate": False}}, "trainer": {"max_epochs": 2}},
         "segmenter": {"trainer": {"max_epochs": 1}},

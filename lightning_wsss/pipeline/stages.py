@@ -65,7 +65,7 @@ def segmenter_stage_for(source: str):
             labels = upstream[source].outputs["labels_dir"]
             dm = make_datamodule(ctx, "PseudoMaskDataModule", deep_merge({"pseudo_mask_dir": labels}, cfg.get("data")))
         model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"),
-                                extra_init={"class_names": dm.class_names})
+                                )
         metrics = validate_model(ctx, stage_dir, "segmenter", model, dm, cfg.get("trainer"))
         return {"outputs": {"checkpoint": str(ckpt)}, "metrics": {"val_miou": metrics["val/miou"]}}
 
@@ -136,7 +136,7 @@ def boxsup_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Stag
     dm = make_datamodule(ctx, "BoxDataModule", cfg.get("data"))
     rounds_dir = stage_dir / "rounds"
     _, ckpt = fit_model(ctx, stage_dir, "boxsup", cfg["model"], dm, cfg.get("trainer"),
-                        extra_init={"out_dir": str(rounds_dir), "class_names": dm.class_names})
+                        extra_init={"out_dir": str(rounds_dir)})
     rounds = json.loads((rounds_dir / "rounds.json").read_text())
     last = max(rounds, key=lambda k: int(k.split("_")[1]))
     metrics = {f"boxsup_{key}": (float("nan") if value is None else float(value)) for key, value in rounds.items()}

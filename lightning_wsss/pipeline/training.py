@@ -83,6 +83,7 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     final = stage_dir / "checkpoints" / "final.ckpt"
     if final.is_file():
         return model_cls.load_from_checkpoint(str(final), map_location="cpu", weights_only=False), final
+    L.seed_everything(int(ctx.config.get("seed", 0)), workers=True, verbose=False)  # weights init included
     model = model_cls(num_classes=datamodule.num_classes, **init_args)
     last = stage_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if _valid_checkpoint(last) else None
@@ -90,7 +91,6 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
         last.unlink()
     callbacks = [ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last=True, save_top_k=0),
                  EpochSeed(int(ctx.config.get("seed", 0)))]
-    L.seed_everything(int(ctx.config.get("seed", 0)), workers=True, verbose=False)
     trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks)
     if resume:
         ctx.log(f"[{stage_name}] resuming from {last}")

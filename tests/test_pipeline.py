@@ -1,0 +1,102 @@
+"""`wsss pipeline`: summaries, skipping complete stages, rerunning changed ones, resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_wsss.datasets.synthetic import make_synthetic
+from lightning_wsss.pipeline import run_pipeline
+from lightning_wsss.pipeline.costs import annotation_hours
+from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
+from lightning_wsss.pipeline.config import deep_merge
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "data", num_train=10, num_val=4, size=64, seed=3)
+
+
+def tiny_config(root: Path, supervision: str, **overrides) -> dict:
+    config = deep_merge(QUICK_OVERRIDES, {"name": f"t-{supervision}", "supervision": supervision, "progress_bar": False,
+                                          "logger": "none", "dataset": {"root": str(root), "name": "synthetic"}})
+    return deep_merge(config, overrides)
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def test_full_pipeline_summary(tiny_synthetic, tmp_path):
+    summary = run_pipeline(tiny_config(tiny_synthetic, "full"), tmp_path, log=quiet)
+    assert summary["dataset"] == "synthetic" and summary["num_train"] == 10 and summary["num_val"] == 4
+    entry = summary["supervision"]["full"]
+    assert 0.0 <= entry["val_miou"] <= 1.0 and entry["pseudo_miou"] == {}
+    assert entry["annotation_hours"] == pytest.approx(annotation_hours("full", 10), abs=1e-3)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["supervision"]["full"]["val_miou"] == entry["val_miou"]
+
+
+def test_box_pipeline_skips_complete_and_reruns_changed_stages(tiny_synthetic, tmp_path):
+    config = tiny_config(tiny_synthetic, "box", stages={"box_init": {"initializers": ["filled"]},
+                                                        "boxsup": {"model": {"init_args": {"initializer": "filled"}}}})
+    first = run_pipeline(config, tmp_path, log=quiet)["supervision"]["box"]
+    assert set(first["pseudo_miou"]) == {"filled", "boxsup_round_0", "boxsup_round_1"}
+    # round 0 is the initializer's masks, scored the same way
+    assert first["pseudo_miou"]["boxsup_round_0"] == pytest.approx(first["pseudo_miou"]["filled"])
+    again = run_pipeline(config, tmp_path, log=quiet)["supervision"]["box"]
+    assert all(stage["reused"] for stage in again["stages"].values()) and again["val_miou"] == first["val_miou"]
+    changed = deep_merge(config, {"stages": {"segmenter": {"model": {"init_args": {"lr": 0.02}}}}})
+    third = run_pipeline(changed, tmp_path, log=quiet)["supervision"]["box"]
+    reused = {name: stage["reused"] for name, stage in third["stages"].items()}
+    assert reused == {"box_init": True, "boxsup": True, "segmenter": False}
+    assert third["stages"]["segmenter"]["hash"] != first["stages"]["segmenter"]["hash"]
+
+
+def _run_cli(config_path: Path, out: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lightning_wsss", "pipeline", str(config_path), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, **kwargs)
+
+
+def test_image_pipeline_resumes_after_kill_with_same_numbers(tiny_synthetic, tmp_path):
+    config = tiny_config(tiny_synthetic, "image", stages={"classifier": {"trainer": {"max_epochs": 6}}})
+    path = tmp_path / "image.yaml"
+    path.write_text(yaml.safe_dump(config))
+    reference = _run_cli(path, tmp_path / "reference")
+    output, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, output.decode()[-3000:]
+    # kill the second run once the classifier has written its first epoch checkpoint
+    proc = _run_cli(path, tmp_path / "interrupted")
+    deadline = time.time() + 300
+    pattern = "image/classifier/*/checkpoints/last.ckpt"
+    while time.time() < deadline and not list((tmp_path / "interrupted").glob(pattern)):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "interrupted" / "summary.json").exists()
+    resumed = _run_cli(path, tmp_path / "interrupted")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output.decode()[-3000:]
+    assert "resuming from" in output.decode()
+    ref = json.loads((tmp_path / "reference" / "summary.json").read_text())["supervision"]["image"]
+    got = json.loads((tmp_path / "interrupted" / "summary.json").read_text())["supervision"]["image"]
+    assert got["pseudo_miou"] == ref["pseudo_miou"] and got["val_miou"] == ref["val_miou"]
+
+
+def test_bad_config_is_a_clear_error(tmp_path, capsys):
+    from lightning_wsss.cli.main import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("supervision: pixels\ndataset: {root: x}\n")
+    assert main(["pipeline", str(path)]) == 2
+    assert "bad.yaml: 'supervision' must be one of" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Lightning callbacks: artifact writers for prediction stages, per-epoch seeding."""
 
+from .panels import MaskPanelLogger
 from .seeding import EpochSeed
 from .writers import ArtifactWriter
 
-__all__ = ["ArtifactWriter", "EpochSeed"]
+__all__ = ["ArtifactWriter", "EpochSeed", "MaskPanelLogger"]

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ..callbacks import ArtifactWriter, EpochSeed
+from ..callbacks import ArtifactWriter, EpochSeed, MaskPanelLogger
 from .config import deep_merge, resolve_class
 from .runner import PipelineContext
 
@@ -23,7 +23,7 @@ def make_logger(ctx: PipelineContext, stage_dir: Path, stage_name: str):
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
-        wandb_cfg = dict(ctx.config.get("wandb") or {})
+        wandb_cfg = {k: v for k, v in (ctx.config.get("wandb") or {}).items() if k != "panel_images"}
         run_name = ctx.config.get("name", "wsss")
         supervision = ctx.config.get("supervision")
         return WandbLogger(
@@ -41,12 +41,23 @@ def make_logger(ctx: PipelineContext, stage_dir: Path, stage_name: str):
     return CSVLogger(str(stage_dir), name="logs")
 
 
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Close the stage's W&B run (each stage is its own run in the pipeline's group)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()
+
+
 def make_trainer(ctx: PipelineContext, stage_dir: Path, stage_name: str, trainer_cfg: Optional[Mapping[str, Any]],
                  callbacks: List[L.Callback], logger: bool = True) -> L.Trainer:
     """A Trainer with the pipeline's shared trainer settings overridden by the stage's."""
     cfg = deep_merge(ctx.config.get("trainer") or {}, trainer_cfg)
     cfg.setdefault("enable_model_summary", False)
     cfg.setdefault("enable_progress_bar", bool(ctx.config.get("progress_bar", True)))
+    if logger and str(ctx.config.get("logger", "csv")).lower() == "wandb":
+        callbacks = list(callbacks) + [MaskPanelLogger(int((ctx.config.get("wandb") or {}).get("panel_images", 4)))]
     return L.Trainer(default_root_dir=str(stage_dir), logger=make_logger(ctx, stage_dir, stage_name) if logger else False,
                      callbacks=callbacks, **cfg)
 
@@ -95,6 +106,7 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     if resume:
         ctx.log(f"[{stage_name}] resuming from {last}")
     trainer.fit(model, datamodule, ckpt_path=resume)
+    finish_wandb(trainer)
     tmp = final.with_suffix(".tmp")
     trainer.save_checkpoint(str(tmp))
     os.replace(tmp, final)

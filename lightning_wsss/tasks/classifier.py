@@ -181,15 +181,23 @@ class CAMClassifier(L.LightningModule):
         self.val_metrics.update(torch.sigmoid(logits), batch["labels"].long())
         self.log_dict(self.val_metrics, batch_size=batch_size)
         if "mask" in batch:
-            class_ids = present_class_ids(batch["labels"])
-            maps = self.raw_cams(features)
-            gathered = torch.gather(maps, 1, (class_ids.clamp(min=1) - 1)[..., None, None].expand(-1, -1, *maps.shape[-2:]))
-            gathered = gathered * (class_ids >= 1)[..., None, None]
-            cams = F.interpolate(gathered, size=batch["image"].shape[-2:], mode="bilinear", align_corners=False)
-            cams = cams / (cams.flatten(2).amax(-1)[..., None, None] + 1e-5)
-            labels = cams_to_label(self.background(cams), class_ids)
-            self.val_cam_miou.update(labels, batch["mask"])
+            self.val_cam_miou.update(self.single_scale_labels(features, batch["labels"], batch["image"].shape[-2:]),
+                                     batch["mask"])
             self.log("val/cam_miou", self.val_cam_miou, batch_size=batch_size)
+
+    def single_scale_labels(self, features: Tensor, labels: Tensor, size) -> Tensor:
+        """CAM pseudo labels [B, H, W] from one forward's features [B, D, h, w] and multi-hot ``labels`` [B, C-1]."""
+        class_ids = present_class_ids(labels)
+        maps = self.raw_cams(features)
+        gathered = torch.gather(maps, 1, (class_ids.clamp(min=1) - 1)[..., None, None].expand(-1, -1, *maps.shape[-2:]))
+        gathered = gathered * (class_ids >= 1)[..., None, None]
+        cams = F.interpolate(gathered, size=tuple(size), mode="bilinear", align_corners=False)
+        cams = cams / (cams.flatten(2).amax(-1)[..., None, None] + 1e-5)
+        return cams_to_label(self.background(cams), class_ids)
+
+    def panel_predictions(self, batch: Dict[str, Any]) -> Tensor:
+        """Single-scale CAM labels, for the W&B image panels."""
+        return self.single_scale_labels(self.features(batch["image"]), batch["labels"], batch["image"].shape[-2:])
 
     def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> List[Optional[List[Artifact]]]:
         writer = find_writer(self._trainer)

@@ -189,7 +189,9 @@ class WSSSDataModule(L.LightningDataModule):
         drop_last = len(self.datasets.get("fit", [])) > self.batch_size if "fit" in self.datasets else False
         return self._loader("fit", shuffle=True, batch_size=self.batch_size, drop_last=drop_last)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self):
+        if self.splits.get("validate") is None:  # no validation split: Lightning skips validation
+            return []
         return self._loader("validate", shuffle=False, batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:

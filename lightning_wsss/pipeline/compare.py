@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import DataError, PathLike
 from ..io import write_json_atomic
-from .report import ORDER, _png_bytes, write_report
+from .report import ORDER, png_bytes, write_report
 
 DATASET_KEYS = ("dataset", "num_train", "num_val")
 """Top-level keys that must agree between merged summaries."""
@@ -175,7 +175,7 @@ def pseudo_miou_plot(summary: Mapping[str, Any]) -> bytes:
     if bars:
         ax.legend(title="supervision", fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def write_comparison(out_dir: PathLike, summary: Mapping[str, Any]) -> Dict[str, Path]:

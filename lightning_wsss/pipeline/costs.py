@@ -6,7 +6,9 @@
 - Full masks: about 240 s per image on PASCAL VOC -- Bearman et al., ECCV 2016 (above).
 - Boxes: about 7 s per box with extreme clicking and about 35 s per box with classic box drawing --
   Papadopoulos, Uijlings, Keller, Ferrari, "Extreme clicking for efficient object annotation", ICCV 2017
-  (7.0 s vs 34.5 s per box). The per-box cost multiplies the number of boxes of each image.
+  (7.0 s vs 34.5 s per box). The per-box cost multiplies the number of boxes of each image. Those box times
+  are for drawing a box of a given class; an annotator first has to find which classes an image holds, so a
+  box-annotated image also costs the image-level labelling time (20 s) on top of its boxes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def annotation_hours(supervision: str, num_images: int, num_boxes: int = 0, box_
         supervision: ``image``, ``box``, ``full`` or ``hybrid``.
         num_images: training images.
         num_boxes: boxes drawn (``box``: all boxes; ``hybrid``: the boxes of the box images only).
+            Box images also pay the image-level labelling time (finding the classes before drawing).
         box_protocol: ``extreme_clicking`` (7 s/box) or ``classic`` (35 s/box).
         num_box_images: ``hybrid`` only: images annotated with boxes; the others get image-level labels.
     """
@@ -37,10 +40,10 @@ def annotation_hours(supervision: str, num_images: int, num_boxes: int = 0, box_
     elif supervision == "full":
         seconds = FULL_MASK_SECONDS_PER_IMAGE * num_images
     elif supervision == "box":
-        seconds = per_box * num_boxes
+        seconds = per_box * num_boxes + IMAGE_LABEL_SECONDS_PER_IMAGE * num_images
     elif supervision == "hybrid":
-        label_images = num_images - (num_box_images or 0)
-        seconds = per_box * num_boxes + IMAGE_LABEL_SECONDS_PER_IMAGE * label_images
+        # every image gets its class labels; only the box images get boxes
+        seconds = per_box * num_boxes + IMAGE_LABEL_SECONDS_PER_IMAGE * num_images
     else:
         raise ValueError(f"unknown supervision {supervision!r}")
     return seconds / 3600.0

@@ -64,7 +64,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines + ([""] + details if details else []))
 
 
-def _png_bytes(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -92,7 +92,7 @@ def cost_plot(summary: Mapping[str, Any]) -> bytes:
     ax.set_ylabel("val mIoU (%)")
     ax.set_title(f"cost vs quality: {summary.get('dataset')}")
     ax.grid(alpha=0.3)
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def gallery(columns: Sequence[str], rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str]) -> bytes:
@@ -113,7 +113,7 @@ def gallery(columns: Sequence[str], rows: Sequence[Sequence[np.ndarray]], row_ti
                 ax.set_title(columns[c], fontsize=8)
             if c == 0:
                 ax.set_ylabel(title, fontsize=7)
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def write_report(out_dir: Path, summary: Mapping[str, Any], galleries: Mapping[str, bytes]) -> Path:

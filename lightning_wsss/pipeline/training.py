@@ -100,7 +100,8 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     resume = str(last) if _valid_checkpoint(last) else None
     if last.exists() and resume is None:
         last.unlink()
-    callbacks = [ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last=True, save_top_k=0),
+    callbacks = [ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last=True, save_top_k=0,
+                                 save_on_train_epoch_end=True),
                  EpochSeed(int(ctx.config.get("seed", 0)))]
     trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks)
     if resume:

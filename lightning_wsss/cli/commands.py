@@ -117,3 +117,25 @@ def compare(argv: List[str]) -> int:
     paths = write_comparison(args.out, summary)
     print(f"\nsummary: {paths['summary']}\nreport:  {paths['html']}\nplot:    {paths['plot']}")
     return 0
+
+
+@register("affinity-labels")
+def affinity_labels(argv: List[str]) -> int:
+    """``wsss affinity-labels --cams DIR --root ROOT --split SPLIT --out DIR``: confident fg/bg/ignore maps for AffinityNet."""
+    parser = argparse.ArgumentParser(prog="wsss affinity-labels",
+                                     description="Write confident affinity label PNGs (class / 0 / 255) from saved CAMs.")
+    parser.add_argument("--cams", required=True, help="folder of <id>.npz CAM files")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--mode", choices=["psa", "irn"], default="psa",
+                        help="psa: two CRFs with background powers 4 / 32; irn: thresholds 0.30 / 0.05 refined by CRF")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from ..datasets.voc import VOCSegmentation
+    from ..refine.affinity_targets import write_affinity_labels
+
+    out = write_affinity_labels(VOCSegmentation(args.root, args.split), Path(args.cams), Path(args.out), mode=args.mode)
+    print(f"affinity labels written to {out}")
+    return 0

@@ -1,6 +1,7 @@
 """LightningDataModules, one per supervision type, sharing :class:`WSSSDataModule`."""
 
 from .base import TransformedDataset, WSSSDataModule
+from .cda import CDADataModule
 from .collate import collate_samples
 from .supervision import BoxDataModule, ImageLabelDataModule, MaskDataModule, PseudoMaskDataModule
 
@@ -11,5 +12,6 @@ __all__ = [
     "BoxDataModule",
     "MaskDataModule",
     "PseudoMaskDataModule",
+    "CDADataModule",
     "collate_samples",
 ]

@@ -3,6 +3,10 @@
 from .affinity import AffinityRefiner
 from .boxsup import BoxSupTrainer
 from .classifier import CAMClassifier
+from .erasing import ErasingCAMClassifier
+from .sec import SECSegmenter
 from .segmenter import DeepLabSegmenter
+from .self_training import SelfTrainingSegmenter
 
-__all__ = ["CAMClassifier", "AffinityRefiner", "DeepLabSegmenter", "BoxSupTrainer"]
+__all__ = ["CAMClassifier", "ErasingCAMClassifier", "AffinityRefiner", "DeepLabSegmenter", "SECSegmenter",
+           "SelfTrainingSegmenter", "BoxSupTrainer"]

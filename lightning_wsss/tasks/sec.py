@@ -25,7 +25,7 @@ factor likewise). Each image is cropped to its ``size`` first, so batch padding 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -253,4 +253,5 @@ class SECSegmenter(DeepLabSegmenter):
         if self._trainer is not None:
             for name, value in parts.items():
                 self.log(f"train/{name}_loss", value, batch_size=batch_size)
-        return hp.seed_weight * parts["seed"] + hp.expand_weight * parts["expand"] + hp.constrain_weight * parts["constrain"]
+        return (hp.seed_weight * parts["seed"] + hp.expand_weight * parts["expand"]
+                + hp.constrain_weight * parts["constrain"])

@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -235,7 +235,8 @@ def relabel_split(
         labels = confident_labels(probs_of(sample), thresholds)
         write_label_png(Path(out_dir) / f"{sample['id']}.png", labels.cpu().numpy().astype(np.uint8))
         if sample.get("mask") is not None:
-            metric.update(labels.to(metric.device), torch.as_tensor(np.asarray(sample["mask"], dtype=np.int64), device=metric.device))
+            target = torch.as_tensor(np.asarray(sample["mask"], dtype=np.int64), device=metric.device)
+            metric.update(labels.to(metric.device), target)
             scored += 1
     return thresholds, metric, scored
 
@@ -326,9 +327,12 @@ class SelfTrainingSegmenter(DeepLabSegmenter):
                 info = self._read_json(self.thresholds_file)
                 info[key] = extra
                 write_json_atomic(self.thresholds_file, info)
+            metrics = {"selftrain/round_miou": float("nan") if miou is None else miou,
+                       "selftrain/round": float(key.split("_")[1])}
+            if extra is not None and "portion" in extra:
+                metrics["selftrain/portion"] = float(extra["portion"])
             for logger in self.loggers:
-                logger.log_metrics({"selftrain/round_miou": float("nan") if miou is None else miou,
-                                    "selftrain/round": float(key.split("_")[1])}, step=self.global_step)
+                logger.log_metrics(metrics, step=self.global_step)
         rank_zero_info(f"Self-training {key}: pseudo-label mIoU vs ground truth "
                        f"{'n/a' if miou is None else f'{100 * miou:.2f}'}")
 
@@ -407,8 +411,6 @@ class SelfTrainingSegmenter(DeepLabSegmenter):
         strategy.barrier("selftrain_round")
         miou = self._compute(metric, scored)
         self._record(key, miou, {"portion": portion, "thresholds": [round(float(t), 6) for t in thresholds]})
-        if self._trainer is not None:
-            self.log("selftrain/portion", portion, rank_zero_only=True) if False else None  # logged via loggers above
         strategy.barrier("selftrain_round_done")
 
     def activate_round(self, round_index: int) -> None:

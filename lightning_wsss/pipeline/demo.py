@@ -33,10 +33,11 @@ QUICK_OVERRIDES: Dict[str, Any] = {
 }
 
 
-def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool) -> Dict[str, Any]:
-    """The pipeline config of one supervision type on the demo data."""
+def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, size: int = 96) -> Dict[str, Any]:
+    """The pipeline config of one supervision type on the demo data (training crops = the image size)."""
     config: Dict[str, Any] = {"name": f"demo-{supervision}", "supervision": supervision,
-                              "dataset": {"root": str(data_root), "name": "synthetic"}, "progress_bar": progress}
+                              "dataset": {"root": str(data_root), "name": "synthetic"}, "progress_bar": progress,
+                              "data": {"crop_size": size}}
     if quick:
         config = deep_merge(config, QUICK_OVERRIDES)
     return config
@@ -135,7 +136,7 @@ def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = No
     summary: Dict[str, Any] = {}
     for supervision in supervisions:
         print(f"\n=== {supervision} supervision ===")
-        summary = run_pipeline(demo_config(data_root, supervision, quick, progress), out_dir)
+        summary = run_pipeline(demo_config(data_root, supervision, quick, progress, params["size"]), out_dir)
     print("\n" + format_table(summary))
     report = write_report(out_dir, summary, demo_galleries(summary, data_root))
     print(f"\nsummary: {out_dir / 'summary.json'}\nreport:  {report}\ntotal wall time: {time.perf_counter() - start:.0f} s")

@@ -73,25 +73,42 @@ def segmenter_stage_for(source: str):
 
 
 # ---------------------------------------------------------------------- boxes
-def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
-            cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Box-to-mask pseudo labels of every configured initializer on the training split."""
+def _box_mask_job(args) -> str:
+    """Worker: one image's box mask, written atomically (top-level so process pools can pickle it)."""
     from ..boxes import make_box_mask
 
+    root, split, image_id, name, kwargs, path = args
+    sample = VOCSegmentation(root, split, ids=[image_id]).load(image_id)
+    write_label_png(path, make_box_mask(name, sample["image"], sample["boxes"], sample["box_labels"], source=image_id, **kwargs))
+    return image_id
+
+
+def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
+                   cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Box-to-mask pseudo labels of every configured initializer on the training split (``processes`` workers)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     root = ctx.config["dataset"]["root"]
-    dataset = VOCSegmentation(root, _train_split(ctx))
+    split = _train_split(ctx)
+    dataset = VOCSegmentation(root, split)
+    processes = int(cfg.get("processes") or os.cpu_count() or 1)
     outputs: Dict[str, Any] = {}
     metrics: Dict[str, float] = {}
     for name in cfg["initializers"]:
         folder = stage_dir / name
         kwargs = (cfg.get("kwargs") or {}).get(name, {})
-        for image_id in tqdm(dataset.ids, desc=f"box masks ({name})", disable=not ctx.config.get("progress_bar", True)):
-            path = folder / f"{image_id}.png"
-            if path.is_file():
-                continue
-            sample = dataset.load(image_id)
-            mask = make_box_mask(name, sample["image"], sample["boxes"], sample["box_labels"], source=image_id, **kwargs)
-            write_label_png(path, mask)
+        jobs = [(str(root), split, i, name, kwargs, folder / f"{i}.png") for i in dataset.ids if not (folder / f"{i}.png").is_file()]
+        bar = tqdm(total=len(jobs), desc=f"box masks ({name})", disable=not ctx.config.get("progress_bar", True))
+        if processes > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(processes) as pool:
+                for _ in pool.map(_box_mask_job, jobs, chunksize=8):
+                    bar.update()
+        else:
+            for job in jobs:
+                _box_mask_job(job)
+                bar.update()
+        bar.close()
         outputs[f"{name}_dir"] = str(folder)
         metrics[name] = _pseudo_miou(ctx, folder)
     outputs["num_boxes"] = int(sum(len(dataset.annotations(i).boxes) for i in dataset.ids if dataset.annotations(i)))

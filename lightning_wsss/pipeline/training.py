@@ -109,8 +109,10 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     trainer.fit(model, datamodule, ckpt_path=resume)
     finish_wandb(trainer)
     tmp = final.with_suffix(".tmp")
-    trainer.save_checkpoint(str(tmp))
-    os.replace(tmp, final)
+    trainer.save_checkpoint(str(tmp))  # rank zero writes
+    if trainer.is_global_zero:
+        os.replace(tmp, final)
+    trainer.strategy.barrier("final_checkpoint")
     return model, final
 
 

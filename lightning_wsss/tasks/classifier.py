@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
+from torchmetrics.classification import (BinaryAveragePrecision, BinaryF1Score, MultilabelAveragePrecision,
+                                         MultilabelF1Score)
 
 from ..callbacks.writers import Artifact, find_writer
 from ..cam import CAMExtractor, add_background, cams_to_label, multiscale_cams
@@ -102,10 +103,12 @@ class CAMClassifier(L.LightningModule):
         self.features = LastFeature(self.configure_backbone())
         channels = self.features.backbone.feature_info.channels()[-1]
         self.head = self.configure_head(channels, num_classes - 1)
-        metric_args = dict(num_labels=num_classes - 1)
-        self.val_metrics = MetricCollection(
-            {"mAP": MultilabelAveragePrecision(**metric_args), "F1": MultilabelF1Score(**metric_args)}, prefix="val/"
-        )
+        if num_classes - 1 == 1:  # one foreground class (e.g. horse vs background): binary metrics
+            metrics = {"mAP": BinaryAveragePrecision(), "F1": BinaryF1Score()}
+        else:
+            metrics = {"mAP": MultilabelAveragePrecision(num_labels=num_classes - 1),
+                       "F1": MultilabelF1Score(num_labels=num_classes - 1)}
+        self.val_metrics = MetricCollection(metrics, prefix="val/")
         self.val_cam_miou = SegmentationIoU(num_classes)
         self._extractor: Optional[CAMExtractor] = None
 
@@ -178,7 +181,10 @@ class CAMClassifier(L.LightningModule):
         logits = self.classify(features)
         batch_size = len(batch["id"])
         self.log("val/loss", self.loss(logits, batch["labels"], batch), batch_size=batch_size, sync_dist=True)
-        self.val_metrics.update(torch.sigmoid(logits), batch["labels"].long())
+        probs, targets = torch.sigmoid(logits), batch["labels"].long()
+        if probs.shape[1] == 1:
+            probs, targets = probs[:, 0], targets[:, 0]
+        self.val_metrics.update(probs, targets)
         self.log_dict(self.val_metrics, batch_size=batch_size)
         if "mask" in batch:
             self.val_cam_miou.update(self.single_scale_labels(features, batch["labels"], batch["image"].shape[-2:]),

@@ -44,7 +44,7 @@ def _probs(h: int, w: int, values) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- unit level
 def test_score_candidate_prefers_the_segment_closest_to_the_box(tmp_path):
-    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, network_candidate=True)
     box = (2.0, 2.0, 10.0, 10.0)  # pixels 2..9
     exact = np.zeros((16, 16), bool)
     exact[2:10, 2:10] = True
@@ -69,6 +69,12 @@ def test_score_candidate_prefers_the_segment_closest_to_the_box(tmp_path):
     image = np.full((16, 16, 3), 128, np.uint8)
     mask = model.update_mask(image, probs, np.array([box]), np.array([1]), None, init)
     assert np.array_equal(mask, exact.astype(np.uint8))
+    # by default the network only scores candidates: its raw argmax is no candidate, a proposal is
+    scorer = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    assert np.array_equal(scorer.update_mask(image, probs, np.array([box]), np.array([1]), None, init), init)
+    proposal = exact.astype(np.uint8)
+    chosen = scorer.update_mask(image, probs, np.array([box]), np.array([1]), None, init, proposals=[proposal])
+    assert np.array_equal(chosen, proposal)
 
 
 def test_update_keeps_foreground_in_boxes_and_smaller_box_wins(tmp_path):
@@ -94,7 +100,7 @@ def test_update_keeps_foreground_in_boxes_and_smaller_box_wins(tmp_path):
 class LeakyCandidates(BoxSupTrainer):
     """A subclass whose only candidate is the whole image."""
 
-    def candidates(self, image, probs, box, class_id, previous_mask, init_mask, refined_probs=None):
+    def candidates(self, image, probs, box, class_id, previous_mask, init_mask, refined_probs=None, proposals=()):
         return [np.ones(image.shape[:2], bool)]
 
 

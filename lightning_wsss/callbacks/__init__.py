@@ -1,7 +1,8 @@
 """Lightning callbacks: artifact writers for prediction stages, per-epoch seeding."""
 
+from .checkpointing import LastCheckpoint
 from .panels import MaskPanelLogger
 from .seeding import EpochSeed
 from .writers import ArtifactWriter
 
-__all__ = ["ArtifactWriter", "EpochSeed", "MaskPanelLogger"]
+__all__ = ["ArtifactWriter", "EpochSeed", "LastCheckpoint", "MaskPanelLogger"]

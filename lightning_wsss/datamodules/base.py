@@ -17,6 +17,7 @@ from ..datasets.coco import COCOSegmentation
 from ..datasets.voc import VOCSegmentation
 from ..errors import DataError
 from .collate import collate_samples
+from .sampling import EpochShuffleSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, apply_transform, eval_transform, train_transform
 
 
@@ -38,9 +39,11 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, item) -> Dict[str, Any]:
+        """``item`` is an index, or ``(index, augmentation_seed)`` from :class:`EpochShuffleSampler`."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
         if self.reseed:
-            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,))))
+            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else int(seed))
         return apply_transform(self.transform, self.prepare(self.reader[index]))
 
 
@@ -175,10 +178,12 @@ class WSSSDataModule(L.LightningDataModule):
     def _loader(self, key: str, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
         if key not in self.datasets:
             self.setup({"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}[key])
+        # shuffling from (seed, epoch) only: a resumed run sees the same order and augmentation as an uninterrupted one
+        sampler = EpochShuffleSampler(len(self.datasets[key]), int(torch.randint(0, 2**31 - 1, (1,)))) if shuffle else None
         return DataLoader(
             self.datasets[key],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate_samples, size_divisor=self.size_divisor),
             drop_last=drop_last,

@@ -8,9 +8,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ..callbacks import ArtifactWriter, EpochSeed, MaskPanelLogger
+from ..callbacks import ArtifactWriter, EpochSeed, LastCheckpoint, MaskPanelLogger
 from .config import deep_merge, resolve_class
 from .runner import PipelineContext
 
@@ -55,6 +54,7 @@ def make_trainer(ctx: PipelineContext, stage_dir: Path, stage_name: str, trainer
     """A Trainer with the pipeline's shared trainer settings overridden by the stage's."""
     cfg = deep_merge(ctx.config.get("trainer") or {}, trainer_cfg)
     cfg.setdefault("enable_model_summary", False)
+    cfg.setdefault("enable_checkpointing", False)  # LastCheckpoint writes last.ckpt atomically instead
     cfg.setdefault("enable_progress_bar", bool(ctx.config.get("progress_bar", True)))
     if logger and str(ctx.config.get("logger", "csv")).lower() == "wandb":
         callbacks = list(callbacks) + [MaskPanelLogger(int((ctx.config.get("wandb") or {}).get("panel_images", 4)))]
@@ -100,9 +100,7 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     resume = str(last) if _valid_checkpoint(last) else None
     if last.exists() and resume is None:
         last.unlink()
-    callbacks = [ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                 save_on_train_epoch_end=True),
-                 EpochSeed(int(ctx.config.get("seed", 0)))]
+    callbacks = [LastCheckpoint(str(stage_dir / "checkpoints")), EpochSeed(int(ctx.config.get("seed", 0)))]
     trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks)
     if resume:
         ctx.log(f"[{stage_name}] resuming from {last}")

@@ -36,15 +36,16 @@ DEFAULTS: Dict[str, Any] = {
         "box_init": {"initializers": ["filled", "grabcut", "crf"]},
         "boxsup": {
             "model": {"class_path": "BoxSupTrainer", "init_args": {
-                "initializer": "grabcut", "round_epochs": 3, "arch": "deeplabv3plus", "encoder": TINY_ENCODER,
-                "output_stride": 16, "decoder_channels": 64, "lr": 0.05}},
-            "trainer": {"max_epochs": 9},
+                "initializer": "grabcut", "proposals": ["crf"], "crf_candidate": False, "round_epochs": 6,
+                "arch": "deeplabv3plus", "encoder": TINY_ENCODER, "output_stride": 16, "decoder_channels": 64,
+                "lr": 0.05}},
+            "trainer": {"max_epochs": 12},
         },
         "segmenter": {
             "model": {"class_path": "DeepLabSegmenter", "init_args": {
                 "arch": "deeplabv3plus", "encoder": TINY_ENCODER, "output_stride": 16, "decoder_channels": 64,
                 "lr": 0.05}},
-            "trainer": {"max_epochs": 10},
+            "trainer": {"max_epochs": 12},
         },
     },
 }

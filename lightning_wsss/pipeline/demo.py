@@ -17,7 +17,7 @@ from .config import deep_merge
 from .pipelines import run_pipeline
 from .report import format_table, gallery, write_report
 
-DEMO_DATA = {"num_train": 400, "num_val": 100, "size": 96, "seed": 0}
+DEMO_DATA = {"num_train": 400, "num_val": 100, "size": 128, "seed": 0}
 
 QUICK_OVERRIDES: Dict[str, Any] = {
     "data": {"batch_size": 4, "eval_batch_size": 4, "crop_size": 64},
@@ -33,11 +33,11 @@ QUICK_OVERRIDES: Dict[str, Any] = {
 }
 
 
-def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, size: int = 96) -> Dict[str, Any]:
+def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, size: int = 128) -> Dict[str, Any]:
     """The pipeline config of one supervision type on the demo data (training crops = the image size)."""
     config: Dict[str, Any] = {"name": f"demo-{supervision}", "supervision": supervision,
                               "dataset": {"root": str(data_root), "name": "synthetic"}, "progress_bar": progress,
-                              "data": {"crop_size": size}}
+                              "data": {"crop_size": min(size, 112)}}
     if quick:
         config = deep_merge(config, QUICK_OVERRIDES)
     return config

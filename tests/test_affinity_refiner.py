@@ -1,0 +1,74 @@
+"""AffinityRefiner: the AffinityNet loss by hand, training on confident labels, random-walk prediction."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from lightning_wsss.callbacks import ArtifactWriter
+from lightning_wsss.datamodules import ImageLabelDataModule, PseudoMaskDataModule
+from lightning_wsss.io import read_label_png, write_label_png, write_npz_atomic
+from lightning_wsss.tasks import AffinityRefiner
+from lightning_wsss.tasks.affinity import affinity_loss, downsample_labels
+
+
+def test_affinity_loss_by_hand():
+    aff = torch.tensor([0.9, 0.5, 0.2, 0.6]).view(1, 4, 1, 1)
+    bg = torch.tensor([True, False, False, False]).view(1, 4, 1, 1)
+    fg = torch.tensor([False, True, False, False]).view(1, 4, 1, 1)
+    neg = torch.tensor([False, False, True, True]).view(1, 4, 1, 1)
+    out = affinity_loss(aff, bg, fg, neg)
+    expected_neg = (-math.log(0.8) - math.log(0.4)) / 2
+    assert float(out["bg"]) == pytest.approx(-math.log(0.9))
+    assert float(out["fg"]) == pytest.approx(-math.log(0.5))
+    assert float(out["neg"]) == pytest.approx(expected_neg)
+    assert float(out["loss"]) == pytest.approx(0.25 * -math.log(0.9) + 0.25 * -math.log(0.5) + 0.5 * expected_neg)
+
+
+def test_downsample_labels_takes_cell_centres_and_pads_with_ignore():
+    mask = torch.arange(64).view(1, 8, 8)
+    out = downsample_labels(mask, 4, (3, 2))
+    assert out.tolist() == [[[18, 22], [50, 54], [255, 255]]]
+
+
+def test_walk_steps_scale_with_the_map():
+    model = AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16)
+    assert model.walk_steps((56, 70)) == 256 and model.walk_steps((28, 28)) == 64
+    model.hparams.log_t = 3
+    assert model.walk_steps((56, 56)) == 8
+
+
+def test_refiner_trains_and_walks(tiny_voc, tmp_path):
+    torch.set_num_threads(1)
+    labels_dir, cams_dir = tmp_path / "aff", tmp_path / "cams"
+    for i in range(6):
+        gt = read_label_png(tiny_voc / "SegmentationClass" / f"img_{i}.png")
+        confident = gt.copy()
+        write_label_png(labels_dir / f"img_{i}.png", confident)
+        keys = np.unique(gt[(gt > 0) & (gt < 255)])
+        cams = np.stack([(gt == k).astype(np.float32) * 0.9 for k in keys]).astype(np.float16)
+        write_npz_atomic(cams_dir / f"img_{i}.npz", cams=cams, keys=keys)
+    L.seed_everything(0, verbose=False)
+    dm = PseudoMaskDataModule(pseudo_mask_dir=str(labels_dir), root=str(tiny_voc), batch_size=2, crop_size=48,
+                              scale_range=(1.0, 1.0))
+    model = AffinityRefiner(dm.num_classes, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16,
+                            lr=0.05, cams_dir=str(cams_dir))
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    predict = ImageLabelDataModule(root=str(tiny_voc), predict_split="train", eval_batch_size=2)
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+              callbacks=[ArtifactWriter(str(tmp_path / "rw"))]).predict(model, predict, return_predictions=False)
+    written = sorted(p.stem for p in (tmp_path / "rw" / "labels").glob("*.png"))
+    assert written == [f"img_{i}" for i in range(4)]
+    label = read_label_png(tmp_path / "rw" / "labels" / "img_1.png")
+    gt = read_label_png(tiny_voc / "SegmentationClass" / "img_1.png")
+    assert label.shape == gt.shape and set(np.unique(label)) <= {0, 1, 2}
+    # CAMs that cover the objects exactly stay on them after the walk
+    valid = gt != 255
+    assert (label[valid] == gt[valid]).mean() > 0.8

@@ -22,6 +22,27 @@ def pytest_configure(config):
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """Tiny models run fastest on one thread, and do not fight subprocesses (DDP, pipelines) for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_trainer(**kwargs):
+    """A quiet CPU Trainer for tests (no logger, checkpoints, progress bar or sanity check), ``kwargs`` override."""
+    import lightning as L
+
+    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0)
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The ../shared/data folder; tests using it skip with a reason where it is absent (a fresh clone)."""

@@ -9,6 +9,8 @@ import os
 import lightning as L
 import numpy as np
 import pytest
+
+from conftest import tiny_trainer as _trainer
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -22,19 +24,6 @@ TINY = dict(num_classes=4, encoder="tu-resnet18", decoder_channels=16)
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def _trainer(**kwargs) -> L.Trainer:
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0)
-    options.update(kwargs)
-    return L.Trainer(**options)
 
 
 def _probs(h: int, w: int, values) -> np.ndarray:

@@ -21,13 +21,6 @@ from lightning_wsss.tasks import CAMClassifier
 from lightning_wsss.tasks.classifier import present_class_ids
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_remap_by_order_renames_and_fails_loudly_on_shape_mismatch():
     target = OrderedDict(a=torch.zeros(2, 3), b=torch.zeros(4), n=torch.zeros(()))

@@ -8,6 +8,8 @@ from typing import Dict, List
 import lightning as L
 import numpy as np
 import pytest
+
+from conftest import tiny_trainer
 import torch
 import torch.nn.functional as F
 
@@ -21,19 +23,9 @@ TINY = dict(num_classes=4, backbone="resnet18", cam_scales=(1.0,), cam_flip=Fals
 THRESHOLD = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _trainer(**kwargs) -> L.Trainer:
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-    options.update(kwargs)
-    return L.Trainer(**options)
+    return tiny_trainer(**{"limit_val_batches": 0, **kwargs})
 
 
 def _reference(state: Dict[str, torch.Tensor]) -> CAMClassifier:

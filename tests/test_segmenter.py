@@ -22,25 +22,12 @@ from lightning_wsss.metrics import evaluate_folder
 from lightning_wsss.models.backbones import load_state_dict_file
 from lightning_wsss.refine.crf import CRFParams, crf_from_probs
 from lightning_wsss.tasks.segmenter import DeepLabSegmenter, masked_cross_entropy, metric_key, pad_to_multiple
-from tests.conftest import write_tiny_voc
+from tests.conftest import tiny_trainer as _trainer, write_tiny_voc
 
 TINY = dict(num_classes=4, encoder="tu-resnet18", decoder_channels=16)
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def _trainer(**kwargs) -> L.Trainer:
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0)
-    options.update(kwargs)
-    return L.Trainer(**options)
 
 
 def _normalise(image: np.ndarray) -> torch.Tensor:

@@ -10,6 +10,8 @@ from typing import Dict, List
 import lightning as L
 import numpy as np
 import pytest
+
+from conftest import tiny_trainer
 import torch
 
 from lightning_wsss.datamodules import PseudoMaskDataModule
@@ -28,13 +30,6 @@ from lightning_wsss.tasks.self_training import (
 
 TINY = dict(num_classes=4, encoder="tu-resnet18", decoder_channels=16)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # 3 classes on a 2x4 map. Max-probabilities and argmax per pixel (row-major):
@@ -149,10 +144,7 @@ class _Recorder(SelfTrainingSegmenter):
 
 
 def _trainer(**kwargs) -> L.Trainer:
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-    options.update(kwargs)
-    return L.Trainer(**options)
+    return tiny_trainer(**{"limit_val_batches": 0, **kwargs})
 
 
 def test_rounds_on_tiny_voc_then_restart(tiny_voc, tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ from ..datasets.classes import IGNORE_INDEX
 from ..errors import DataError
 from ..io import read_label_png, write_json_atomic, write_label_png
 from ..metrics import SegmentationIoU
-from .boxsup import PseudoMaskInjector, round_dir
+from .boxsup import PseudoMaskInjector, _resume_epoch, round_dir
 from .segmenter import DeepLabSegmenter
 
 __all__ = [
@@ -242,14 +242,6 @@ def relabel_split(
 
 
 # ----------------------------------------------------------------------------------------------- the task
-def _resume_epoch(checkpoint: Dict[str, Any]) -> Optional[int]:
-    try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError, ValueError):
-        epoch = checkpoint.get("epoch")
-        return None if epoch is None else int(epoch) + 1
-
-
 class SelfTrainingSegmenter(DeepLabSegmenter):
     """DeepLab self-trained on its own class-balanced confident predictions, with CRST's label regulariser.
 

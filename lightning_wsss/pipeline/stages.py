@@ -31,7 +31,7 @@ def _pseudo_miou(ctx: PipelineContext, labels_dir: Path) -> float:
 
 # ---------------------------------------------------------------------- image labels
 def classifier_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
-            cfg: Dict[str, Any]) -> Dict[str, Any]:
+                     cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Train the CAM classifier on image-level labels."""
     dm = make_datamodule(ctx, cfg.get("datamodule", "ImageLabelDataModule"), cfg.get("data"))
     _, ckpt = fit_model(ctx, stage_dir, "classifier", cfg["model"], dm, cfg.get("trainer"))
@@ -39,7 +39,7 @@ def classifier_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, 
 
 
 def cams_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
-            cfg: Dict[str, Any]) -> Dict[str, Any]:
+               cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Multi-scale CAMs and argmax pseudo labels on the training split."""
     from ..tasks import CAMClassifier
 
@@ -64,8 +64,7 @@ def segmenter_stage_for(source: str):
         else:
             labels = upstream[source].outputs["labels_dir"]
             dm = make_datamodule(ctx, "PseudoMaskDataModule", deep_merge({"pseudo_mask_dir": labels}, cfg.get("data")))
-        model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"),
-                                )
+        model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"))
         metrics = validate_model(ctx, stage_dir, "segmenter", model, dm, cfg.get("trainer"))
         return {"outputs": {"checkpoint": str(ckpt)}, "metrics": {"val_miou": metrics["val/miou"]}}
 

@@ -88,7 +88,8 @@ def evaluate_folder(
     class_names: Optional[Sequence[str]] = None,
     ids: Optional[Sequence[str]] = None,
 ) -> Dict[str, object]:
-    """Score a folder of label PNGs (``<pred_dir>/<id>.png``) against a VOC-layout split's ground truth.
+    """Score a folder of label PNGs (``<pred_dir>/<id>.png``) against a split's ground truth (a VOC-layout split
+    name, or a COCO instances JSON with ``root`` the image folder).
 
     Returns:
         the dict of :func:`score_label_maps`.
@@ -96,13 +97,31 @@ def evaluate_folder(
     Raises:
         DataError: a prediction is missing or its size differs from the ground truth, the split has no masks.
     """
-    from .datasets.voc import VOCSegmentation
+    from .datasets import open_split
+
+    kwargs = {} if str(split).endswith(".json") else {"class_names": class_names, "require_masks": True}
+    dataset = open_split(root, split, ids=ids, **kwargs)
+    return evaluate_reader(pred_dir, dataset, split)
+
+
+def evaluate_reader(pred_dir: PathLike, dataset, split: str = "") -> Dict[str, object]:
+    """Score ``<pred_dir>/<id>.png`` for every image of a reader (VOC layout or COCO) against its masks.
+
+    Returns:
+        the dict of :func:`score_label_maps`.
+
+    Raises:
+        DataError: a prediction is missing or its size differs from the ground truth.
+    """
     from .io import read_label_png
 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(pred_dir, "prediction folder does not exist")
-    dataset = VOCSegmentation(root, split, class_names=class_names, require_masks=True, ids=ids)
+
+    def ground_truth(image_id: str):
+        path = dataset.mask_path(image_id) if hasattr(dataset, "mask_path") else None
+        return read_label_png(path) if path is not None else dataset.load(image_id)["mask"]
 
     def pairs():
         for image_id in dataset.ids:
@@ -110,7 +129,9 @@ def evaluate_folder(
             if not pred_path.is_file():
                 raise DataError(pred_path, f"prediction for {image_id!r} of split {split!r} is missing")
             pred = read_label_png(pred_path)
-            target = read_label_png(dataset.mask_path(image_id))
+            target = ground_truth(image_id)
+            if target is None:
+                raise DataError(pred_path, f"image {image_id!r} has no ground-truth mask to score against")
             if pred.shape != target.shape:
                 raise DataError(
                     pred_path, f"prediction size {pred.shape[1]}x{pred.shape[0]} differs from the ground truth's "

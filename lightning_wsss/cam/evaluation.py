@@ -52,10 +52,11 @@ def evaluate_cam_thresholds(
     Returns:
         ``{"thresholds": [...], "miou": [...], "best_threshold": t, "best_miou": m, "num_images": n}``.
     """
-    from ..datasets.voc import VOCSegmentation
+    from ..datasets import open_split
     from ..io import read_label_png
 
-    dataset = VOCSegmentation(root, split, class_names=class_names, require_masks=True)
+    kwargs = {} if str(split).endswith(".json") else {"class_names": class_names, "require_masks": True}
+    dataset = open_split(root, split, **kwargs)
     metrics = [SegmentationIoU(dataset.num_classes, validate_args=False) for _ in thresholds]
     cam_dir = Path(cam_dir)
     preds: List[List[np.ndarray]] = [[] for _ in thresholds]
@@ -72,7 +73,7 @@ def evaluate_cam_thresholds(
 
     for image_id in dataset.ids:
         data = load_cams(cam_dir / f"{image_id}.npz")
-        target = read_label_png(dataset.mask_path(image_id))
+        target = read_label_png(dataset.mask_path(image_id)) if hasattr(dataset, "mask_path") else dataset.load(image_id)["mask"]
         if data["cams"].shape[1:] != target.shape:
             raise DataError(cam_dir / f"{image_id}.npz", f"CAM size {data['cams'].shape[1:]} differs from the mask's {target.shape}")
         targets.append(target.reshape(-1))

@@ -36,8 +36,8 @@ def _make_synthetic(argv: List[str]) -> int:
 def _evaluate(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="wsss evaluate", description="Score a folder of label PNGs against ground truth.")
     parser.add_argument("--pred", required=True, help="folder of <id>.png label maps")
-    parser.add_argument("--root", required=True, help="data set root (VOC layout)")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--root", required=True, help="data set root (VOC layout), or the image folder for COCO")
+    parser.add_argument("--split", default="val", help="split name, or a COCO instances JSON")
     parser.add_argument("--json", action="store_true", help="print JSON with 'miou' and 'per_class' instead of a table")
     args = parser.parse_args(argv)
     from ..metrics import evaluate_folder, format_iou_table

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from ..datasets.voc import VOCSegmentation
 from ..io import write_json_atomic
 from .config import deep_merge, validate_config
 from .costs import annotation_hours
@@ -63,15 +62,10 @@ def _unwrap(fn: Callable) -> Callable:
     return run
 
 
-def _count_boxes(dataset: VOCSegmentation) -> int:
-    return int(sum(len(a.boxes) for a in (dataset.annotations(i) for i in dataset.ids) if a is not None))
-
-
 def summarize(config: Mapping[str, Any], results: Mapping[str, StageResult], wall_s: float) -> Dict[str, Any]:
     """The ``summary.json`` entry of one supervision type (mIoU as fractions; NaN becomes null)."""
     supervision = config["supervision"]
-    root = config["dataset"]["root"]
-    train = VOCSegmentation(root, (config.get("data") or {}).get("train_split", "train"))
+    train = S.split_reader(PipelineContext(Path("."), config), "fit")
     pseudo: Dict[str, Optional[float]] = {}
     if supervision == "image":
         pseudo = {"cam": results["cams"].metrics["pseudo_miou"], "random_walk": results["random_walk"].metrics["pseudo_miou"]}
@@ -79,7 +73,7 @@ def summarize(config: Mapping[str, Any], results: Mapping[str, StageResult], wal
         pseudo = dict(results["box_init"].metrics)
         pseudo.update(results["boxsup"].metrics)
     costs = config.get("costs") or {}
-    hours = annotation_hours(supervision, len(train), num_boxes=_count_boxes(train) if supervision == "box" else 0,
+    hours = annotation_hours(supervision, len(train), num_boxes=S.count_boxes(train) if supervision == "box" else 0,
                              box_protocol=costs.get("box_protocol", "extreme_clicking"))
     clean = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)) for k, v in pseudo.items()}
     return {
@@ -115,10 +109,10 @@ def update_summary(out_dir: Path, config: Mapping[str, Any], entries: Mapping[st
     summary = json.loads(path.read_text()) if path.is_file() else {}
     root = config["dataset"]["root"]
     data = config.get("data") or {}
+    ctx = PipelineContext(Path(out_dir), config)
     summary["dataset"] = config["dataset"].get("name", Path(root).name)
-    summary["num_train"] = len(VOCSegmentation(root, data.get("train_split", "train")))
-    val_split = data.get("val_split", "val")
-    summary["num_val"] = len(VOCSegmentation(root, val_split)) if val_split else 0
+    summary["num_train"] = len(S.split_reader(ctx, "fit"))
+    summary["num_val"] = len(S.split_reader(ctx, "validate")) if data.get("val_split", "val") else 0
     summary.setdefault("supervision", {}).update(entries)
     write_json_atomic(path, summary)
     return summary

@@ -8,9 +8,8 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..datasets.voc import VOCSegmentation
 from ..io import write_label_png
-from ..metrics import evaluate_folder
+from ..metrics import evaluate_reader
 from .config import deep_merge
 from .runner import PipelineContext, Stage, StageResult
 from .training import fit_model, make_datamodule, predict_to_dir, validate_model
@@ -20,13 +19,24 @@ def _train_split(ctx: PipelineContext) -> str:
     return (ctx.config.get("data") or {}).get("train_split", "train")
 
 
+def split_reader(ctx: PipelineContext, stage: str = "fit"):
+    """The raw reader of a stage's split, as the pipeline's DataModule builds it (VOC layout or COCO)."""
+    return make_datamodule(ctx, "WSSSDataModule").build_reader(stage)
+
+
 def _pseudo_miou(ctx: PipelineContext, labels_dir: Path) -> float:
     """mIoU of a folder of pseudo labels against the training split's ground truth (NaN without masks)."""
-    root = ctx.config["dataset"]["root"]
-    dataset = VOCSegmentation(root, _train_split(ctx))
+    dataset = split_reader(ctx)
     if not dataset.has_masks():
         return float("nan")
-    return float(evaluate_folder(labels_dir, root, _train_split(ctx))["miou"])
+    return float(evaluate_reader(labels_dir, dataset, _train_split(ctx))["miou"])
+
+
+def count_boxes(dataset) -> int:
+    """Number of boxes of a reader's split (from the XML of VOC-layout sets without decoding images)."""
+    if hasattr(dataset, "annotations"):
+        return int(sum(len(a.boxes) for a in (dataset.annotations(i) for i in dataset.ids) if a is not None))
+    return int(sum(len(dataset.load(i)["boxes"]) for i in dataset.ids))
 
 
 # ---------------------------------------------------------------------- image labels
@@ -72,12 +82,20 @@ def segmenter_stage_for(source: str):
 
 
 # ---------------------------------------------------------------------- boxes
+_READER = None
+
+
+def _set_reader(reader) -> None:
+    global _READER
+    _READER = reader
+
+
 def _box_mask_job(args) -> str:
     """Worker: one image's box mask, written atomically (top-level so process pools can pickle it)."""
     from ..boxes import make_box_mask
 
-    root, split, image_id, name, kwargs, path = args
-    sample = VOCSegmentation(root, split, ids=[image_id]).load(image_id)
+    image_id, name, kwargs, path = args
+    sample = _READER.load(image_id)
     write_label_png(path, make_box_mask(name, sample["image"], sample["boxes"], sample["box_labels"], source=image_id, **kwargs))
     return image_id
 
@@ -88,29 +106,28 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    root = ctx.config["dataset"]["root"]
-    split = _train_split(ctx)
-    dataset = VOCSegmentation(root, split)
+    dataset = split_reader(ctx)
     processes = int(cfg.get("processes") or os.cpu_count() or 1)
     outputs: Dict[str, Any] = {}
     metrics: Dict[str, float] = {}
     for name in cfg["initializers"]:
         folder = stage_dir / name
         kwargs = (cfg.get("kwargs") or {}).get(name, {})
-        jobs = [(str(root), split, i, name, kwargs, folder / f"{i}.png") for i in dataset.ids if not (folder / f"{i}.png").is_file()]
+        jobs = [(i, name, kwargs, folder / f"{i}.png") for i in dataset.ids if not (folder / f"{i}.png").is_file()]
         bar = tqdm(total=len(jobs), desc=f"box masks ({name})", disable=not ctx.config.get("progress_bar", True))
         if processes > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(processes) as pool:
+            with ProcessPoolExecutor(processes, initializer=_set_reader, initargs=(dataset,)) as pool:
                 for _ in pool.map(_box_mask_job, jobs, chunksize=8):
                     bar.update()
         else:
+            _set_reader(dataset)
             for job in jobs:
                 _box_mask_job(job)
                 bar.update()
         bar.close()
         outputs[f"{name}_dir"] = str(folder)
         metrics[name] = _pseudo_miou(ctx, folder)
-    outputs["num_boxes"] = int(sum(len(dataset.annotations(i).boxes) for i in dataset.ids if dataset.annotations(i)))
+    outputs["num_boxes"] = count_boxes(dataset)
     return {"outputs": outputs, "metrics": metrics}
 
 
@@ -120,7 +137,7 @@ def affinity_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
     """Confident affinity labels from the CAMs, then AffinityNet training on them."""
     from ..refine.affinity_targets import write_affinity_labels
 
-    dataset = VOCSegmentation(ctx.config["dataset"]["root"], _train_split(ctx))
+    dataset = split_reader(ctx)
     labels = stage_dir / "affinity_labels"
     label_cfg = dict(cfg.get("labels") or {"mode": "psa"})
     write_affinity_labels(dataset, Path(upstream["cams"].outputs["cams_dir"]), labels,

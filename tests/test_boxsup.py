@@ -253,3 +253,20 @@ def test_tightness_loss_adds_to_mask_loss(tiny_voc, tmp_path):
     assert torch.isclose(loss, expected) and torch.isfinite(loss)
     loss.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def test_rounds_reach_dataloader_worker_processes(tiny_voc, tmp_path):
+    """With persistent DataLoader workers the first epoch must already train on round 0's masks.
+
+    The poly schedule used to read ``estimated_stepping_batches`` in ``configure_optimizers``, which built
+    and iterated the training DataLoader (starting its workers) before ``on_fit_start`` installed the mask
+    reader: the workers then served samples without masks.
+    """
+    torch.manual_seed(0)
+    out = tmp_path / "boxsup"
+    dm = BoxDataModule(root=str(tiny_voc), crop_size=32, batch_size=2, num_workers=2)
+    model = Spy(**TINY, out_dir=str(out), round_epochs=1, initializer="filled",
+                candidate_crf_params={"iterations": 3})
+    _trainer(max_epochs=2).fit(model, datamodule=dm)
+    assert model.seen == ["round_0", "round_1"]
+    assert all(batch["mask"].shape == (2, 32, 32) for batch in model.batches)

@@ -3,6 +3,7 @@
 from .base import TransformedDataset, WSSSDataModule
 from .cda import CDADataModule
 from .collate import collate_samples
+from .hybrid import HybridDataModule, select_box_images
 from .supervision import BoxDataModule, ImageLabelDataModule, MaskDataModule, PseudoMaskDataModule
 
 __all__ = [
@@ -13,5 +14,7 @@ __all__ = [
     "MaskDataModule",
     "PseudoMaskDataModule",
     "CDADataModule",
+    "HybridDataModule",
+    "select_box_images",
     "collate_samples",
 ]

@@ -54,26 +54,44 @@ class PseudoMaskDataModule(WSSSDataModule):
         super().__init__(**kwargs)
         self.pseudo_mask_dir = Path(pseudo_mask_dir)
 
+    def pseudo_mask_path(self, image_id: str) -> Path:
+        """Where the pseudo mask of a training image is read from (a hook: :class:`HybridDataModule` picks
+        between two folders)."""
+        return self.pseudo_mask_dir / f"{image_id}.png"
+
     def build_reader(self, stage: str, require_masks: bool = False) -> SegmentationDataset:
         reader = super().build_reader(stage, require_masks)
         if stage == "fit":
-            if not self.pseudo_mask_dir.is_dir():
-                raise DataError(self.pseudo_mask_dir, "pseudo-mask folder does not exist")
-            missing = [i for i in reader.ids if not (self.pseudo_mask_dir / f"{i}.png").is_file()]
-            if missing:
-                raise DataError(
-                    self.pseudo_mask_dir / f"{missing[0]}.png",
-                    f"pseudo mask is missing ({len(missing)} of {len(reader.ids)} training images have none)",
-                )
+            self.check_pseudo_masks(reader)
         return reader
 
+    def check_pseudo_masks(self, reader: SegmentationDataset) -> None:
+        """Fail early, naming the file, when a training image's pseudo mask (or its folder) is missing."""
+        paths = [self.pseudo_mask_path(i) for i in reader.ids]
+        for folder in sorted({p.parent for p in paths}):
+            if not folder.is_dir():
+                raise DataError(folder, "pseudo-mask folder does not exist")
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(missing[0], f"pseudo mask is missing ({len(missing)} of {len(reader.ids)} training "
+                                        "images have none)")
+
     def prepare_train(self, sample: Dict[str, Any]) -> Dict[str, Any]:
-        path = self.pseudo_mask_dir / f"{sample['id']}.png"
-        pseudo = read_label_png(path)
-        if pseudo.shape != sample["image"].shape[:2]:
-            raise DataError(path, f"pseudo mask size {pseudo.shape[1]}x{pseudo.shape[0]} differs from its image's "
-                                  f"{sample['image'].shape[1]}x{sample['image'].shape[0]}")
-        bad = (pseudo >= len(self.class_names)) & (pseudo != 255)
-        if bad.any():
-            raise DataError(path, f"pseudo mask values outside the class range 0..{len(self.class_names) - 1}")
-        return {**sample, "gt_mask": sample["mask"], "mask": pseudo}
+        return {**sample, "gt_mask": sample["mask"],
+                "mask": read_pseudo_mask(self.pseudo_mask_path(sample["id"]), sample, len(self.class_names))}
+
+
+def read_pseudo_mask(path: Path, sample: Dict[str, Any], num_classes: int):
+    """The label PNG at ``path`` as uint8 [H, W], checked against its sample's image size and the class range.
+
+    Raises:
+        DataError: unreadable file, size mismatch, or values outside ``0..num_classes - 1`` other than 255.
+    """
+    pseudo = read_label_png(path)
+    if pseudo.shape != sample["image"].shape[:2]:
+        raise DataError(path, f"pseudo mask size {pseudo.shape[1]}x{pseudo.shape[0]} differs from its image's "
+                              f"{sample['image'].shape[1]}x{sample['image'].shape[0]}")
+    bad = (pseudo >= num_classes) & (pseudo != 255)
+    if bad.any():
+        raise DataError(path, f"pseudo mask values outside the class range 0..{num_classes - 1}")
+    return pseudo

@@ -18,6 +18,9 @@ DEFAULTS: Dict[str, Any] = {
     "trainer": {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 10, "num_sanity_val_steps": 0},
     "data": {"batch_size": 16, "eval_batch_size": 16, "crop_size": 112, "scale_range": [0.8, 1.2], "num_workers": 0},
     "costs": {"box_protocol": "extreme_clicking"},
+    # supervision: hybrid -- which training images carry boxes (box_fraction drawn with seed, or a box_list file
+    # of ids), which initializer makes their masks, and whether their CAMs are restricted to their boxes
+    "hybrid": {"box_fraction": 0.1, "seed": 0, "box_list": None, "box_source": "grabcut", "restrict_cams_to_boxes": False},
     "stages": {
         "classifier": {
             "model": {"class_path": "CAMClassifier", "init_args": {
@@ -54,4 +57,5 @@ STAGES_BY_SUPERVISION = {
     "image": ["classifier", "cams", "affinity", "random_walk", "segmenter"],
     "box": ["box_init", "boxsup", "segmenter"],
     "full": ["segmenter"],
+    "hybrid": ["classifier", "cams", "affinity", "random_walk", "box_init", "hybrid_labels", "segmenter"],
 }

@@ -33,11 +33,21 @@ QUICK_OVERRIDES: Dict[str, Any] = {
 }
 
 
-def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, size: int = 128) -> Dict[str, Any]:
-    """The pipeline config of one supervision type on the demo data (training crops = the image size)."""
+CURVE_FRACTIONS = (0.0, 0.1, 0.3, 1.0)
+
+
+def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, size: int = 128,
+                box_fraction: Optional[float] = None) -> Dict[str, Any]:
+    """The pipeline config of one supervision type on the demo data (training crops = the image size).
+
+    ``box_fraction`` makes a ``hybrid`` config whose summary entry is ``hybrid_<fraction>``.
+    """
     config: Dict[str, Any] = {"name": f"demo-{supervision}", "supervision": supervision,
                               "dataset": {"root": str(data_root), "name": "synthetic"}, "progress_bar": progress,
                               "data": {"crop_size": min(size, 112)}}
+    if box_fraction is not None:
+        config.update(supervision="hybrid", name=f"demo-hybrid-{box_fraction:g}", summary_key=f"hybrid_{box_fraction:g}",
+                      hybrid={"box_fraction": float(box_fraction)})
     if quick:
         config = deep_merge(config, QUICK_OVERRIDES)
     return config
@@ -116,8 +126,12 @@ def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str]) 
 
 def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = None, num_val: Optional[int] = None,
              size: Optional[int] = None, supervisions: Sequence[str] = ("image", "box", "full"), quick: bool = False,
-             progress: bool = True) -> Dict[str, Any]:
+             progress: bool = True, curve: Sequence[float] = ()) -> Dict[str, Any]:
     """Generate the synthetic set if needed, run the pipelines, print the table, write the report.
+
+    ``curve``: box fractions of ``hybrid`` runs added after the supervisions (``wsss demo --curve`` runs
+    :data:`CURVE_FRACTIONS`); they share their image-label stages, and the report plots their val mIoU
+    against annotation hours.
 
     Returns:
         the summary dict (also in ``out/summary.json``).
@@ -137,6 +151,9 @@ def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = No
     for supervision in supervisions:
         print(f"\n=== {supervision} supervision ===")
         summary = run_pipeline(demo_config(data_root, supervision, quick, progress, params["size"]), out_dir)
+    for fraction in curve:
+        print(f"\n=== hybrid supervision, box fraction {fraction:g} ===")
+        summary = run_pipeline(demo_config(data_root, "hybrid", quick, progress, params["size"], fraction), out_dir)
     print("\n" + format_table(summary))
     report = write_report(out_dir, summary, demo_galleries(summary, data_root))
     print(f"\nsummary: {out_dir / 'summary.json'}\nreport:  {report}\ntotal wall time: {time.perf_counter() - start:.0f} s")

@@ -15,15 +15,23 @@ from .runner import PipelineContext, Stage, StageResult, run_stages
 from . import stages as S
 
 STAGE_FUNCTIONS = {
+    "seed_classifier": (S.classifier_stage, ()),
+    "seed_cams": (S.cams_stage, ("seed_classifier",)),
     "classifier": (S.classifier_stage, ()),
     "cams": (S.cams_stage, ("classifier",)),
     "affinity": (S.affinity_stage, ("cams",)),
     "random_walk": (S.random_walk_stage, ("cams", "affinity")),
     "box_init": (S.box_init_stage, ()),
     "boxsup": (S.boxsup_stage, ()),
+    "hybrid_labels": (S.hybrid_labels_stage, ("random_walk", "box_init")),
 }
 
-SEGMENTER_SOURCE = {"image": "random_walk", "box": "boxsup", "full": "ground_truth"}
+SEGMENTER_SOURCE = {"image": "random_walk", "box": "boxsup", "full": "ground_truth", "hybrid": "hybrid_labels"}
+
+# image pipeline: what the segmenter trains on (``stages.segmenter.labels_from``): the random walk's labels (the
+# default), the CAM labels, or the confident affinity labels (fg / bg / 255: the seeds of SECSegmenter)
+LABEL_SOURCES = {"random_walk": ("random_walk", "labels_dir"), "cams": ("cams", "labels_dir"),
+                 "affinity": ("affinity", "affinity_labels_dir")}
 
 
 def resolve(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -31,25 +39,81 @@ def resolve(config: Mapping[str, Any]) -> Dict[str, Any]:
     return deep_merge(DEFAULTS, config)
 
 
+def uses_cda(config: Mapping[str, Any]) -> bool:
+    """Whether the classifier trains with context decoupling (it then needs a seed classifier's CAM labels)."""
+    from ..datamodules.cda import CDADataModule
+    from .config import resolve_class
+
+    name = (config["stages"].get("classifier") or {}).get("datamodule", "ImageLabelDataModule")
+    return issubclass(resolve_class(name, "data"), CDADataModule)
+
+
+def hybrid_box_ids(config: Mapping[str, Any]) -> List[str]:
+    """The box images of a ``hybrid`` pipeline (``hybrid.box_fraction`` + ``hybrid.seed``, or ``hybrid.box_list``)."""
+    from ..datamodules.hybrid import select_box_images
+
+    hybrid = config.get("hybrid") or {}
+    ids = S.split_reader(PipelineContext(Path("."), config), "fit").ids
+    fraction = hybrid.get("box_fraction") if hybrid.get("box_list") is None else None
+    return select_box_images(ids, fraction, int(hybrid.get("seed", 0)), hybrid.get("box_list"))
+
+
+def stage_names(config: Mapping[str, Any]) -> List[str]:
+    """The stages of the config's supervision, in order (CDA prepends a seed classifier and its CAMs)."""
+    names = list(STAGES_BY_SUPERVISION[config["supervision"]])
+    if "classifier" in names and uses_cda(config):
+        names = ["seed_classifier", "seed_cams"] + names
+    return names
+
+
 def build_stages(config: Mapping[str, Any]) -> List[Stage]:
     """The ordered stages of ``config['supervision']``, each with its resolved, hashable config.
 
     Every stage's config includes the shared ``dataset``, ``data``, ``trainer`` and ``seed`` settings, so a
-    change there reruns everything while a change to one stage reruns it and the stages after it.
+    change there reruns everything while a change to one stage reruns it and the stages after it. In a
+    ``hybrid`` pipeline the image-label stages do not depend on the box fraction (unless the CAMs of box
+    images are restricted to their boxes), so the points of a cost curve share them.
     """
     supervision = config["supervision"]
     shared = {key: config.get(key) for key in ("dataset", "data", "trainer", "seed")}
+    box_ids = hybrid_box_ids(config) if supervision == "hybrid" else None
+    hybrid = config.get("hybrid") or {}
     stages: List[Stage] = []
-    for name in STAGES_BY_SUPERVISION[supervision]:
+    for name in stage_names(config):
         stage_cfg = dict(config["stages"].get(name) or {})
+        upstream_extra: tuple = ()
         if name == "boxsup":
             stage_cfg["model"] = deep_merge(stage_cfg.get("model") or {}, {"init_args": {"seed": config.get("seed", 0)}})
+        if name == "seed_classifier":  # the plain CAM classifier whose CAM labels give CDA its objects
+            stage_cfg = deep_merge(config["stages"]["classifier"], {"model": {"class_path": "CAMClassifier"}})
+            stage_cfg.pop("datamodule", None)
+            stage_cfg.pop("data", None)
+        if name == "seed_cams":
+            stage_cfg = dict(config["stages"].get("cams") or {})
+        if name == "classifier" and uses_cda(config):
+            upstream_extra = ("seed_cams",)
+        if box_ids is not None:
+            if name == "box_init":
+                stage_cfg["ids"] = box_ids
+            if name == "cams" and hybrid.get("restrict_cams_to_boxes", False):
+                stage_cfg["restrict_to_boxes"] = box_ids
+            if name == "hybrid_labels":
+                box_source = hybrid.get("box_source", "grabcut")
+                if box_source not in (config["stages"].get("box_init") or {}).get("initializers", []):
+                    raise ValueError(f"hybrid.box_source {box_source!r} must be one of stages.box_init.initializers")
+                stage_cfg.update(box_ids=box_ids, box_source=box_source)
         if name == "segmenter":
-            source = SEGMENTER_SOURCE[supervision]
-            fn, upstream = S.segmenter_stage_for(source), (() if source == "ground_truth" else (source,))
+            source, output = SEGMENTER_SOURCE[supervision], "labels_dir"
+            if supervision == "image":
+                labels_from = stage_cfg.pop("labels_from", "random_walk")
+                if labels_from not in LABEL_SOURCES:
+                    raise ValueError(f"stages.segmenter.labels_from must be one of {sorted(LABEL_SOURCES)}, got {labels_from!r}")
+                source, output = LABEL_SOURCES[labels_from]
+                stage_cfg["labels_from"] = labels_from
+            fn, upstream = S.segmenter_stage_for(source, output), (() if source == "ground_truth" else (source,))
         else:
             fn, upstream = STAGE_FUNCTIONS[name]
-        stages.append(Stage(name, {"stage": stage_cfg, "shared": shared}, _unwrap(fn), upstream))
+        stages.append(Stage(name, {"stage": stage_cfg, "shared": shared}, _unwrap(fn), tuple(upstream) + upstream_extra))
     return stages
 
 
@@ -67,16 +131,35 @@ def summarize(config: Mapping[str, Any], results: Mapping[str, StageResult], wal
     supervision = config["supervision"]
     train = S.split_reader(PipelineContext(Path("."), config), "fit")
     pseudo: Dict[str, Optional[float]] = {}
-    if supervision == "image":
-        pseudo = {"cam": results["cams"].metrics["pseudo_miou"], "random_walk": results["random_walk"].metrics["pseudo_miou"]}
-    elif supervision == "box":
-        pseudo = dict(results["box_init"].metrics)
+    if "seed_cams" in results:  # CDA: the plain classifier's CAMs that gave the pasted objects
+        pseudo["seed_cam"] = results["seed_cams"].metrics["pseudo_miou"]
+    if "cams" in results:
+        pseudo["cam"] = results["cams"].metrics["pseudo_miou"]
+        pseudo["random_walk"] = results["random_walk"].metrics["pseudo_miou"]
+    if "box_init" in results:
+        pseudo.update({f"box_{k}" if supervision == "hybrid" else k: v for k, v in results["box_init"].metrics.items()})
+    if "boxsup" in results:
         pseudo.update(results["boxsup"].metrics)
+    if "hybrid_labels" in results:
+        pseudo.update(results["hybrid_labels"].metrics)
+    pseudo.update({k: v for k, v in results["segmenter"].metrics.items() if k.startswith("selftrain_")})
     costs = config.get("costs") or {}
-    hours = annotation_hours(supervision, len(train), num_boxes=S.count_boxes(train) if supervision == "box" else 0,
-                             box_protocol=costs.get("box_protocol", "extreme_clicking"))
+    protocol = costs.get("box_protocol", "extreme_clicking")
+    extra: Dict[str, Any] = {}
+    if supervision == "hybrid":
+        outputs = results["hybrid_labels"].outputs
+        hours = annotation_hours("hybrid", len(train), num_boxes=int(outputs["num_boxes"]), box_protocol=protocol,
+                                 num_box_images=len(outputs["box_ids"]))
+        hybrid = config.get("hybrid") or {}
+        fraction = hybrid.get("box_fraction") if hybrid.get("box_list") is None else len(outputs["box_ids"]) / max(1, len(train))
+        extra = {"box_fraction": fraction,
+                 "num_box_images": len(outputs["box_ids"]), "num_boxes": int(outputs["num_boxes"])}
+    else:
+        hours = annotation_hours(supervision, len(train), num_boxes=S.count_boxes(train) if supervision == "box" else 0,
+                                 box_protocol=protocol)
     clean = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)) for k, v in pseudo.items()}
     return {
+        **extra,
         "pseudo_miou": clean,
         "val_miou": float(results["segmenter"].metrics["val_miou"]),
         "annotation_hours": round(hours, 3),
@@ -98,7 +181,13 @@ def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], 
     start = time.perf_counter()
     results = run_stages(ctx, build_stages(resolved))
     entry = summarize(resolved, results, sum(r.wall_s for r in results.values()) if results else time.perf_counter() - start)
-    return update_summary(out_dir, resolved, {resolved["supervision"]: entry})
+    return update_summary(out_dir, resolved, {summary_key(resolved): entry})
+
+
+def summary_key(config: Mapping[str, Any]) -> str:
+    """The entry name in ``summary.json``: ``summary_key`` when set (e.g. ``hybrid_0.1`` on a cost curve, or
+    ``image_erasing``), else the supervision."""
+    return str(config.get("summary_key") or config["supervision"])
 
 
 def update_summary(out_dir: Path, config: Mapping[str, Any], entries: Mapping[str, Any]) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ def comparison_rows(summary: Mapping[str, Any]) -> List[Dict[str, Any]]:
     entries = summary.get("supervision", {})
     full = entries.get("full", {}).get("val_miou")
     rows = []
-    for name in sorted(entries, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+    for name in sorted(entries, key=lambda n: supervision_order(n, entries[n])):
         entry = entries[name]
         pseudo = [v for v in entry.get("pseudo_miou", {}).values() if v is not None]
         rows.append({
@@ -38,10 +38,23 @@ def comparison_rows(summary: Mapping[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
+def supervision_order(name: str, entry: Mapping[str, Any]):
+    """Sort key of a summary entry: image, hybrid (by box fraction), box, full, then anything else by name."""
+    base = name.split("_", 1)[0]
+    rank = ORDER.index(base) if base in ORDER else len(ORDER)
+    return (rank, float(entry.get("box_fraction") or 0.0), name)
+
+
 def final_pseudo_key(supervision: str, entry: Mapping[str, Any]) -> Optional[str]:
-    """The pseudo labels the segmenter trained on: ``random_walk`` (image), the last BoxSup round (box)."""
+    """The pseudo labels the segmenter trained on: ``random_walk`` (image), the union (hybrid), the last
+    BoxSup round (box); the last self-training round when there is one."""
     keys = list(entry.get("pseudo_miou", {}))
-    if supervision == "image" and "random_walk" in keys:
+    selftrain = sorted((k for k in keys if k.startswith("selftrain_round_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    if selftrain:
+        return selftrain[-1]
+    if "hybrid" in keys:
+        return "hybrid"
+    if supervision.startswith("image") and "random_walk" in keys:
         return "random_walk"
     rounds = sorted((k for k in keys if k.startswith("boxsup_round_")), key=lambda k: int(k.rsplit("_", 1)[1]))
     return rounds[-1] if rounds else (keys[-1] if keys else None)
@@ -87,6 +100,11 @@ def cost_plot(summary: Mapping[str, Any]) -> bytes:
         ax.scatter(row["annotation_hours"], 100 * row["val_miou"], s=60)
         ax.annotate(row["supervision"], (row["annotation_hours"], 100 * row["val_miou"]), textcoords="offset points",
                     xytext=(6, 4))
+    curve = sorted((r["annotation_hours"], 100 * r["val_miou"]) for r in comparison_rows(summary)
+                   if r["supervision"].startswith("hybrid") and r["val_miou"] is not None)
+    if len(curve) >= 2:  # the hybrid cost/quality curve (box_fraction 0 .. 1)
+        ax.plot(*zip(*curve), color="0.5", linestyle="--", linewidth=1, zorder=0, label="hybrid (box fraction)")
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("symlog")
     ax.set_xlabel("estimated annotation time (hours)")
     ax.set_ylabel("val mIoU (%)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,9 +24,17 @@ def split_reader(ctx: PipelineContext, stage: str = "fit"):
     return make_datamodule(ctx, "WSSSDataModule").build_reader(stage)
 
 
-def _pseudo_miou(ctx: PipelineContext, labels_dir: Path) -> float:
-    """mIoU of a folder of pseudo labels against the training split's ground truth (NaN without masks)."""
-    dataset = split_reader(ctx)
+def _subset_reader(ctx: PipelineContext, ids: List[str]):
+    """The training split's reader restricted to ``ids``."""
+    return make_datamodule(ctx, "WSSSDataModule", {"train_ids": list(ids)}).build_reader("fit")
+
+
+def _pseudo_miou(ctx: PipelineContext, labels_dir: Path, ids: Optional[List[str]] = None) -> float:
+    """mIoU of a folder of pseudo labels against the training split's ground truth (NaN without masks or
+    images); ``ids`` restricts the score to those training images."""
+    if ids is not None and not ids:
+        return float("nan")
+    dataset = split_reader(ctx) if ids is None else _subset_reader(ctx, ids)
     if not dataset.has_masks():
         return float("nan")
     return float(evaluate_reader(labels_dir, dataset, _train_split(ctx))["miou"])
@@ -43,42 +51,124 @@ def count_boxes(dataset) -> int:
 def classifier_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                      cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Train the CAM classifier on image-level labels."""
-    dm = make_datamodule(ctx, cfg.get("datamodule", "ImageLabelDataModule"), cfg.get("data"))
+    data = dict(cfg.get("data") or {})
+    if "seed_cams" in upstream:  # CDA: objects are cut out along the seed classifier's CAM labels
+        data["object_mask_dir"] = upstream["seed_cams"].outputs["labels_dir"]
+    dm = make_datamodule(ctx, cfg.get("datamodule", "ImageLabelDataModule"), data)
     _, ckpt = fit_model(ctx, stage_dir, "classifier", cfg["model"], dm, cfg.get("trainer"))
-    return {"outputs": {"checkpoint": str(ckpt)}}
+    return {"outputs": {"checkpoint": str(ckpt), "class_path": cfg["model"].get("class_path", "CAMClassifier")}}
 
 
 def cams_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Multi-scale CAMs and argmax pseudo labels on the training split."""
-    from ..tasks import CAMClassifier
+    from .config import resolve_class
 
-    model = CAMClassifier.load_from_checkpoint(upstream["classifier"].outputs["checkpoint"], map_location="cpu",
-                                               weights_only=False)
+    classifier = upstream.get("classifier") or upstream["seed_classifier"]
+    model_cls = resolve_class(classifier.outputs.get("class_path", "CAMClassifier"), "model")
+    model = model_cls.load_from_checkpoint(classifier.outputs["checkpoint"], map_location="cpu", weights_only=False)
     for key, value in (cfg.get("cam") or {}).items():
         model.hparams[key] = value
     dm = make_datamodule(ctx, "ImageLabelDataModule", deep_merge({"predict_split": _train_split(ctx)}, cfg.get("data")))
     predict_to_dir(ctx, stage_dir, "cams", model, dm, cfg.get("trainer"))
+    if cfg.get("restrict_to_boxes"):
+        restrict_saved_cams(ctx, stage_dir, cfg["restrict_to_boxes"], model)
     return {"outputs": {"cams_dir": str(stage_dir / "cams"), "labels_dir": str(stage_dir / "labels")},
             "metrics": {"pseudo_miou": _pseudo_miou(ctx, stage_dir / "labels")}}
 
 
+def restrict_saved_cams(ctx: PipelineContext, stage_dir: Path, image_ids: List[str], model) -> None:
+    """Hybrid supervision: restrict the saved CAMs of the box images to their boxes and rewrite their labels.
+
+    Idempotent (restricting twice changes nothing), so an interrupted pass is simply rerun.
+    """
+    import torch
+
+    from ..cam.box_restriction import restrict_cams_to_boxes
+    from ..cam.evaluation import load_cams
+    from ..cam.multiscale import cams_to_label
+    from ..io import write_npz_atomic
+
+    reader = split_reader(ctx)
+    for image_id in image_ids:
+        path = stage_dir / "cams" / f"{image_id}.npz"
+        saved = load_cams(path)
+        sample = reader.load(image_id)
+        cams = restrict_cams_to_boxes(saved["cams"], saved["keys"], sample["boxes"], sample["box_labels"])
+        with torch.no_grad():
+            labels = cams_to_label(model.background(torch.from_numpy(cams)[None]), torch.from_numpy(saved["keys"])[None])
+        write_npz_atomic(path, cams=cams.astype(np.float16), keys=saved["keys"])
+        write_label_png(stage_dir / "labels" / f"{image_id}.png", labels[0].numpy().astype(np.uint8))
+
+
 # ---------------------------------------------------------------------- segmenter
-def segmenter_stage_for(source: str):
-    """A segmenter stage reading pseudo labels from ``source``'s ``labels_dir`` output (or ground truth for
-    ``source == "ground_truth"``); it reports the final val mIoU."""
+def segmenter_stage_for(source: str, output: str = "labels_dir"):
+    """A segmenter stage training on ``source``'s ``output`` folder (``ground_truth``: the masks; ``hybrid_labels``:
+    :class:`HybridDataModule` over its box and image-label folders); it reports the final val mIoU.
+
+    A model with relabelling rounds (``SelfTrainingSegmenter``) writes them under ``stage_dir/rounds`` and each
+    round's pseudo-label mIoU joins the metrics as ``selftrain_round_<k>``.
+    """
 
     def run(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult], cfg: Dict[str, Any]) -> Dict[str, Any]:
         if source == "ground_truth":
             dm = make_datamodule(ctx, "MaskDataModule", cfg.get("data"))
+        elif source == "hybrid_labels":
+            parts = upstream[source].outputs
+            dm = make_datamodule(ctx, "HybridDataModule", deep_merge(
+                {"box_mask_dir": parts["box_mask_dir"], "image_mask_dir": parts["image_mask_dir"],
+                 "box_ids": parts["box_ids"]}, cfg.get("data")))
         else:
-            labels = upstream[source].outputs["labels_dir"]
+            labels = upstream[source].outputs[output]
             dm = make_datamodule(ctx, "PseudoMaskDataModule", deep_merge({"pseudo_mask_dir": labels}, cfg.get("data")))
-        model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"))
+        from .config import resolve_class
+        from ..tasks.self_training import SelfTrainingSegmenter
+
+        rounds_dir = stage_dir / "rounds"
+        self_training = issubclass(resolve_class(cfg["model"].get("class_path", "DeepLabSegmenter"), "model"),
+                                   SelfTrainingSegmenter)
+        model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"),
+                                extra_init={"out_dir": str(rounds_dir)} if self_training else None)
         metrics = validate_model(ctx, stage_dir, "segmenter", model, dm, cfg.get("trainer"))
-        return {"outputs": {"checkpoint": str(ckpt)}, "metrics": {"val_miou": metrics["val/miou"]}}
+        result = {"val_miou": metrics["val/miou"]}
+        if self_training:
+            import json
+
+            rounds = json.loads((rounds_dir / "rounds.json").read_text())
+            result.update({f"selftrain_{k}": (float("nan") if v is None else float(v)) for k, v in rounds.items()})
+        return {"outputs": {"checkpoint": str(ckpt)}, "metrics": result}
 
     return run
+
+
+# ---------------------------------------------------------------------- hybrid
+def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
+                        cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The union of the two pseudo-label sets: box masks (``box_source`` initializer) for the box images, the
+    random walk's labels for the others; written to ``labels/`` (for inspection and ``wsss evaluate``) and
+    scored as a whole and per part."""
+    import shutil
+
+    from ..io import atomic_write
+
+    box_ids = list(cfg["box_ids"])
+    box_dir = Path(upstream["box_init"].outputs[f"{cfg['box_source']}_dir"])
+    image_dir = Path(upstream["random_walk"].outputs["labels_dir"])
+    dataset = split_reader(ctx)
+    chosen = set(box_ids)
+    for image_id in dataset.ids:
+        target = stage_dir / "labels" / f"{image_id}.png"
+        if not target.is_file():
+            source = (box_dir if image_id in chosen else image_dir) / f"{image_id}.png"
+            with atomic_write(target) as handle, open(source, "rb") as src:
+                shutil.copyfileobj(src, handle)
+    image_ids = [i for i in dataset.ids if i not in chosen]
+    # the box part's score is box_init's; here the union and the image-label part
+    metrics = {"hybrid": _pseudo_miou(ctx, stage_dir / "labels"), "image_random_walk": _pseudo_miou(ctx, image_dir, image_ids)}
+    return {"outputs": {"labels_dir": str(stage_dir / "labels"), "box_mask_dir": str(box_dir),
+                        "image_mask_dir": str(image_dir), "box_ids": box_ids,
+                        "num_boxes": count_boxes(_subset_reader(ctx, box_ids)) if box_ids else 0},
+            "metrics": metrics}
 
 
 # ---------------------------------------------------------------------- boxes
@@ -106,7 +196,7 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    dataset = split_reader(ctx)
+    dataset = split_reader(ctx) if cfg.get("ids") is None else _subset_reader(ctx, cfg["ids"])
     processes = int(cfg.get("processes") or os.cpu_count() or 1)
     outputs: Dict[str, Any] = {}
     metrics: Dict[str, float] = {}
@@ -125,8 +215,9 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
                 _box_mask_job(job)
                 bar.update()
         bar.close()
+        folder.mkdir(parents=True, exist_ok=True)
         outputs[f"{name}_dir"] = str(folder)
-        metrics[name] = _pseudo_miou(ctx, folder)
+        metrics[name] = _pseudo_miou(ctx, folder, None if cfg.get("ids") is None else list(dataset.ids))
     outputs["num_boxes"] = count_boxes(dataset)
     return {"outputs": outputs, "metrics": metrics}
 

@@ -28,7 +28,7 @@ def deep_merge(base: Mapping[str, Any], override: Optional[Mapping[str, Any]]) -
 
 
 def load_config(path: PathLike) -> Dict[str, Any]:
-    """Read a pipeline YAML.
+    """Read a pipeline YAML; a ``base`` key names a config (relative path) it extends (mappings merge).
 
     Raises:
         DataError: the file is missing, not YAML, or lacks ``supervision``/``dataset.root``.
@@ -36,11 +36,28 @@ def load_config(path: PathLike) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "pipeline config is missing")
+    config = _read_yaml(path)
+    seen = [path.resolve()]
+    while config.get("base"):  # `base: pipeline_image.yaml`: start from that file (relative to this one), override it
+        base_path = (path.parent / config.pop("base")).resolve()
+        if base_path in seen:
+            raise DataError(path, f"'base' chain loops back to {base_path}")
+        seen.append(base_path)
+        if not base_path.is_file():
+            raise DataError(path, f"base config {base_path} is missing")
+        config = deep_merge(_read_yaml(base_path), config)
+        path = base_path
+    validate_config(config, seen[0])
+    return config
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise DataError(path, f"not valid YAML ({exc})") from exc
-    validate_config(config, path)
+    if not isinstance(config, dict):
+        raise DataError(path, "a pipeline config must be a mapping")
     return config
 
 

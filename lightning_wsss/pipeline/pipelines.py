@@ -113,7 +113,9 @@ def build_stages(config: Mapping[str, Any]) -> List[Stage]:
             fn, upstream = S.segmenter_stage_for(source, output), (() if source == "ground_truth" else (source,))
         else:
             fn, upstream = STAGE_FUNCTIONS[name]
-        stages.append(Stage(name, {"stage": stage_cfg, "shared": shared}, _unwrap(fn), tuple(upstream) + upstream_extra))
+        folder = {"seed_classifier": "classifier", "seed_cams": "cams"}.get(name) if uses_cda(config) else None
+        stages.append(Stage(name, {"stage": stage_cfg, "shared": shared}, _unwrap(fn), tuple(upstream) + upstream_extra,
+                            folder))
     return stages
 
 

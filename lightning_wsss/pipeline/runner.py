@@ -49,6 +49,9 @@ class Stage:
     config: Dict[str, Any]
     run: StageFn
     upstream: Sequence[str] = ()
+    folder: Optional[str] = None
+    """The folder (and, for the stages after it, the upstream name in the hash) when it differs from ``name``:
+    CDA's seed classifier is the plain classifier, so it shares its folder and hash and is trained once."""
 
 
 class PipelineContext:
@@ -63,13 +66,14 @@ class PipelineContext:
 
 def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResult]:
     """Run ``stages`` in order, skipping complete ones. Returns the results by stage name."""
+    folders = {stage.name: stage.folder or stage.name for stage in stages}
     for stage in stages:
-        upstream = {name: ctx.results[name].hash for name in stage.upstream}
+        upstream = {folders[name]: ctx.results[name].hash for name in stage.upstream}
         digest = stage_hash(stage.config, upstream)
-        stage_dir = ctx.out_dir / stage.name / digest
+        stage_dir = ctx.out_dir / folders[stage.name] / digest
         marker = stage_dir / "stage.json"
         if marker.is_file():
-            result = StageResult(**{**json.loads(marker.read_text()), "reused": True})
+            result = StageResult(**{**json.loads(marker.read_text()), "name": stage.name, "reused": True})
             ctx.log(f"[{stage.name}] complete ({digest}), reusing {stage_dir}")
         else:
             ctx.log(f"[{stage.name}] running ({digest}) in {stage_dir}")

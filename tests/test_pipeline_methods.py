@@ -1,0 +1,79 @@
+"""The "beyond the baselines" pipeline configs of experiments/synthetic run end to end on a tiny synthetic set,
+sharing the baseline's stages where they are the same computation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lightning_wsss.pipeline import run_pipeline
+from lightning_wsss.pipeline.config import deep_merge, load_config
+from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
+from test_pipeline import quiet, tiny_synthetic  # noqa: F401  (fixture)
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "synthetic"
+TINY = {"stages": {"classifier": {"trainer": {"max_epochs": 2}}, "segmenter": {"trainer": {"max_epochs": 2}}}}
+
+
+def shrunk(name: str, root: Path, **overrides) -> dict:
+    """experiments/synthetic/<name>.yaml on the tiny set, with the demo's quick sizes (2 epochs per trainer)."""
+    config = load_config(EXPERIMENTS / f"{name}.yaml")
+    config = deep_merge(config, QUICK_OVERRIDES)
+    config = deep_merge(config, TINY)
+    config = deep_merge(config, {"dataset": {"root": str(root)}, "progress_bar": False, "logger": "none"})
+    return deep_merge(config, overrides)
+
+
+def stage_outputs(entry: dict, name: str) -> dict:
+    return json.loads((Path(entry["stages"][name]["dir"]) / "stage.json").read_text())["outputs"]
+
+
+def test_method_pipelines_share_the_baseline_stages(tiny_synthetic, tmp_path):  # noqa: F811
+    base = run_pipeline(shrunk("pipeline_image", tiny_synthetic), tmp_path, log=quiet)["supervision"]["image"]
+
+    erasing = run_pipeline(shrunk("pipeline_erasing", tiny_synthetic, stages={"classifier": {"model": {"init_args": {
+        "erase_rounds": 1, "round_epochs": 1}}}}), tmp_path, log=quiet)["supervision"]["image_erasing"]
+    assert not erasing["stages"]["classifier"]["reused"]
+    assert stage_outputs(erasing, "classifier")["class_path"] == "ErasingCAMClassifier"
+    assert erasing["pseudo_miou"]["cam"] is not None
+
+    cda = run_pipeline(shrunk("pipeline_cda", tiny_synthetic, stages={"classifier": {"data": {"paste_prob": 1.0,
+        "min_object_area": 4}}}), tmp_path, log=quiet)["supervision"]["image_cda"]
+    # the seed classifier is the baseline's classifier: same folder and hash, not retrained
+    assert cda["stages"]["seed_classifier"]["hash"] == base["stages"]["classifier"]["hash"]
+    assert cda["stages"]["seed_classifier"]["reused"] and cda["stages"]["seed_cams"]["reused"]
+    assert cda["pseudo_miou"]["seed_cam"] == pytest.approx(base["pseudo_miou"]["cam"])
+    assert cda["stages"]["classifier"]["hash"] != base["stages"]["classifier"]["hash"]
+    classifier_config = json.loads((Path(cda["stages"]["classifier"]["dir"]) / "config.json").read_text())
+    assert classifier_config["config"]["stage"]["datamodule"] == "CDADataModule"
+    assert classifier_config["upstream"] == {"cams": base["stages"]["cams"]["hash"]}
+
+    sec = run_pipeline(shrunk("pipeline_sec", tiny_synthetic), tmp_path, log=quiet)["supervision"]["image_sec"]
+    assert all(sec["stages"][name]["reused"] for name in ("classifier", "cams", "affinity", "random_walk"))
+    assert not sec["stages"]["segmenter"]["reused"] and 0.0 <= sec["val_miou"] <= 1.0
+    segmenter_config = json.loads((Path(sec["stages"]["segmenter"]["dir"]) / "config.json").read_text())
+    assert segmenter_config["config"]["stage"]["labels_from"] == "affinity"
+    assert set(segmenter_config["upstream"]) == {"affinity"}
+
+    selftrain = run_pipeline(shrunk("pipeline_selftrain", tiny_synthetic, stages={"segmenter": {"model": {"init_args": {
+        "rounds": 1, "round_epochs": 1}}}}), tmp_path, log=quiet)["supervision"]["image_selftrain"]
+    assert {"selftrain_round_0", "selftrain_round_1"} <= set(selftrain["pseudo_miou"])
+    # round 0 is the random walk's labels, scored the same way
+    assert selftrain["pseudo_miou"]["selftrain_round_0"] == pytest.approx(base["pseudo_miou"]["random_walk"])
+
+
+def test_base_config_chain_and_its_errors(tmp_path):
+    from lightning_wsss.errors import DataError
+
+    (tmp_path / "a.yaml").write_text("supervision: image\ndataset: {root: data}\nstages: {classifier: {trainer: {max_epochs: 3}}}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nstages: {classifier: {trainer: {max_epochs: 5}}}\nname: b\n")
+    config = load_config(tmp_path / "b.yaml")
+    assert config["stages"]["classifier"]["trainer"]["max_epochs"] == 5 and config["dataset"]["root"] == "data"
+    (tmp_path / "c.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(DataError, match="loops"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(DataError, match="missing"):
+        load_config(tmp_path / "d.yaml")

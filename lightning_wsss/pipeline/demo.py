@@ -35,6 +35,21 @@ QUICK_OVERRIDES: Dict[str, Any] = {
 
 CURVE_FRACTIONS = (0.0, 0.1, 0.3, 1.0)
 
+# ``wsss demo --methods``: the methods beyond the baselines on the demo data, as overrides of the image pipeline
+# (the same settings as experiments/synthetic/pipeline_<method>.yaml); each shares the baseline's stages it does
+# not change (CDA's seed classifier is the baseline classifier; SEC and self-training reuse everything up to the
+# random walk).
+METHOD_OVERRIDES: Dict[str, Dict[str, Any]] = {
+    "image_erasing": {"stages": {"classifier": {"model": {"class_path": "ErasingCAMClassifier", "init_args": {
+        "erase_rounds": 2, "round_epochs": 4, "erase_threshold": 0.5}}}}},
+    "image_cda": {"stages": {"classifier": {"datamodule": "CDADataModule", "data": {
+        "paste_prob": 0.5, "max_objects": 1, "object_scale": [0.7, 1.3], "min_object_area": 64}}}},
+    "image_sec": {"stages": {"segmenter": {"labels_from": "affinity", "model": {"class_path": "SECSegmenter", "init_args": {
+        "seed_weight": 1.0, "expand_weight": 1.0, "constrain_weight": 1.0, "loss_stride": 8}}}}},
+    "image_selftrain": {"stages": {"segmenter": {"model": {"class_path": "SelfTrainingSegmenter", "init_args": {
+        "rounds": 2, "round_epochs": 4, "portion": 0.5, "portion_step": 0.1, "max_portion": 0.8, "mrkld_weight": 0.1}}}}},
+}
+
 
 def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, size: int = 128,
                 box_fraction: Optional[float] = None) -> Dict[str, Any]:
@@ -126,12 +141,12 @@ def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str]) 
 
 def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = None, num_val: Optional[int] = None,
              size: Optional[int] = None, supervisions: Sequence[str] = ("image", "box", "full"), quick: bool = False,
-             progress: bool = True, curve: Sequence[float] = ()) -> Dict[str, Any]:
+             progress: bool = True, curve: Sequence[float] = (), methods: Sequence[str] = ()) -> Dict[str, Any]:
     """Generate the synthetic set if needed, run the pipelines, print the table, write the report.
 
     ``curve``: box fractions of ``hybrid`` runs added after the supervisions (``wsss demo --curve`` runs
     :data:`CURVE_FRACTIONS`); they share their image-label stages, and the report plots their val mIoU
-    against annotation hours.
+    against annotation hours. ``methods``: keys of :data:`METHOD_OVERRIDES` run as image pipelines.
 
     Returns:
         the summary dict (also in ``out/summary.json``).
@@ -151,6 +166,10 @@ def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = No
     for supervision in supervisions:
         print(f"\n=== {supervision} supervision ===")
         summary = run_pipeline(demo_config(data_root, supervision, quick, progress, params["size"]), out_dir)
+    for method in methods:
+        print(f"\n=== {method} ===")
+        config = deep_merge(demo_config(data_root, "image", quick, progress, params["size"]), METHOD_OVERRIDES[method])
+        summary = run_pipeline(deep_merge(config, {"name": f"demo-{method}", "summary_key": method}), out_dir)
     for fraction in curve:
         print(f"\n=== hybrid supervision, box fraction {fraction:g} ===")
         summary = run_pipeline(demo_config(data_root, "hybrid", quick, progress, params["size"], fraction), out_dir)

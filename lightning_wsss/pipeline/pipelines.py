@@ -109,7 +109,8 @@ def build_stages(config: Mapping[str, Any]) -> List[Stage]:
                 if labels_from not in LABEL_SOURCES:
                     raise ValueError(f"stages.segmenter.labels_from must be one of {sorted(LABEL_SOURCES)}, got {labels_from!r}")
                 source, output = LABEL_SOURCES[labels_from]
-                stage_cfg["labels_from"] = labels_from
+                if labels_from != "random_walk":  # the default stays out of the hash: earlier runs stay valid
+                    stage_cfg["labels_from"] = labels_from
             fn, upstream = S.segmenter_stage_for(source, output), (() if source == "ground_truth" else (source,))
         else:
             fn, upstream = STAGE_FUNCTIONS[name]
@@ -159,6 +160,9 @@ def summarize(config: Mapping[str, Any], results: Mapping[str, StageResult], wal
     else:
         hours = annotation_hours(supervision, len(train), num_boxes=S.count_boxes(train) if supervision == "box" else 0,
                                  box_protocol=protocol)
+    labels_from = (config["stages"].get("segmenter") or {}).get("labels_from")
+    if supervision == "image" and labels_from:
+        extra["trained_on"] = labels_from
     clean = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)) for k, v in pseudo.items()}
     return {
         **extra,

@@ -49,6 +49,8 @@ def final_pseudo_key(supervision: str, entry: Mapping[str, Any]) -> Optional[str
     """The pseudo labels the segmenter trained on: ``random_walk`` (image), the union (hybrid), the last
     BoxSup round (box); the last self-training round when there is one."""
     keys = list(entry.get("pseudo_miou", {}))
+    if entry.get("trained_on") not in (None, "random_walk"):  # e.g. SEC on the affinity seeds (partial labels)
+        return "cam" if entry["trained_on"] == "cams" else None
     selftrain = sorted((k for k in keys if k.startswith("selftrain_round_")), key=lambda k: int(k.rsplit("_", 1)[1]))
     if selftrain:
         return selftrain[-1]
@@ -63,11 +65,11 @@ def final_pseudo_key(supervision: str, entry: Mapping[str, Any]) -> Optional[str
 def format_table(summary: Mapping[str, Any]) -> str:
     """The comparison as a plain-text table (mIoU in percent)."""
     lines = [f"data set: {summary.get('dataset')}  ({summary.get('num_train')} train / {summary.get('num_val')} val images)",
-             f"{'supervision':<12} {'annot. h':>9} {'pseudo mIoU':>12} {'val mIoU':>9} {'vs full':>8} {'wall s':>8}",
-             "-" * 63]
+             f"{'supervision':<16} {'annot. h':>9} {'pseudo mIoU':>12} {'val mIoU':>9} {'vs full':>8} {'wall s':>8}",
+             "-" * 67]
     for row in comparison_rows(summary):
         rel = "     n/a" if row["relative_to_full"] is None else f"{100 * row['relative_to_full']:7.1f}%"
-        lines.append(f"{row['supervision']:<12} {row['annotation_hours']:9.2f} {_pct(row['pseudo_miou']):>12} "
+        lines.append(f"{row['supervision']:<16} {row['annotation_hours']:9.2f} {_pct(row['pseudo_miou']):>12} "
                      f"{_pct(row['val_miou']):>9} {rel:>8} {row['wall_s'] or 0:8.1f}")
     details = []
     for name, entry in summary.get("supervision", {}).items():

@@ -17,6 +17,7 @@ import torch
 from lightning_wsss.datamodules import PseudoMaskDataModule
 from lightning_wsss.io import read_label_png
 from lightning_wsss.tasks import self_training as st
+from lightning_wsss.tasks.rounds import PseudoMaskInjector
 from lightning_wsss.tasks.self_training import (
     ConfidenceHistogram,
     SelfTrainingSegmenter,
@@ -178,7 +179,7 @@ def test_rounds_on_tiny_voc_then_restart(tiny_voc, tmp_path, monkeypatch):
             else:
                 expected = read_label_png(out / f"round_{record['epoch']}" / f"{image_id}.png")
             assert np.array_equal(record["mask"][row].numpy(), expected)
-    assert not isinstance(trainer.datamodule.datasets["fit"].prepare, st.PseudoMaskInjector)  # removed at fit end
+    assert not isinstance(trainer.datamodule.datasets["fit"].prepare, PseudoMaskInjector)  # removed at fit end
 
     # restart on the same folder: complete, recorded rounds are reused, not relabelled
     def no_relabel(*args, **kwargs):

@@ -33,7 +33,6 @@ With ``mask_loss_weight=0`` (BBTP mode) no pseudo masks are built: the network t
 
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -52,51 +51,16 @@ from ..boxes import (
     select_candidate,
     tightness_prior_loss,
 )
-from ..errors import DataError
-from ..io import read_label_png, write_json_atomic, write_label_png
+from ..io import read_label_png, write_label_png
 from ..metrics import SegmentationIoU
+from .rounds import PseudoMaskInjector, RoundsMixin, round_dir
+from .rounds import resume_epoch as _resume_epoch  # noqa: F401  (kept importable from here)
 from .segmenter import DeepLabSegmenter
 
 __all__ = ["BoxSupTrainer", "PseudoMaskInjector", "round_dir"]
 
 
-def round_dir(out_dir, round_index: int) -> Path:
-    """The folder of round ``round_index``'s masks: ``out_dir/round_{k}``."""
-    return Path(out_dir) / f"round_{round_index}"
-
-
-class PseudoMaskInjector:
-    """A dataset ``prepare`` function that adds the pseudo mask ``mask_dir/<id>.png`` to a raw sample.
-
-    Wraps the datamodule's own ``prepare`` (which may drop the ground-truth mask); picklable, so it works in
-    DataLoader worker processes. The mask must have the image's size.
-    """
-
-    def __init__(self, prepare: Callable[[Dict[str, Any]], Dict[str, Any]], mask_dir) -> None:
-        self.prepare = prepare
-        self.mask_dir = Path(mask_dir)
-
-    def __call__(self, sample: Dict[str, Any]) -> Dict[str, Any]:
-        out = dict(self.prepare(sample))
-        path = self.mask_dir / f"{sample['id']}.png"
-        mask = read_label_png(path)
-        if mask.shape != sample["image"].shape[:2]:
-            raise DataError(path, f"pseudo mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's "
-                                  f"{sample['image'].shape[1]}x{sample['image'].shape[0]}")
-        out["mask"] = mask
-        return out
-
-
-def _resume_epoch(checkpoint: Dict[str, Any]) -> Optional[int]:
-    """The first epoch a fit resumed from ``checkpoint`` runs (Lightning's processed-epoch count)."""
-    try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError, ValueError):
-        epoch = checkpoint.get("epoch")
-        return None if epoch is None else int(epoch) + 1
-
-
-class BoxSupTrainer(DeepLabSegmenter):
+class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
     """BoxSup: train DeepLab on box-derived pseudo masks that are re-estimated every ``round_epochs`` epochs.
 
     Per box, the candidates (:meth:`candidates`) are the network's prediction of the box's class inside the
@@ -166,36 +130,15 @@ class BoxSupTrainer(DeepLabSegmenter):
         self.save_hyperparameters()
         self.out_dir = Path(out_dir)
         self.masks: Dict[str, np.ndarray] = {}
-        self.round_index: Optional[int] = None
-        self.round_miou: Dict[str, Optional[float]] = {}
-        self._resume_from: Optional[int] = None
-        self._injector: Optional[PseudoMaskInjector] = None
+        self.init_rounds()
+
+    round_log_prefix = "boxsup"
 
     # ------------------------------------------------------------------ properties
     @property
     def uses_masks(self) -> bool:
         """Whether training needs pseudo masks (False in BBTP mode)."""
         return self.hparams.mask_loss_weight > 0
-
-    @property
-    def rounds_file(self) -> Path:
-        return self.out_dir / "rounds.json"
-
-    def read_rounds(self) -> Dict[str, Optional[float]]:
-        """``rounds.json`` as a dict (empty when absent)."""
-        if not self.rounds_file.is_file():
-            return {}
-        try:
-            return json.loads(self.rounds_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(self.rounds_file, f"unreadable rounds file ({exc})") from exc
-
-    def _reader(self):
-        datamodule = getattr(self.trainer, "datamodule", None)
-        datasets = getattr(datamodule, "datasets", None)
-        if not datasets or "fit" not in datasets:
-            raise ValueError("BoxSupTrainer needs a WSSSDataModule (e.g. BoxDataModule) with a training split")
-        return datasets["fit"].reader
 
     # ------------------------------------------------------------------ hooks: round 0
     def initial_mask(self, sample: Dict[str, Any]) -> np.ndarray:
@@ -343,19 +286,9 @@ class BoxSupTrainer(DeepLabSegmenter):
         path = round_dir(self.out_dir, round_index) / f"{image_id}.png"
         return read_label_png(path) if path.is_file() else None
 
-    @torch.no_grad()
     def image_probs(self, image: np.ndarray) -> np.ndarray:
         """Network probabilities float32 [C, H, W] of one raw uint8 image [H, W, 3] (``predict_logits``)."""
-        mean, std = self.normalization()
-        array = (image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        tensor = torch.from_numpy(array.transpose(2, 0, 1).copy())[None].to(self.device)
-        was_training = self.training
-        self.eval()
-        try:
-            probs = self.predict_logits(tensor).float().softmax(dim=1)[0]
-        finally:
-            self.train(was_training)
-        return probs.cpu().numpy()
+        return self.whole_image_probs(image).cpu().numpy()
 
     def build_round(self, round_index: int, make: Callable[[Dict[str, Any]], np.ndarray]) -> Dict[str, np.ndarray]:
         """Write round ``round_index`` for this rank's share of the training images and score it.
@@ -367,14 +300,12 @@ class BoxSupTrainer(DeepLabSegmenter):
         Returns:
             id -> uint8 [H, W] for this rank's share (``ids[rank::world_size]``).
         """
-        reader = self._reader()
+        reader = self.training_reader()
         folder = round_dir(self.out_dir, round_index)
         key = f"round_{round_index}"
         strategy = self.trainer.strategy
-        rank, world = self.global_rank, max(1, self.trainer.world_size)
-        share = list(range(rank, len(reader), world))
-        missing = sum(not (folder / f"{reader.ids[i]}.png").is_file() for i in share)
-        missing_all = int(strategy.reduce(torch.tensor(float(missing), device=self.device), reduce_op="sum"))
+        share = self.rank_share(reader)
+        missing_all = self.count_missing(folder, reader, share)
         recorded = self.read_rounds()
         rescore = missing_all > 0 or key not in recorded
         metric = SegmentationIoU(self.num_classes).to(self.device)
@@ -403,15 +334,7 @@ class BoxSupTrainer(DeepLabSegmenter):
             miou = float(metric.compute()) if scored_all > 0 else None
         else:
             miou = recorded[key]
-        self.round_miou[key] = miou
-        if self.trainer.is_global_zero:
-            if rescore:
-                rounds = self.read_rounds()
-                rounds[key] = miou
-                write_json_atomic(self.rounds_file, dict(sorted(rounds.items(), key=lambda kv: int(kv[0].split("_")[1]))))
-            for logger in self.loggers:
-                logger.log_metrics({"boxsup/round_miou": float("nan") if miou is None else miou,
-                                    "boxsup/round": float(round_index)}, step=self.global_step)
+        self.record_round(key, miou, write=rescore)
         rank_zero_info(f"BoxSup {key}: {missing_all} masks built, {len(reader) - missing_all} reused; mIoU vs ground "
                        f"truth {'n/a' if miou is None else f'{100 * miou:.2f}'}")
         strategy.barrier("boxsup_round_done")
@@ -429,39 +352,14 @@ class BoxSupTrainer(DeepLabSegmenter):
         if self._injector is not None:
             self._injector.mask_dir = round_dir(self.out_dir, round_index)
 
-    def _install_injector(self) -> None:
-        dataset = self.trainer.datamodule.datasets["fit"]
-        if isinstance(dataset.prepare, PseudoMaskInjector):
-            self._injector = dataset.prepare
-        else:
-            self._injector = PseudoMaskInjector(dataset.prepare, round_dir(self.out_dir, 0))
-            dataset.prepare = self._injector
-
-    def _remove_injector(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        datasets = getattr(datamodule, "datasets", {}) or {}
-        dataset = datasets.get("fit")
-        if dataset is not None and isinstance(dataset.prepare, PseudoMaskInjector):
-            dataset.prepare = dataset.prepare.prepare
-        self._injector = None
-
     # ------------------------------------------------------------------ Lightning hooks
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        self._resume_from = _resume_epoch(checkpoint)
-
     def on_fit_start(self) -> None:
         if not self.uses_masks:
             return
-        self._reader()
-        reload_every = self.trainer.reload_dataloaders_every_n_epochs
-        if reload_every == 0:
-            self.trainer.reload_dataloaders_every_n_epochs = 1
-        elif reload_every != 1:
-            raise ValueError("BoxSupTrainer changes the training masks between epochs and needs a fresh train "
-                             f"DataLoader every epoch: leave reload_dataloaders_every_n_epochs at 0 or 1, got {reload_every}")
-        start = self._resume_from if self._resume_from is not None else self.trainer.current_epoch
-        self._resume_from = None
-        self._install_injector()
+        self.training_reader()
+        self.require_fresh_dataloaders()
+        start = self.start_epoch()
+        self.install_injector(round_dir(self.out_dir, 0))
         self.activate_round(start // self.hparams.round_epochs)
 
     def on_train_epoch_start(self) -> None:
@@ -484,7 +382,7 @@ class BoxSupTrainer(DeepLabSegmenter):
         self.activate_round(next_epoch // self.hparams.round_epochs)
 
     def on_fit_end(self) -> None:
-        self._remove_injector()
+        self.remove_injector()
 
     # ------------------------------------------------------------------ loss
     def loss(self, logits: Tensor, batch: Dict[str, Any]) -> Tensor:

@@ -40,7 +40,6 @@ across rounds (no re-initialisation).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
@@ -51,10 +50,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from ..datasets.classes import IGNORE_INDEX
-from ..errors import DataError
 from ..io import read_label_png, write_json_atomic, write_label_png
 from ..metrics import SegmentationIoU
-from .boxsup import PseudoMaskInjector, _resume_epoch, round_dir
+from .rounds import RoundsMixin, read_json, round_dir
 from .segmenter import DeepLabSegmenter
 
 __all__ = [
@@ -242,7 +240,7 @@ def relabel_split(
 
 
 # ----------------------------------------------------------------------------------------------- the task
-class SelfTrainingSegmenter(DeepLabSegmenter):
+class SelfTrainingSegmenter(RoundsMixin, DeepLabSegmenter):
     """DeepLab self-trained on its own class-balanced confident predictions, with CRST's label regulariser.
 
     See the module docstring for the rounds, the files and the loss.
@@ -282,73 +280,29 @@ class SelfTrainingSegmenter(DeepLabSegmenter):
         super().__init__(num_classes, **kwargs)
         self.save_hyperparameters()
         self.out_dir = Path(out_dir)
-        self.round_index: Optional[int] = None
-        self.round_miou: Dict[str, Optional[float]] = {}
-        self._resume_from: Optional[int] = None
-        self._injector: Optional[PseudoMaskInjector] = None
+        self.init_rounds()
+
+    round_log_prefix = "selftrain"
 
     # ------------------------------------------------------------------ files
-    @property
-    def rounds_file(self) -> Path:
-        return self.out_dir / "rounds.json"
-
     @property
     def thresholds_file(self) -> Path:
         return self.out_dir / "thresholds.json"
 
-    @staticmethod
-    def _read_json(path: Path) -> Dict[str, Any]:
-        if not path.is_file():
-            return {}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(path, f"unreadable JSON ({exc})") from exc
-
-    def read_rounds(self) -> Dict[str, Optional[float]]:
-        """``rounds.json`` as a dict (empty when absent)."""
-        return self._read_json(self.rounds_file)
-
     def _record(self, key: str, miou: Optional[float], extra: Optional[Dict[str, Any]] = None) -> None:
-        self.round_miou[key] = miou
-        if self.trainer.is_global_zero:
-            rounds = self.read_rounds()
-            rounds[key] = miou
-            write_json_atomic(self.rounds_file, dict(sorted(rounds.items(), key=lambda kv: int(kv[0].split("_")[1]))))
-            if extra is not None:
-                info = self._read_json(self.thresholds_file)
-                info[key] = extra
-                write_json_atomic(self.thresholds_file, info)
-            metrics = {"selftrain/round_miou": float("nan") if miou is None else miou,
-                       "selftrain/round": float(key.split("_")[1])}
-            if extra is not None and "portion" in extra:
-                metrics["selftrain/portion"] = float(extra["portion"])
-            for logger in self.loggers:
-                logger.log_metrics(metrics, step=self.global_step)
+        """Record a round in ``rounds.json`` (and its portion and thresholds in ``thresholds.json``)."""
+        if self.trainer.is_global_zero and extra is not None:
+            info = read_json(self.thresholds_file)
+            info[key] = extra
+            write_json_atomic(self.thresholds_file, info)
+        portion = {"selftrain/portion": float(extra["portion"])} if extra is not None and "portion" in extra else {}
+        self.record_round(key, miou, extra_metrics=portion)
         rank_zero_info(f"Self-training {key}: pseudo-label mIoU vs ground truth "
                        f"{'n/a' if miou is None else f'{100 * miou:.2f}'}")
 
-    # ------------------------------------------------------------------ inference
-    def _reader(self):
-        datamodule = getattr(self.trainer, "datamodule", None)
-        datasets = getattr(datamodule, "datasets", None)
-        if not datasets or "fit" not in datasets:
-            raise ValueError("SelfTrainingSegmenter needs a WSSSDataModule (e.g. PseudoMaskDataModule) with a training split")
-        return datasets["fit"].reader
-
-    @torch.no_grad()
     def sample_probs(self, sample: Dict[str, Any]) -> Tensor:
         """Softmax float [C, H, W] (``predict_logits``, eval mode) of a raw sample's uint8 image [H, W, 3]."""
-        mean, std = self.normalization()
-        image = np.asarray(sample["image"], dtype=np.float32)
-        array = (image / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        tensor = torch.from_numpy(array.transpose(2, 0, 1).copy())[None].to(self.device)
-        was_training = self.training
-        self.eval()
-        try:
-            return self.predict_logits(tensor).float().softmax(dim=1)[0]
-        finally:
-            self.train(was_training)
+        return self.whole_image_probs(sample["image"])
 
     # ------------------------------------------------------------------ rounds
     def portion_for(self, round_index: int) -> float:
@@ -363,11 +317,10 @@ class SelfTrainingSegmenter(DeepLabSegmenter):
         folder = getattr(self.trainer.datamodule, "pseudo_mask_dir", None)
         if folder is None:
             return
-        reader = self._reader()
-        rank, world = self.global_rank, max(1, self.trainer.world_size)
+        reader = self.training_reader()
         metric = SegmentationIoU(self.num_classes).to(self.device)
         scored = 0
-        for index in range(rank, len(reader), world):
+        for index in self.rank_share(reader):
             sample = reader[index]
             path = Path(folder) / f"{sample['id']}.png"
             if sample["mask"] is not None and path.is_file():
@@ -382,15 +335,13 @@ class SelfTrainingSegmenter(DeepLabSegmenter):
 
     def build_round(self, round_index: int) -> None:
         """Relabel the training split into ``round_{k}`` (or reuse it when complete and recorded)."""
-        reader = self._reader()
+        reader = self.training_reader()
         folder = round_dir(self.out_dir, round_index)
         key = f"round_{round_index}"
         strategy = self.trainer.strategy
-        rank, world = self.global_rank, max(1, self.trainer.world_size)
-        share = list(range(rank, len(reader), world))
-        missing = sum(not (folder / f"{reader.ids[i]}.png").is_file() for i in share)
-        missing_all = int(strategy.reduce(torch.tensor(float(missing), device=self.device), reduce_op="sum"))
-        if missing_all == 0 and key in self.read_rounds() and key in self._read_json(self.thresholds_file):
+        share = self.rank_share(reader)
+        missing_all = self.count_missing(folder, reader, share)
+        if missing_all == 0 and key in self.read_rounds() and key in read_json(self.thresholds_file):
             self.round_miou[key] = self.read_rounds()[key]
             rank_zero_info(f"Self-training {key}: reusing {folder}")
             return
@@ -409,47 +360,21 @@ class SelfTrainingSegmenter(DeepLabSegmenter):
         """Train on round ``round_index`` from now on (round 0: the datamodule's own masks)."""
         if round_index > 0:
             self.build_round(round_index)
-            self._install_injector(round_dir(self.out_dir, round_index))
+            self.install_injector(round_dir(self.out_dir, round_index))
         else:
-            self._remove_injector()
+            self.remove_injector()
         self.round_index = round_index
-
-    def _install_injector(self, folder: Path) -> None:
-        dataset = self.trainer.datamodule.datasets["fit"]
-        if isinstance(dataset.prepare, PseudoMaskInjector):
-            dataset.prepare.mask_dir = Path(folder)
-            self._injector = dataset.prepare
-        else:
-            self._injector = PseudoMaskInjector(dataset.prepare, folder)
-            dataset.prepare = self._injector
-
-    def _remove_injector(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        dataset = (getattr(datamodule, "datasets", {}) or {}).get("fit")
-        if dataset is not None and isinstance(dataset.prepare, PseudoMaskInjector):
-            dataset.prepare = dataset.prepare.prepare
-        self._injector = None
 
     def round_of_epoch(self, epoch: int) -> int:
         return min(int(self.hparams.rounds), epoch // int(self.hparams.round_epochs))
 
     # ------------------------------------------------------------------ Lightning hooks
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        self._resume_from = _resume_epoch(checkpoint)
-
     def on_fit_start(self) -> None:
-        self._reader()
-        reload_every = self.trainer.reload_dataloaders_every_n_epochs
-        if reload_every == 0:
-            self.trainer.reload_dataloaders_every_n_epochs = 1
-        elif reload_every != 1:
-            raise ValueError("SelfTrainingSegmenter changes the training masks between rounds and needs a fresh train "
-                             f"DataLoader every epoch: leave reload_dataloaders_every_n_epochs at 0 or 1, got {reload_every}")
+        self.training_reader()
+        self.require_fresh_dataloaders()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.score_initial()
-        start = self._resume_from if self._resume_from is not None else self.trainer.current_epoch
-        self._resume_from = None
-        self.activate_round(self.round_of_epoch(start))
+        self.activate_round(self.round_of_epoch(self.start_epoch()))
 
     def on_train_epoch_start(self) -> None:
         expected = self.round_of_epoch(self.trainer.current_epoch)
@@ -466,7 +391,7 @@ class SelfTrainingSegmenter(DeepLabSegmenter):
             self.activate_round(upcoming)
 
     def on_fit_end(self) -> None:
-        self._remove_injector()
+        self.remove_injector()
 
     # ------------------------------------------------------------------ loss
     def loss(self, logits: Tensor, batch: Dict[str, Any]) -> Tensor:

@@ -161,16 +161,29 @@ def test_fit_erases_with_previous_rounds_weights_then_predict_and_checkpoint(tin
     from lightning_wsss.tasks.classifier import present_class_ids
 
     class_ids = present_class_ids(batch["labels"])
-    with torch.no_grad():
-        got = restored.compute_cams(batch["image"], class_ids)
     sources = [model.epoch_weights[1], model.epoch_weights[2], _weights(model)]
-    expected, current = None, batch["image"]
-    for state in sources:
-        cams = _reference(state).compute_cams(current, class_ids)
-        region = ((cams > THRESHOLD) & (class_ids >= 1)[..., None, None]).any(1)
-        current = current.masked_fill(region[:, None], 0.0)
-        expected = cams if expected is None else torch.maximum(expected, cams)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    def peak(ref, images):  # raw single-scale CAM peak of each present class, [B, K]
+        with torch.no_grad():
+            maps = ref.raw_cams(ref.features(images))
+        return torch.stack([torch.stack([maps[b, c - 1].max() if c >= 1 else torch.tensor(0.0) for c in row])
+                            for b, row in enumerate(class_ids.tolist())])
+
+    for relative in (True, False):
+        restored.hparams.relative_to_unerased = relative
+        with torch.no_grad():
+            got = restored.compute_cams(batch["image"], class_ids)
+        expected, current = None, batch["image"]
+        for state in sources:
+            ref = _reference(state)
+            cams = ref.compute_cams(current, class_ids)
+            region = ((cams > THRESHOLD) & (class_ids >= 1)[..., None, None]).any(1)
+            if expected is not None and relative:  # later rounds: scaled by their activation left after erasing
+                ratio = (peak(ref, current) / peak(ref, batch["image"]).clamp(min=1e-6)).clamp(0, 1) * (class_ids >= 1)
+                cams = cams * ratio[..., None, None]
+            current = current.masked_fill(region[:, None], 0.0)
+            expected = cams if expected is None else torch.maximum(expected, cams)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
     writer = ArtifactWriter(str(tmp_path / "pred"))
     _trainer(callbacks=[writer]).predict(restored, datamodule=dm, return_predictions=False)
@@ -186,3 +199,30 @@ def test_bad_options():
         ErasingCAMClassifier(**TINY, erase_threshold=1.0)
     with pytest.raises(ValueError):
         ErasingCAMClassifier(**TINY, round_epochs=0)
+
+
+def test_first_round_epochs_delays_the_first_snapshot():
+    model = ErasingCAMClassifier(**TINY, erase_rounds=2, round_epochs=2, first_round_epochs=5)
+    assert [model.expected_rounds(e) for e in range(10)] == [0, 0, 0, 0, 0, 1, 1, 2, 2, 2]
+    plain = ErasingCAMClassifier(**TINY, erase_rounds=2, round_epochs=2)
+    assert [plain.expected_rounds(e) for e in range(7)] == [0, 0, 1, 1, 2, 2, 2]
+    with pytest.raises(ValueError, match="first_round_epochs"):
+        ErasingCAMClassifier(**TINY, first_round_epochs=0)
+
+
+def test_peak_ratio_by_hand():
+    from lightning_wsss.tasks.erasing import peak_ratio
+
+    class Toy(torch.nn.Module):  # raw CAM of class c = image channel c - 1
+        def features(self, images):
+            return images
+
+        def raw_cams(self, features):
+            return features.clamp(min=0)
+
+    original = torch.zeros(1, 3, 4, 4)
+    original[0, 0, 1, 1], original[0, 1, 2, 2] = 2.0, 4.0
+    erased = original.clone()
+    erased[0, 0, 1, 1] = 0.5  # class 1 keeps a quarter of its peak, class 2 all of it
+    ratio = peak_ratio(Toy(), erased, original, torch.tensor([[1, 2, -1]]))
+    torch.testing.assert_close(ratio, torch.tensor([[0.25, 1.0, 0.0]]))

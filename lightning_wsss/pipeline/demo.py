@@ -41,7 +41,8 @@ CURVE_FRACTIONS = (0.0, 0.1, 0.3, 1.0)
 # random walk).
 METHOD_OVERRIDES: Dict[str, Dict[str, Any]] = {
     "image_erasing": {"stages": {"classifier": {"model": {"class_path": "ErasingCAMClassifier", "init_args": {
-        "erase_rounds": 2, "round_epochs": 4, "erase_threshold": 0.5}}}}},
+        "erase_rounds": 2, "first_round_epochs": 12, "round_epochs": 3, "erase_threshold": 0.5}},
+        "trainer": {"max_epochs": 18}}}},
     "image_cda": {"stages": {"classifier": {"datamodule": "CDADataModule", "data": {
         "paste_prob": 0.5, "max_objects": 1, "object_scale": [0.7, 1.3], "min_object_area": 64}}}},
     "image_sec": {"stages": {"segmenter": {"labels_from": "affinity", "model": {"class_path": "SECSegmenter", "init_args": {

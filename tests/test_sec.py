@@ -89,7 +89,7 @@ def _block(values: np.ndarray) -> torch.Tensor:
 def test_loss_hook_combines_the_three_terms_on_the_downsampled_map(monkeypatch):
     torch.manual_seed(0)
     model = SECSegmenter(**TINY, seed_weight=1.0, expand_weight=0.5, constrain_weight=2.0, loss_stride=2,
-                         decay_present=0.5, decay_absent=0.0, decay_background=1.0)
+                         decay_present=0.5, decay_absent=0.0, decay_background=1.0, gwrp_reference_pixels=None)
     probs = np.array([[[0.5, 0.2], [0.1, 0.6]],
                       [[0.3, 0.7], [0.8, 0.1]],
                       [[0.2, 0.1], [0.1, 0.3]]])
@@ -171,3 +171,31 @@ def test_bad_options():
         SECSegmenter(**TINY, loss_stride=0)
     with pytest.raises(ValueError):
         SECSegmenter(**TINY, seed_weight=0, expand_weight=0, constrain_weight=0)
+
+
+def test_decays_rescale_with_the_loss_map_size():
+    from lightning_wsss.tasks.sec import gwrp, scale_decay
+
+    assert scale_decay(0.5, 4, 16) == pytest.approx(0.5 ** 4)
+    assert scale_decay(0.0, 4, 16) == 0.0 and scale_decay(1.0, 4, 16) == 1.0 and scale_decay(0.9, 4, None) == 0.9
+    # a class covering the top 10 % of the map pools to the same value on a 14x14 map as on SEC's 41x41 one
+    def covered(side: int) -> torch.Tensor:
+        values = torch.zeros(side * side)
+        values[: round(0.1 * side * side)] = 1.0
+        return values.view(side, side)
+
+    reference = gwrp(covered(41), 0.996).item()
+    small = gwrp(covered(14), scale_decay(0.996, 14 * 14, 41 * 41)).item()
+    assert small == pytest.approx(reference, abs=0.02)
+    assert gwrp(covered(14), 0.996).item() < reference - 0.3  # unscaled: the small map looks almost empty
+
+
+def test_loss_hook_rescales_the_expansion_decays(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sec_module, "expansion_loss", lambda probs, labels, dp, da, db: seen.append((dp, da, db)) or probs.sum() * 0)
+    model = SECSegmenter(**TINY, seed_weight=0.0, constrain_weight=0.0, loss_stride=2, gwrp_reference_pixels=64)
+    logits = torch.zeros(1, 3, 8, 8, requires_grad=True)  # a 4x4 loss map: 16 pixels
+    batch = {"image": torch.zeros(1, 3, 8, 8), "mask": torch.zeros(1, 8, 8, dtype=torch.long),
+             "labels": torch.tensor([[1.0, 0.0]]), "size": torch.tensor([[8, 8]]), "id": ["x"]}
+    model.loss(logits, batch)
+    assert seen == [pytest.approx((0.996 ** 4, 0.0, 0.999 ** 4))]

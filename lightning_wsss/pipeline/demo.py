@@ -46,7 +46,8 @@ METHOD_OVERRIDES: Dict[str, Dict[str, Any]] = {
     "image_cda": {"stages": {"classifier": {"datamodule": "CDADataModule", "data": {
         "paste_prob": 0.5, "max_objects": 1, "object_scale": [0.7, 1.3], "min_object_area": 64}}}},
     "image_sec": {"stages": {"segmenter": {"labels_from": "affinity", "model": {"class_path": "SECSegmenter", "init_args": {
-        "seed_weight": 1.0, "expand_weight": 1.0, "constrain_weight": 1.0, "loss_stride": 8}}}}},
+        "seed_weight": 1.0, "expand_weight": 1.0, "constrain_weight": 1.0, "loss_stride": 8,
+        "gwrp_reference_pixels": 1681}}}}},
     "image_selftrain": {"stages": {"segmenter": {"model": {"class_path": "SelfTrainingSegmenter", "init_args": {
         "rounds": 2, "round_epochs": 4, "portion": 0.5, "portion_step": 0.1, "max_portion": 0.8, "mrkld_weight": 0.1}}}}},
 }

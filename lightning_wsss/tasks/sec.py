@@ -16,8 +16,9 @@ labels. The loss is ``seed_weight * L_seed + expand_weight * L_expand + constrai
 
 Resolution: as SEC (41x41 outputs for 321x321 crops), the three losses are computed on the logits downsampled
 by ``loss_stride`` (bilinear; seeds by nearest neighbour, the image by area averaging for the CRF). The GWRP
-decays are tuned to such ~41x41 maps: at full resolution (``loss_stride=1``) ``0.996 ** j`` vanishes after a few
-thousand pixels, i.e. a much smaller fraction of the image. The CRF's spatial standard deviations default to
+decays are tuned to such ~41x41 maps, so each loss map's decays are rescaled to pool the same fraction of it
+(:func:`scale_decay`, ``gwrp_reference_pixels``): unscaled, ``0.996 ** j`` pools a tiny fraction of a large map
+and nearly all of a small one (14x14 for 112 px crops), where it asks every present class to cover the image. The CRF's spatial standard deviations default to
 the :class:`~lightning_wsss.refine.crf.CRFParams` ones divided by ``loss_stride`` (SEC divides by its scale
 factor likewise). Each image is cropped to its ``size`` first, so batch padding never enters a loss.
 """
@@ -37,7 +38,7 @@ from ..datasets.classes import IGNORE_INDEX
 from ..refine.crf import CRFParams, crf_from_probs
 from .segmenter import DeepLabSegmenter
 
-__all__ = ["SECSegmenter", "gwrp", "seeding_loss", "expansion_loss", "constrain_loss", "downsample_for_loss"]
+__all__ = ["SECSegmenter", "gwrp", "scale_decay", "seeding_loss", "expansion_loss", "constrain_loss", "downsample_for_loss"]
 
 LOG_EPS = 1e-5
 
@@ -63,6 +64,19 @@ def gwrp(probs: Tensor, decay: float) -> Tensor:
     weights = torch.pow(torch.tensor(float(decay), dtype=ordered.dtype, device=ordered.device),
                         torch.arange(ordered.shape[-1], dtype=ordered.dtype, device=ordered.device))
     return (ordered * weights).sum(-1) / weights.sum()
+
+
+def scale_decay(decay: float, num_pixels: int, reference_pixels: Optional[int]) -> float:
+    """The GWRP decay for a map of ``num_pixels`` that pools the same *fraction* of the map as ``decay`` does on a
+    map of ``reference_pixels``: ``decay ** (reference_pixels / num_pixels)`` (0 and 1 are kept; ``None``: as given).
+
+    SEC's decays were chosen for 41x41 maps: ``0.996 ** j`` halves after about 173 of 1681 pixels (10 %). On a
+    14x14 map the same decay weighs almost every pixel alike, i.e. it asks a present class to cover the whole
+    image, against the seeds.
+    """
+    if reference_pixels is None or decay in (0.0, 1.0):
+        return float(decay)
+    return float(decay) ** (float(reference_pixels) / max(1, int(num_pixels)))
 
 
 def seeding_loss(log_probs: Tensor, seeds: Tensor) -> Tensor:
@@ -148,6 +162,9 @@ class SECSegmenter(DeepLabSegmenter):
         loss_stride: the losses are computed on outputs downsampled by this factor (SEC: 8; 1 = full resolution).
         constrain_crf_params: ``CRFParams`` keyword arguments of the constrain CRF; default: ``CRFParams()``
             with ``gauss_sxy`` and ``bilateral_sxy`` divided by ``loss_stride``.
+        gwrp_reference_pixels: the map size (pixels) the decays are meant for (SEC: 41 x 41); each loss map's
+            decays are rescaled to pool the same fraction of it (:func:`scale_decay`). ``None`` uses the decays
+            as given whatever the map size.
         **kwargs: :class:`DeepLabSegmenter` arguments.
     """
 
@@ -162,6 +179,7 @@ class SECSegmenter(DeepLabSegmenter):
         decay_background: float = 0.999,
         loss_stride: int = 8,
         constrain_crf_params: Optional[Dict[str, float]] = None,
+        gwrp_reference_pixels: Optional[int] = 41 * 41,
         **kwargs: Any,
     ) -> None:
         if loss_stride < 1:
@@ -227,8 +245,11 @@ class SECSegmenter(DeepLabSegmenter):
                 out["seed"].append(seeding_loss(log_probs, seeds))
                 seeded.append(bool((seeds != IGNORE_INDEX).any()))
             if hp.expand_weight > 0:
-                out["expand"].append(expansion_loss(probs, batch["labels"][i], hp.decay_present, hp.decay_absent,
-                                                    hp.decay_background))
+                pixels, reference = probs.shape[-2] * probs.shape[-1], hp.get("gwrp_reference_pixels")
+                out["expand"].append(expansion_loss(probs, batch["labels"][i],
+                                                    scale_decay(hp.decay_present, pixels, reference),
+                                                    scale_decay(hp.decay_absent, pixels, reference),
+                                                    scale_decay(hp.decay_background, pixels, reference)))
             if hp.constrain_weight > 0:
                 target = self.crf_target(batch["image"][i, :, :height, :width], probs)
                 out["constrain"].append(constrain_loss(log_probs, target))

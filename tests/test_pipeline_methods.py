@@ -64,6 +64,20 @@ def test_method_pipelines_share_the_baseline_stages(tiny_synthetic, tmp_path):  
     assert selftrain["pseudo_miou"]["selftrain_round_0"] == pytest.approx(base["pseudo_miou"]["random_walk"])
 
 
+def test_segmenter_seed_reruns_only_the_segmenter(tiny_synthetic, tmp_path, monkeypatch):  # noqa: F811
+    import lightning as L
+
+    seeds = []
+    real = L.seed_everything
+    monkeypatch.setattr(L, "seed_everything", lambda seed, **kw: seeds.append(seed) or real(seed, **kw))
+    run_pipeline(shrunk("pipeline_image", tiny_synthetic), tmp_path, log=quiet)
+    seeds.clear()
+    entry = run_pipeline(shrunk("pipeline_image", tiny_synthetic, summary_key="image_seed7",
+                                stages={"segmenter": {"seed": 7}}), tmp_path, log=quiet)["supervision"]["image_seed7"]
+    assert all(entry["stages"][n]["reused"] for n in ("classifier", "cams", "affinity", "random_walk"))
+    assert not entry["stages"]["segmenter"]["reused"] and seeds[0] == 7  # then per-epoch seeds from 7
+
+
 def test_base_config_chain_and_its_errors(tmp_path):
     from lightning_wsss.errors import DataError
 

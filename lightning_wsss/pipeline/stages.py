@@ -128,7 +128,7 @@ def segmenter_stage_for(source: str, output: str = "labels_dir"):
         self_training = issubclass(resolve_class(cfg["model"].get("class_path", "DeepLabSegmenter"), "model"),
                                    SelfTrainingSegmenter)
         model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"),
-                                extra_init={"out_dir": str(rounds_dir)} if self_training else None)
+                                extra_init={"out_dir": str(rounds_dir)} if self_training else None, seed=cfg.get("seed"))
         metrics = validate_model(ctx, stage_dir, "segmenter", model, dm, cfg.get("trainer"))
         result = {"val_miou": metrics["val/miou"]}
         if self_training:

@@ -82,7 +82,8 @@ def _valid_checkpoint(path: Path) -> bool:
 
 
 def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg: Mapping[str, Any], datamodule,
-              trainer_cfg: Optional[Mapping[str, Any]] = None, extra_init: Optional[Dict[str, Any]] = None):
+              trainer_cfg: Optional[Mapping[str, Any]] = None, extra_init: Optional[Dict[str, Any]] = None,
+              seed: Optional[int] = None):
     """Train (or resume, or reuse) a model; returns ``(model, final checkpoint path)``.
 
     ``checkpoints/last.ckpt`` is written every epoch; a rerun resumes from it (an unreadable one is discarded).
@@ -94,13 +95,14 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     final = stage_dir / "checkpoints" / "final.ckpt"
     if final.is_file():
         return model_cls.load_from_checkpoint(str(final), map_location="cpu", weights_only=False), final
-    L.seed_everything(int(ctx.config.get("seed", 0)), workers=True, verbose=False)  # weights init included
+    seed = int(ctx.config.get("seed", 0) if seed is None else seed)  # a stage's own seed overrides the pipeline's
+    L.seed_everything(seed, workers=True, verbose=False)  # weights init included
     model = model_cls(num_classes=datamodule.num_classes, **init_args)
     last = stage_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if _valid_checkpoint(last) else None
     if last.exists() and resume is None:
         last.unlink()
-    callbacks = [LastCheckpoint(str(stage_dir / "checkpoints")), EpochSeed(int(ctx.config.get("seed", 0)))]
+    callbacks = [LastCheckpoint(str(stage_dir / "checkpoints")), EpochSeed(seed)]
     trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks)
     if resume:
         ctx.log(f"[{stage_name}] resuming from {last}")

@@ -100,3 +100,35 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     path.write_text("supervision: pixels\ndataset: {root: x}\n")
     assert main(["pipeline", str(path)]) == 2
     assert "bad.yaml: 'supervision' must be one of" in capsys.readouterr().err
+
+
+def test_a_stage_run_by_another_process_is_refused(tmp_path):
+    """Two pipelines on one output folder must not run the same stage at once (they would share its files)."""
+    from lightning_wsss.pipeline.config import stage_hash
+    from lightning_wsss.pipeline.runner import PipelineContext, Stage, StageBusyError, run_stages, stage_lock
+
+    ran = []
+
+    def work(ctx, stage_dir, upstream, config):
+        ran.append(stage_dir)
+        return {"metrics": {"x": 1.0}}
+
+    stage = Stage("s", {"a": 1}, work)
+    stage_dir = tmp_path / "s" / stage_hash({"a": 1}, {})
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time, pathlib\n"
+        "p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True)\n"
+        "h = open(p / '.lock', 'a'); fcntl.flock(h.fileno(), fcntl.LOCK_EX); print('locked', flush=True)\n"
+        "time.sleep(60)\n"), str(stage_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StageBusyError, match="another process"):
+            run_stages(PipelineContext(tmp_path, {}), [stage])
+        assert ran == [] and not (stage_dir / "stage.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the other process is gone the stage runs, and releases its lock when done
+    assert run_stages(PipelineContext(tmp_path, {}), [stage])["s"].metrics == {"x": 1.0} and len(ran) == 1
+    with stage_lock(stage_dir):
+        pass

@@ -8,11 +8,12 @@ last); a complete stage is skipped, an incomplete one resumes from what it left 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from ..io import write_json_atomic
 from .config import stage_hash
@@ -64,6 +65,38 @@ class PipelineContext:
         self.log = log
 
 
+class StageBusyError(RuntimeError):
+    """Another process is running the same stage (same folder) right now."""
+
+
+@contextlib.contextmanager
+def stage_lock(stage_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``stage_dir/.lock`` while a stage runs (POSIX ``flock``; released on exit, also
+    when the process dies).
+
+    Two pipelines sharing an output folder would otherwise train and predict into the same files at once (each
+    resuming from the other's checkpoints). Elsewhere (no ``fcntl``) no lock is taken.
+
+    Raises:
+        StageBusyError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(stage_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StageBusyError(f"{stage_dir} is being run by another process (lock {stage_dir / '.lock'}); wait for "
+                                 "it to finish or use another output folder") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResult]:
     """Run ``stages`` in order, skipping complete ones. Returns the results by stage name."""
     folders = {stage.name: stage.folder or stage.name for stage in stages}
@@ -78,12 +111,13 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
         else:
             ctx.log(f"[{stage.name}] running ({digest}) in {stage_dir}")
             stage_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(stage_dir / "config.json", {"config": stage.config, "upstream": upstream})
-            start = time.perf_counter()
-            produced = stage.run(ctx, stage_dir, {name: ctx.results[name] for name in stage.upstream}, stage.config)
-            result = StageResult(stage.name, digest, str(stage_dir), produced.get("outputs", {}),
-                                 produced.get("metrics", {}), time.perf_counter() - start)
-            write_json_atomic(marker, {k: v for k, v in asdict(result).items() if k != "reused"})
+            with stage_lock(stage_dir):
+                write_json_atomic(stage_dir / "config.json", {"config": stage.config, "upstream": upstream})
+                start = time.perf_counter()
+                produced = stage.run(ctx, stage_dir, {name: ctx.results[name] for name in stage.upstream}, stage.config)
+                result = StageResult(stage.name, digest, str(stage_dir), produced.get("outputs", {}),
+                                     produced.get("metrics", {}), time.perf_counter() - start)
+                write_json_atomic(marker, {k: v for k, v in asdict(result).items() if k != "reused"})
             metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.metrics.items())
             ctx.log(f"[{stage.name}] done in {result.wall_s:.1f}s {metrics}")
         ctx.results[stage.name] = result

@@ -139,6 +139,11 @@ def test_hybrid_pipeline_curve_points_share_image_stages(tiny_synthetic, tmp_pat
         assert sorted(p.stem for p in (Path(stages["box_init"]["dir"]) / "grabcut").glob("*.png")) == sorted(box_ids)
     second = summary["supervision"]["hybrid_0.6"]["stages"]
     assert all(second[name]["reused"] for name in ("classifier", "cams", "affinity", "random_walk"))
+    # ... and the image pipeline on the same folder reuses them too: they live in OUT/image
+    assert Path(second["classifier"]["dir"]).resolve().parent.parent == (tmp_path / "image").resolve()
+    image = run_pipeline(tiny_config(tiny_synthetic, "image", stages={"box_init": {"initializers": ["filled", "grabcut"]}}),
+                         tmp_path, log=quiet)["supervision"]["image"]["stages"]
+    assert all(image[name]["reused"] for name in ("classifier", "cams", "affinity", "random_walk"))
     assert not second["box_init"]["reused"] and not second["segmenter"]["reused"]
     # more boxes cost more; the summary's table lists the curve in box-fraction order
     entries = summary["supervision"]

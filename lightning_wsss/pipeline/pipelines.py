@@ -26,6 +26,8 @@ STAGE_FUNCTIONS = {
     "hybrid_labels": (S.hybrid_labels_stage, ("random_walk", "box_init")),
 }
 
+IMAGE_LABEL_STAGES = ("seed_classifier", "seed_cams", "classifier", "cams", "affinity", "random_walk")
+
 SEGMENTER_SOURCE = {"image": "random_walk", "box": "boxsup", "full": "ground_truth", "hybrid": "hybrid_labels"}
 
 # image pipeline: what the segmenter trains on (``stages.segmenter.labels_from``): the random walk's labels (the
@@ -72,7 +74,8 @@ def build_stages(config: Mapping[str, Any]) -> List[Stage]:
     Every stage's config includes the shared ``dataset``, ``data``, ``trainer`` and ``seed`` settings, so a
     change there reruns everything while a change to one stage reruns it and the stages after it. In a
     ``hybrid`` pipeline the image-label stages do not depend on the box fraction (unless the CAMs of box
-    images are restricted to their boxes), so the points of a cost curve share them.
+    images are restricted to their boxes) and live in the image pipeline's folder (``OUT/image``), so the
+    points of a cost curve and the image pipeline share them.
     """
     supervision = config["supervision"]
     shared = {key: config.get(key) for key in ("dataset", "data", "trainer", "seed")}
@@ -115,8 +118,10 @@ def build_stages(config: Mapping[str, Any]) -> List[Stage]:
         else:
             fn, upstream = STAGE_FUNCTIONS[name]
         folder = {"seed_classifier": "classifier", "seed_cams": "cams"}.get(name) if uses_cda(config) else None
+        # hybrid: the image-label stages live with the image pipeline's (same hashes when the settings match)
+        root = "../image" if supervision == "hybrid" and name in IMAGE_LABEL_STAGES else None
         stages.append(Stage(name, {"stage": stage_cfg, "shared": shared}, _unwrap(fn), tuple(upstream) + upstream_extra,
-                            folder))
+                            folder, root))
     return stages
 
 

@@ -53,6 +53,9 @@ class Stage:
     folder: Optional[str] = None
     """The folder (and, for the stages after it, the upstream name in the hash) when it differs from ``name``:
     CDA's seed classifier is the plain classifier, so it shares its folder and hash and is trained once."""
+    root: Optional[str] = None
+    """A folder relative to the pipeline's own (``../image``) holding this stage: a hybrid pipeline keeps its
+    image-label stages with the image pipeline's, so the two share them."""
 
 
 class PipelineContext:
@@ -103,7 +106,7 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
     for stage in stages:
         upstream = {folders[name]: ctx.results[name].hash for name in stage.upstream}
         digest = stage_hash(stage.config, upstream)
-        stage_dir = ctx.out_dir / folders[stage.name] / digest
+        stage_dir = ctx.out_dir / (stage.root or ".") / folders[stage.name] / digest
         marker = stage_dir / "stage.json"
         if marker.is_file():
             result = StageResult(**{**json.loads(marker.read_text()), "name": stage.name, "reused": True})

@@ -85,10 +85,10 @@ def demo(argv: List[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (a few images, one epoch per stage)")
     parser.add_argument("--curve", nargs="*", type=float, default=None, metavar="FRACTION",
                         help="also run hybrid supervision at these box fractions (default with no value: 0 0.1 0.3 1) "
-                             "and plot val mIoU against annotation hours; about 5 more minutes on 2 cores")
+                             "and plot val mIoU against annotation hours (reuses the image-label stages; one box init and segmenter per fraction)")
     parser.add_argument("--methods", nargs="*", default=None, metavar="METHOD",
                         help="also run the methods beyond the baselines as image pipelines (default with no value: "
-                             "image_erasing image_cda image_sec image_selftrain); about 10 more minutes on 2 cores")
+                             "image_erasing image_cda image_sec image_selftrain), sharing the baseline's stages")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     quiet_lightning()

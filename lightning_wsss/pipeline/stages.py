@@ -29,13 +29,11 @@ def _subset_reader(ctx: PipelineContext, ids: List[str]):
     return make_datamodule(ctx, "WSSSDataModule", {"train_ids": list(ids)}).build_reader("fit")
 
 
-def _pseudo_miou(ctx: PipelineContext, labels_dir: Path, ids: Optional[List[str]] = None) -> float:
-    """mIoU of a folder of pseudo labels against the training split's ground truth (NaN without masks or
-    images); ``ids`` restricts the score to those training images."""
-    if ids is not None and not ids:
-        return float("nan")
-    dataset = split_reader(ctx) if ids is None else _subset_reader(ctx, ids)
-    if not dataset.has_masks():
+def _pseudo_miou(ctx: PipelineContext, labels_dir: Path, dataset=None) -> float:
+    """mIoU of a folder of pseudo labels against the ground truth of ``dataset`` (default: the training split;
+    a subset reader scores those images only); NaN without masks or images."""
+    dataset = split_reader(ctx) if dataset is None else dataset
+    if len(dataset) == 0 or not dataset.has_masks():
         return float("nan")
     return float(evaluate_reader(labels_dir, dataset, _train_split(ctx))["miou"])
 
@@ -164,10 +162,11 @@ def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[st
                 shutil.copyfileobj(src, handle)
     image_ids = [i for i in dataset.ids if i not in chosen]
     # the box part's score is box_init's; here the union and the image-label part
-    metrics = {"hybrid": _pseudo_miou(ctx, stage_dir / "labels"), "image_random_walk": _pseudo_miou(ctx, image_dir, image_ids)}
+    metrics = {"hybrid": _pseudo_miou(ctx, stage_dir / "labels", dataset),
+               "image_random_walk": _pseudo_miou(ctx, image_dir, _subset_reader(ctx, image_ids)) if image_ids else float("nan")}
     return {"outputs": {"labels_dir": str(stage_dir / "labels"), "box_mask_dir": str(box_dir),
                         "image_mask_dir": str(image_dir), "box_ids": box_ids,
-                        "num_boxes": count_boxes(_subset_reader(ctx, box_ids)) if box_ids else 0},
+                        "num_boxes": int(upstream["box_init"].outputs["num_boxes"])},
             "metrics": metrics}
 
 
@@ -217,7 +216,7 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
         bar.close()
         folder.mkdir(parents=True, exist_ok=True)
         outputs[f"{name}_dir"] = str(folder)
-        metrics[name] = _pseudo_miou(ctx, folder, None if cfg.get("ids") is None else list(dataset.ids))
+        metrics[name] = _pseudo_miou(ctx, folder, dataset)
     outputs["num_boxes"] = count_boxes(dataset)
     return {"outputs": outputs, "metrics": metrics}
 

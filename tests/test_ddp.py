@@ -145,14 +145,6 @@ def ddp_worker(root: str, out: str, seg_weights: str, devices: int = 2) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Dict[str, Any]:
     """Run :func:`ddp_worker` on 2 processes once; returns the paths and both ranks' records."""

@@ -53,14 +53,6 @@ def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------- inventory, headers
 def test_expected_configs_exist():
     names = {rel(p) for p in lightning_configs() + pipeline_configs()}

@@ -18,14 +18,6 @@ from lightning_wsss.tasks.sec import SECSegmenter, constrain_loss, expansion_los
 TINY = dict(num_classes=3, encoder="tu-resnet18", decoder_channels=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _log_probs(p) -> torch.Tensor:
     """[C, H, W] log-probabilities from a nested list of probabilities (they sum to 1 per pixel)."""
     return torch.tensor(p, dtype=torch.float64).log()

@@ -23,7 +23,6 @@ from typing import Any, Dict, List
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from lightning_wsss.io import read_label_png, write_label_png, write_npz_atomic
@@ -35,14 +34,6 @@ TINY = ["--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.enab
         "--trainer.enable_model_summary=false", "--data.init_args.crop_size=32", "--data.init_args.batch_size=2",
         "--data.init_args.eval_batch_size=2"]
 DISTRIBUTIONS = {"uniform", "int_uniform", "log_uniform_values", "q_uniform", "categorical", "constant"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def load_sweep(path: Path) -> Dict[str, Any]:

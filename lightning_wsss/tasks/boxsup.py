@@ -300,12 +300,8 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         Returns:
             id -> uint8 [H, W] for this rank's share (``ids[rank::world_size]``).
         """
-        reader = self.training_reader()
-        folder = round_dir(self.out_dir, round_index)
-        key = f"round_{round_index}"
+        reader, folder, key, share, missing_all = self.round_files(round_index)
         strategy = self.trainer.strategy
-        share = self.rank_share(reader)
-        missing_all = self.count_missing(folder, reader, share)
         recorded = self.read_rounds()
         rescore = missing_all > 0 or key not in recorded
         metric = SegmentationIoU(self.num_classes).to(self.device)
@@ -329,11 +325,7 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
                                   torch.from_numpy(gt.astype(np.int64)).to(self.device))
                     scored += 1
         strategy.barrier("boxsup_round")
-        if rescore:
-            scored_all = int(strategy.reduce(torch.tensor(float(scored), device=self.device), reduce_op="sum"))
-            miou = float(metric.compute()) if scored_all > 0 else None
-        else:
-            miou = recorded[key]
+        miou = self.reduced_miou(metric, scored) if rescore else recorded[key]
         self.record_round(key, miou, write=rescore)
         rank_zero_info(f"BoxSup {key}: {missing_all} masks built, {len(reader) - missing_all} reused; mIoU vs ground "
                        f"truth {'n/a' if miou is None else f'{100 * miou:.2f}'}")

@@ -121,6 +121,23 @@ class RoundsMixin:
         missing = sum(not (folder / f"{reader.ids[i]}.png").is_file() for i in share)
         return int(self.trainer.strategy.reduce(torch.tensor(float(missing), device=self.device), reduce_op="sum"))
 
+    def round_files(self, round_index: int):
+        """Where round ``round_index`` stands on disk for this rank.
+
+        Returns:
+            ``(reader, folder, key, share, missing_all)``: the training reader, ``round_dir``, ``"round_k"``,
+            this rank's image indices and the number of masks still missing over all ranks.
+        """
+        reader = self.training_reader()
+        folder = round_dir(self.out_dir, round_index)
+        share = self.rank_share(reader)
+        return reader, folder, f"round_{round_index}", share, self.count_missing(folder, reader, share)
+
+    def reduced_miou(self, metric, scored: int) -> Optional[float]:
+        """``metric.compute()`` (synced over ranks) when any rank scored an image, else None."""
+        total = int(self.trainer.strategy.reduce(torch.tensor(float(scored), device=self.device), reduce_op="sum"))
+        return float(metric.compute()) if total > 0 else None
+
     def require_fresh_dataloaders(self) -> None:
         """Set ``reload_dataloaders_every_n_epochs`` to 1 (from 0); any other value is refused."""
         reload_every = self.trainer.reload_dataloaders_every_n_epochs

@@ -327,20 +327,12 @@ class SelfTrainingSegmenter(RoundsMixin, DeepLabSegmenter):
                 metric.update(torch.from_numpy(read_label_png(path).astype(np.int64)).to(self.device),
                               torch.from_numpy(sample["mask"].astype(np.int64)).to(self.device))
                 scored += 1
-        self._record("round_0", self._compute(metric, scored))
-
-    def _compute(self, metric: SegmentationIoU, scored: int) -> Optional[float]:
-        total = int(self.trainer.strategy.reduce(torch.tensor(float(scored), device=self.device), reduce_op="sum"))
-        return float(metric.compute()) if total > 0 else None
+        self._record("round_0", self.reduced_miou(metric, scored))
 
     def build_round(self, round_index: int) -> None:
         """Relabel the training split into ``round_{k}`` (or reuse it when complete and recorded)."""
-        reader = self.training_reader()
-        folder = round_dir(self.out_dir, round_index)
-        key = f"round_{round_index}"
+        reader, folder, key, share, missing_all = self.round_files(round_index)
         strategy = self.trainer.strategy
-        share = self.rank_share(reader)
-        missing_all = self.count_missing(folder, reader, share)
         if missing_all == 0 and key in self.read_rounds() and key in read_json(self.thresholds_file):
             self.round_miou[key] = self.read_rounds()[key]
             rank_zero_info(f"Self-training {key}: reusing {folder}")
@@ -352,7 +344,7 @@ class SelfTrainingSegmenter(RoundsMixin, DeepLabSegmenter):
             reduce=lambda counts: strategy.reduce(counts, reduce_op="sum"), device=self.device,
         )
         strategy.barrier("selftrain_round")
-        miou = self._compute(metric, scored)
+        miou = self.reduced_miou(metric, scored)
         self._record(key, miou, {"portion": portion, "thresholds": [round(float(t), 6) for t in thresholds]})
         strategy.barrier("selftrain_round_done")
 

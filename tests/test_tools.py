@@ -51,3 +51,32 @@ def test_erasing_mined_precision(tiny_voc, tmp_path):
     out = run_tool("erasing_mined_precision.py", "--checkpoint", str(tmp_path / "ae.ckpt"), "--root", str(tiny_voc))
     assert out.startswith("round 0: ") and "% of the mined pixels on the object" in out
     assert "round 1" not in out  # one snapshot, one round reported
+
+
+
+def _miou_lines(out: str) -> list:
+    """The two mIoU figures segmenter_fit.py prints: [vs training labels, vs ground truth]."""
+    return [float(line.split()[1]) for line in out.splitlines() if line.startswith("mIoU")]
+
+
+def test_segmenter_fit(tiny_voc, tmp_path):
+    from lightning_wsss.datamodules import MaskDataModule
+    from lightning_wsss.pipeline.demo import predict_val
+    from lightning_wsss.tasks import DeepLabSegmenter
+
+    torch.manual_seed(0)
+    model = DeepLabSegmenter(num_classes=4, encoder="tu-resnet18", decoder_channels=16, lr=0.01)
+    trainer = tiny_trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=MaskDataModule(root=str(tiny_voc), crop_size=32, batch_size=2))
+    checkpoint = tmp_path / "seg.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    reader = VOCSegmentation(tiny_voc, "train")
+    own, truth = tmp_path / "own", tmp_path / "truth"
+    for image_id, prediction in zip(reader.ids, predict_val(checkpoint, reader, reader.ids)):
+        write_label_png(own / f"{image_id}.png", prediction)  # its own predictions: a perfect fit
+        write_label_png(truth / f"{image_id}.png", reader.load(image_id)["mask"])
+    args = ("--checkpoint", str(checkpoint), "--root", str(tiny_voc))
+    fit_own, gt_own = _miou_lines(run_tool("segmenter_fit.py", *args, "--labels", str(own)))
+    fit_truth, gt_truth = _miou_lines(run_tool("segmenter_fit.py", *args, "--labels", str(truth)))
+    assert fit_own == 100.0 and gt_own < 100.0  # one epoch does not reach the ground truth
+    assert fit_truth == gt_truth == gt_own  # trained-on labels = ground truth: the two tables agree

@@ -11,13 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from lightning_wsss.cli.main import main
 from lightning_wsss.datasets.synthetic import make_synthetic
 from lightning_wsss.pipeline import run_pipeline
 from lightning_wsss.pipeline.costs import annotation_hours
 from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
 from lightning_wsss.pipeline.config import deep_merge
+from lightning_wsss.pipeline.pipelines import seed_spread
+from lightning_wsss.pipeline.report import format_table
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,38 @@ def test_box_pipeline_skips_complete_and_reruns_changed_stages(tiny_synthetic, t
     reused = {name: stage["reused"] for name, stage in third["stages"].items()}
     assert reused == {"box_init": True, "boxsup": True, "segmenter": False}
     assert third["stages"]["segmenter"]["hash"] != first["stages"]["segmenter"]["hash"]
+
+
+def test_segmenter_seeds_share_the_pseudo_labels_and_report_the_spread(tiny_synthetic, tmp_path):
+    config = tiny_config(tiny_synthetic, "full", stages={"segmenter": {"trainer": {"max_epochs": 2}}})
+    plain = run_pipeline(config, tmp_path, log=quiet)["supervision"]["full"]
+    summary = run_pipeline(config, tmp_path, log=quiet, segmenter_seeds=[0, 1, 2])
+    entry = summary["supervision"]["full"]
+    assert entry["val_miou"] == plain["val_miou"] and entry["stages"]["segmenter"]["reused"]  # seed 0: the run itself
+    spread = entry["segmenter_seeds"]
+    scores = spread["val_miou"]
+    assert list(scores) == ["0", "1", "2"] and scores["0"] == plain["val_miou"]
+    assert spread["mean"] == pytest.approx(sum(scores.values()) / 3)
+    assert spread["min"] == min(scores.values()) and spread["max"] == max(scores.values())
+    stage_dirs = [p.parent for p in (tmp_path / "full" / "segmenter").glob("*/stage.json")]
+    assert len(stage_dirs) == 3  # one stage folder per seed, all complete
+    first_weights = [next(iter(torch.load(d / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"].values()))
+                     for d in stage_dirs]
+    assert not torch.equal(first_weights[0], first_weights[1]) and not torch.equal(first_weights[1], first_weights[2])
+    text = format_table(summary)
+    assert f"full val mIoU over segmenter seeds: {100 * spread['mean']:.1f} +- {100 * spread['std']:.1f} (3 seeds:" in text
+    config_path = tmp_path / "full.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["pipeline", str(config_path), "--out", str(tmp_path), "--segmenter-seeds", "1", "2"]) == 0
+    again = json.loads((tmp_path / "summary.json").read_text())["supervision"]["full"]  # all reused: same figures
+    assert again["segmenter_seeds"] == spread and all(stage["reused"] for stage in again["stages"].values())
+
+
+def test_seed_spread_statistics():
+    spread = seed_spread({0: 0.3, 1: 0.2, 2: None})
+    assert spread["val_miou"] == {"0": 0.3, "1": 0.2, "2": None}
+    assert spread["mean"] == pytest.approx(0.25) and spread["std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert seed_spread({3: 0.4})["std"] == 0.0 and seed_spread({0: None})["mean"] is None
 
 
 def _run_cli(config_path: Path, out: Path, **kwargs) -> subprocess.Popen:

@@ -51,12 +51,19 @@ def evaluate_cams(argv: List[str]) -> int:
     return 0
 
 
+SEGMENTER_SEEDS_HELP = ("also train the final segmenter with these seeds on the same pseudo labels (earlier stages "
+                        "are shared) and report its val mIoU as mean +- std over them: with few epochs the spread is "
+                        "often larger than the gaps between methods")
+
+
 @register("pipeline")
 def pipeline(argv: List[str]) -> int:
     """``wsss pipeline CONFIG [--out DIR]``: run a supervision pipeline; complete stages are skipped."""
     parser = argparse.ArgumentParser(prog="wsss pipeline", description="Run a multi-stage WSSS pipeline from one YAML.")
     parser.add_argument("config", help="pipeline YAML (see experiments/*/pipeline_*.yaml)")
     parser.add_argument("--out", default=None, help="output folder (default: the config's 'out', else runs/<name>)")
+    parser.add_argument("--segmenter-seeds", nargs="+", type=int, default=(), metavar="SEED",
+                        help=SEGMENTER_SEEDS_HELP)
     args = parser.parse_args(argv)
     quiet_lightning()
     from ..pipeline.config import load_config
@@ -65,7 +72,7 @@ def pipeline(argv: List[str]) -> int:
 
     config = load_config(args.config)
     out = args.out or config.get("out") or f"runs/{config.get('name', 'pipeline')}"
-    summary = run_pipeline(config, out)
+    summary = run_pipeline(config, out, segmenter_seeds=args.segmenter_seeds)
     print(format_table(summary))
     print(f"summary: {out}/summary.json")
     return 0
@@ -89,6 +96,8 @@ def demo(argv: List[str]) -> int:
     parser.add_argument("--methods", nargs="*", default=None, metavar="METHOD",
                         help="also run the methods beyond the baselines as image pipelines (default with no value: "
                              "image_erasing image_cda image_sec image_selftrain), sharing the baseline's stages")
+    parser.add_argument("--segmenter-seeds", nargs="+", type=int, default=(), metavar="SEED",
+                        help=SEGMENTER_SEEDS_HELP)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     quiet_lightning()
@@ -102,7 +111,7 @@ def demo(argv: List[str]) -> int:
     curve = () if args.curve is None else (tuple(args.curve) or CURVE_FRACTIONS)
     run_demo(args.out, data=args.data, num_train=args.num_train, num_val=args.num_val, size=args.size,
              supervisions=args.supervision, quick=args.quick, progress=not args.no_progress, curve=curve,
-             methods=methods)
+             methods=methods, segmenter_seeds=args.segmenter_seeds)
     return 0
 
 

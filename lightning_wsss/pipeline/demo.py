@@ -143,12 +143,15 @@ def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str]) 
 
 def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = None, num_val: Optional[int] = None,
              size: Optional[int] = None, supervisions: Sequence[str] = ("image", "box", "full"), quick: bool = False,
-             progress: bool = True, curve: Sequence[float] = (), methods: Sequence[str] = ()) -> Dict[str, Any]:
+             progress: bool = True, curve: Sequence[float] = (), methods: Sequence[str] = (),
+             segmenter_seeds: Sequence[int] = ()) -> Dict[str, Any]:
     """Generate the synthetic set if needed, run the pipelines, print the table, write the report.
 
     ``curve``: box fractions of ``hybrid`` runs added after the supervisions (``wsss demo --curve`` runs
     :data:`CURVE_FRACTIONS`); they share their image-label stages, and the report plots their val mIoU
     against annotation hours. ``methods``: keys of :data:`METHOD_OVERRIDES` run as image pipelines.
+    ``segmenter_seeds``: every run also trains its final segmenter with these seeds (the seed-to-seed spread of
+    its val mIoU goes to the summary and the table).
 
     Returns:
         the summary dict (also in ``out/summary.json``).
@@ -167,14 +170,17 @@ def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = No
     summary: Dict[str, Any] = {}
     for supervision in supervisions:
         print(f"\n=== {supervision} supervision ===")
-        summary = run_pipeline(demo_config(data_root, supervision, quick, progress, params["size"]), out_dir)
+        summary = run_pipeline(demo_config(data_root, supervision, quick, progress, params["size"]), out_dir,
+                               segmenter_seeds=segmenter_seeds)
     for method in methods:
         print(f"\n=== {method} ===")
         config = deep_merge(demo_config(data_root, "image", quick, progress, params["size"]), METHOD_OVERRIDES[method])
-        summary = run_pipeline(deep_merge(config, {"name": f"demo-{method}", "summary_key": method}), out_dir)
+        summary = run_pipeline(deep_merge(config, {"name": f"demo-{method}", "summary_key": method}), out_dir,
+                               segmenter_seeds=segmenter_seeds)
     for fraction in curve:
         print(f"\n=== hybrid supervision, box fraction {fraction:g} ===")
-        summary = run_pipeline(demo_config(data_root, "hybrid", quick, progress, params["size"], fraction), out_dir)
+        summary = run_pipeline(demo_config(data_root, "hybrid", quick, progress, params["size"], fraction), out_dir,
+                               segmenter_seeds=segmenter_seeds)
     print("\n" + format_table(summary))
     report = write_report(out_dir, summary, demo_galleries(summary, data_root))
     print(f"\nsummary: {out_dir / 'summary.json'}\nreport:  {report}\ntotal wall time: {time.perf_counter() - start:.0f} s")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
 
 from ..io import write_json_atomic
 from .config import deep_merge, validate_config
@@ -179,8 +181,13 @@ def summarize(config: Mapping[str, Any], results: Mapping[str, StageResult], wal
     }
 
 
-def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], None] = print) -> Dict[str, Any]:
+def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], None] = print,
+                 segmenter_seeds: Sequence[int] = ()) -> Dict[str, Any]:
     """Run one supervision pipeline and merge its entry into ``out_dir/summary.json``.
+
+    ``segmenter_seeds``: also train the final segmenter with each of these seeds on the same pseudo labels (the
+    stages before it are shared) and record ``segmenter_seeds`` in the entry (see :func:`seed_spread`); the
+    entry's own ``val_miou`` stays the one of the config's seed.
 
     Returns:
         the whole summary dict (``dataset``, ``num_train``, ``num_val``, ``supervision`` -> entries).
@@ -188,11 +195,46 @@ def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], 
     validate_config(config)
     resolved = resolve(config)
     out_dir = Path(out_dir)
+    entry = _run_entry(resolved, out_dir, log)
+    if segmenter_seeds:
+        own_seed = segmenter_seed(resolved)
+        scores = {own_seed: entry["val_miou"]}
+        for seed in segmenter_seeds:
+            if int(seed) not in scores:
+                log(f"--- segmenter seed {seed} ---")
+                seeded = deep_merge(resolved, {"stages": {"segmenter": {"seed": int(seed)}}})
+                scores[int(seed)] = _run_entry(seeded, out_dir, log)["val_miou"]
+        entry["segmenter_seeds"] = seed_spread(scores)
+    return update_summary(out_dir, resolved, {summary_key(resolved): entry})
+
+
+def _run_entry(resolved: Mapping[str, Any], out_dir: Path, log: Callable[[str], None]) -> Dict[str, Any]:
+    """Run (or reuse) the stages of a resolved config; returns its summary entry (not written)."""
     ctx = PipelineContext(out_dir / resolved["supervision"], resolved, log)
     start = time.perf_counter()
     results = run_stages(ctx, build_stages(resolved))
-    entry = summarize(resolved, results, sum(r.wall_s for r in results.values()) if results else time.perf_counter() - start)
-    return update_summary(out_dir, resolved, {summary_key(resolved): entry})
+    return summarize(resolved, results, sum(r.wall_s for r in results.values()) if results else time.perf_counter() - start)
+
+
+def segmenter_seed(config: Mapping[str, Any]) -> int:
+    """The seed the final segmenter trains with: ``stages.segmenter.seed``, else the pipeline's ``seed``."""
+    own = (config.get("stages") or {}).get("segmenter", {}).get("seed")
+    return int(config.get("seed", 0) if own is None else own)
+
+
+def seed_spread(val_miou_by_seed: Mapping[int, Optional[float]]) -> Dict[str, Any]:
+    """Val mIoU of one set of pseudo labels over segmenter seeds.
+
+    Returns:
+        ``{"val_miou": {seed (str): mIoU}, "mean": float, "std": float (sample, 0 for one seed), "min", "max"}``;
+        seeds without a val mIoU (no val split) are left out of the statistics.
+    """
+    values = np.array([v for v in val_miou_by_seed.values() if v is not None], dtype=np.float64)
+    stats = {"mean": None, "std": None, "min": None, "max": None}
+    if values.size:
+        stats = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                 "min": float(values.min()), "max": float(values.max())}
+    return {"val_miou": {str(k): v for k, v in sorted(val_miou_by_seed.items())}, **stats}
 
 
 def summary_key(config: Mapping[str, Any]) -> str:

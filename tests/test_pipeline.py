@@ -21,7 +21,7 @@ from lightning_wsss.pipeline.costs import annotation_hours
 from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
 from lightning_wsss.pipeline.config import deep_merge
 from lightning_wsss.pipeline.pipelines import seed_spread
-from lightning_wsss.pipeline.report import format_table
+from lightning_wsss.pipeline.report import format_table, write_report
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,9 @@ def test_segmenter_seeds_share_the_pseudo_labels_and_report_the_spread(tiny_synt
     first_weights = [next(iter(torch.load(d / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"].values()))
                      for d in stage_dirs]
     assert not torch.equal(first_weights[0], first_weights[1]) and not torch.equal(first_weights[1], first_weights[2])
-    text = format_table(summary)
-    assert f"full val mIoU over segmenter seeds: {100 * spread['mean']:.1f} +- {100 * spread['std']:.1f} (3 seeds:" in text
+    shown = f"{100 * spread['mean']:.1f} +- {100 * spread['std']:.1f} (3 seeds:"
+    assert f"full val mIoU over segmenter seeds: {shown}" in format_table(summary)
+    assert shown in write_report(tmp_path, summary, {}).read_text()
     config_path = tmp_path / "full.yaml"
     config_path.write_text(yaml.safe_dump(config))
     assert main(["pipeline", str(config_path), "--out", str(tmp_path), "--segmenter-seeds", "1", "2"]) == 0

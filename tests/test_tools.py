@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_trainer
@@ -80,3 +81,25 @@ def test_segmenter_fit(tiny_voc, tmp_path):
     fit_truth, gt_truth = _miou_lines(run_tool("segmenter_fit.py", *args, "--labels", str(truth)))
     assert fit_own == 100.0 and gt_own < 100.0  # one epoch does not reach the ground truth
     assert fit_truth == gt_truth == gt_own  # trained-on labels = ground truth: the two tables agree
+
+
+def test_label_shares(tiny_voc, tmp_path):
+    reader = VOCSegmentation(tiny_voc, "train")
+    truth, blank = tmp_path / "truth", tmp_path / "blank"
+    for image_id in reader.ids:
+        mask = reader.load(image_id)["mask"]
+        write_label_png(truth / f"{image_id}.png", mask)
+        write_label_png(blank / f"{image_id}.png", np.zeros_like(mask))
+    rows = {}
+    for line in run_tool("label_shares.py", "--labels", str(truth), "--root", str(tiny_voc)).splitlines()[1:]:
+        name, labels, ground_truth = line.rsplit(None, 2)
+        rows[name] = (float(labels), float(ground_truth))
+    assert all(labels == ground_truth for labels, ground_truth in rows.values())  # the ground truth itself
+    assert sum(labels for labels, _ in rows.values()) == pytest.approx(100.0, abs=0.2)
+    assert 0 < rows["background"][0] < 100
+    out = run_tool("label_shares.py", "--labels", str(blank), "--root", str(tiny_voc))
+    assert out.splitlines()[1].split()[:2] == ["background", "100.0"]  # all background
+    (blank / f"{reader.ids[0]}.png").unlink()
+    done = subprocess.run([sys.executable, str(TOOLS / "label_shares.py"), "--labels", str(blank), "--root",
+                           str(tiny_voc)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and f"{reader.ids[0]}.png" in done.stderr and "missing" in done.stderr

@@ -10,7 +10,7 @@ lower recall instead of silently vanishing from the score.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -113,6 +113,16 @@ def evaluate_reader(pred_dir: PathLike, dataset, split: str = "") -> Dict[str, o
     Raises:
         DataError: a prediction is missing or its size differs from the ground truth.
     """
+    return score_label_maps(label_pairs(pred_dir, dataset, split), dataset.num_classes, dataset.class_names)
+
+
+def label_pairs(pred_dir: PathLike, dataset, split: str = "") -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(label map uint8 [H, W] from <pred_dir>/<id>.png, ground-truth mask uint8 [H, W])`` for every image
+    of a reader, in its order.
+
+    Raises:
+        DataError: the folder or a label map is missing, an image has no mask, or the sizes differ.
+    """
     from .io import read_label_png
 
     pred_dir = Path(pred_dir)
@@ -123,23 +133,20 @@ def evaluate_reader(pred_dir: PathLike, dataset, split: str = "") -> Dict[str, o
         path = dataset.mask_path(image_id) if hasattr(dataset, "mask_path") else None
         return read_label_png(path) if path is not None else dataset.load(image_id)["mask"]
 
-    def pairs():
-        for image_id in dataset.ids:
-            pred_path = pred_dir / f"{image_id}.png"
-            if not pred_path.is_file():
-                raise DataError(pred_path, f"prediction for {image_id!r} of split {split!r} is missing")
-            pred = read_label_png(pred_path)
-            target = ground_truth(image_id)
-            if target is None:
-                raise DataError(pred_path, f"image {image_id!r} has no ground-truth mask to score against")
-            if pred.shape != target.shape:
-                raise DataError(
-                    pred_path, f"prediction size {pred.shape[1]}x{pred.shape[0]} differs from the ground truth's "
-                    f"{target.shape[1]}x{target.shape[0]}"
-                )
-            yield pred, target
-
-    return score_label_maps(pairs(), dataset.num_classes, dataset.class_names)
+    for image_id in dataset.ids:
+        pred_path = pred_dir / f"{image_id}.png"
+        if not pred_path.is_file():
+            raise DataError(pred_path, f"prediction for {image_id!r} of split {split!r} is missing")
+        pred = read_label_png(pred_path)
+        target = ground_truth(image_id)
+        if target is None:
+            raise DataError(pred_path, f"image {image_id!r} has no ground-truth mask to score against")
+        if pred.shape != target.shape:
+            raise DataError(
+                pred_path, f"prediction size {pred.shape[1]}x{pred.shape[0]} differs from the ground truth's "
+                f"{target.shape[1]}x{target.shape[0]}"
+            )
+        yield pred, target
 
 
 def format_iou_table(result: Dict[str, object], title: str = "") -> str:

@@ -54,7 +54,6 @@ def test_erasing_mined_precision(tiny_voc, tmp_path):
     assert "round 1" not in out  # one snapshot, one round reported
 
 
-
 def _miou_lines(out: str) -> list:
     """The two mIoU figures segmenter_fit.py prints: [vs training labels, vs ground truth]."""
     return [float(line.split()[1]) for line in out.splitlines() if line.startswith("mIoU")]

@@ -16,8 +16,7 @@ import numpy as np
 
 from lightning_wsss.datasets import open_split
 from lightning_wsss.datasets.classes import IGNORE_INDEX
-from lightning_wsss.errors import DataError
-from lightning_wsss.io import read_label_png
+from lightning_wsss.metrics import label_pairs
 
 
 def class_shares(labels: Path, root: Path, split: str = "train") -> Dict[str, Dict[str, float]]:
@@ -29,20 +28,14 @@ def class_shares(labels: Path, root: Path, split: str = "train") -> Dict[str, Di
         apart, so a class's share plus the ignored share of its side sum to 1 over all classes).
 
     Raises:
-        DataError: a label map is missing, or its size differs from the ground truth's.
+        DataError: a label map is missing, or its size differs from the ground truth's (see
+        :func:`lightning_wsss.metrics.label_pairs`).
     """
     dataset = open_split(root, split, **({} if str(split).endswith(".json") else {"require_masks": True}))
     names = list(dataset.class_names)
     counts = {"labels": np.zeros(len(names) + 1, np.int64), "ground_truth": np.zeros(len(names) + 1, np.int64)}
     total = 0
-    for image_id in dataset.ids:
-        path = Path(labels) / f"{image_id}.png"
-        if not path.is_file():
-            raise DataError(path, f"label map for {image_id!r} is missing")
-        label, truth = read_label_png(path), dataset.load(image_id)["mask"]
-        if label.shape != truth.shape:
-            raise DataError(path, f"size {label.shape[1]}x{label.shape[0]} differs from the ground truth's "
-                                  f"{truth.shape[1]}x{truth.shape[0]}")
+    for label, truth in label_pairs(labels, dataset, split):
         for key, array in (("labels", label), ("ground_truth", truth)):
             values = np.where(array == IGNORE_INDEX, len(names), array).ravel()
             counts[key] += np.bincount(values, minlength=len(names) + 1)[: len(names) + 1]

@@ -14,6 +14,7 @@ from .config import deep_merge, validate_config
 from .costs import annotation_hours
 from .defaults import DEFAULTS, STAGES_BY_SUPERVISION
 from .runner import PipelineContext, Stage, StageResult, run_stages
+from .training import stage_seed
 from . import stages as S
 
 STAGE_FUNCTIONS = {
@@ -199,11 +200,11 @@ def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], 
     if segmenter_seeds:
         own_seed = segmenter_seed(resolved)
         scores = {own_seed: entry["val_miou"]}
-        for seed in segmenter_seeds:
-            if int(seed) not in scores:
+        for seed in map(int, segmenter_seeds):
+            if seed not in scores:
                 log(f"--- segmenter seed {seed} ---")
-                seeded = deep_merge(resolved, {"stages": {"segmenter": {"seed": int(seed)}}})
-                scores[int(seed)] = _run_entry(seeded, out_dir, log)["val_miou"]
+                seeded = deep_merge(resolved, {"stages": {"segmenter": {"seed": seed}}})
+                scores[seed] = _run_entry(seeded, out_dir, log)["val_miou"]
         entry["segmenter_seeds"] = seed_spread(scores)
     return update_summary(out_dir, resolved, {summary_key(resolved): entry})
 
@@ -218,8 +219,7 @@ def _run_entry(resolved: Mapping[str, Any], out_dir: Path, log: Callable[[str], 
 
 def segmenter_seed(config: Mapping[str, Any]) -> int:
     """The seed the final segmenter trains with: ``stages.segmenter.seed``, else the pipeline's ``seed``."""
-    own = (config.get("stages") or {}).get("segmenter", {}).get("seed")
-    return int(config.get("seed", 0) if own is None else own)
+    return stage_seed(config, (config.get("stages") or {}).get("segmenter", {}).get("seed"))
 
 
 def seed_spread(val_miou_by_seed: Mapping[int, Optional[float]]) -> Dict[str, Any]:

@@ -77,7 +77,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
     lines = [f"data set: {summary.get('dataset')}  ({summary.get('num_train')} train / {summary.get('num_val')} val images)",
              f"{'supervision':<16} {'annot. h':>9} {'pseudo mIoU':>12} {'val mIoU':>9} {'vs full':>8} {'wall s':>8}",
              "-" * 67]
-    for row in comparison_rows(summary):
+    rows = comparison_rows(summary)
+    for row in rows:
         rel = "     n/a" if row["relative_to_full"] is None else f"{100 * row['relative_to_full']:7.1f}%"
         lines.append(f"{row['supervision']:<16} {row['annotation_hours']:9.2f} {_pct(row['pseudo_miou']):>12} "
                      f"{_pct(row['val_miou']):>9} {rel:>8} {row['wall_s'] or 0:8.1f}")
@@ -86,7 +87,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
         if entry.get("pseudo_miou"):
             parts = ", ".join(f"{k} {_pct(v).strip()}" for k, v in entry["pseudo_miou"].items())
             details.append(f"  {name} pseudo-label mIoU (train): {parts}")
-    for row in comparison_rows(summary):
+    for row in rows:
         if row["seed_spread"]:
             details.append(f"  {row['supervision']} val mIoU over segmenter seeds: {row['seed_spread']}")
     return "\n".join(lines + ([""] + details if details else []))

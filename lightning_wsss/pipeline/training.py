@@ -81,6 +81,11 @@ def _valid_checkpoint(path: Path) -> bool:
         return False
 
 
+def stage_seed(pipeline_config: Mapping[str, Any], own: Optional[int] = None) -> int:
+    """The seed a stage trains with: its own ``seed`` when set, else the pipeline's (default 0)."""
+    return int(pipeline_config.get("seed", 0) if own is None else own)
+
+
 def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg: Mapping[str, Any], datamodule,
               trainer_cfg: Optional[Mapping[str, Any]] = None, extra_init: Optional[Dict[str, Any]] = None,
               seed: Optional[int] = None):
@@ -95,7 +100,7 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     final = stage_dir / "checkpoints" / "final.ckpt"
     if final.is_file():
         return model_cls.load_from_checkpoint(str(final), map_location="cpu", weights_only=False), final
-    seed = int(ctx.config.get("seed", 0) if seed is None else seed)  # a stage's own seed overrides the pipeline's
+    seed = stage_seed(ctx.config, seed)
     L.seed_everything(seed, workers=True, verbose=False)  # weights init included
     model = model_cls(num_classes=datamodule.num_classes, **init_args)
     last = stage_dir / "checkpoints" / "last.ckpt"

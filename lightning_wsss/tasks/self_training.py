@@ -311,8 +311,9 @@ class SelfTrainingSegmenter(RoundsMixin, DeepLabSegmenter):
 
     def score_initial(self) -> None:
         """Record ``round_0``: the datamodule's ``pseudo_mask_dir`` masks against the ground truth (once)."""
-        if "round_0" in self.read_rounds():
-            self.round_miou["round_0"] = self.read_rounds()["round_0"]
+        recorded = self.read_rounds()
+        if "round_0" in recorded:
+            self.round_miou["round_0"] = recorded["round_0"]
             return
         folder = getattr(self.trainer.datamodule, "pseudo_mask_dir", None)
         if folder is None:
@@ -333,8 +334,9 @@ class SelfTrainingSegmenter(RoundsMixin, DeepLabSegmenter):
         """Relabel the training split into ``round_{k}`` (or reuse it when complete and recorded)."""
         reader, folder, key, share, missing_all = self.round_files(round_index)
         strategy = self.trainer.strategy
-        if missing_all == 0 and key in self.read_rounds() and key in read_json(self.thresholds_file):
-            self.round_miou[key] = self.read_rounds()[key]
+        recorded = self.read_rounds()
+        if missing_all == 0 and key in recorded and key in read_json(self.thresholds_file):
+            self.round_miou[key] = recorded[key]
             rank_zero_info(f"Self-training {key}: reusing {folder}")
             return
         portion = self.portion_for(round_index)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
+from .pretrained import resolve_weights
 
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.")
 
@@ -157,7 +158,8 @@ def build_backbone(
 
     Args:
         name: any timm model that supports ``features_only`` (``resnet50``, ``efficientnet_lite0``, ``resnet18``...).
-        weights: ``None``, ``"imagenet"`` (downloads through timm: needs network) or a local file path.
+        weights: ``None``, ``"imagenet"`` or a local file path. ``"imagenet"`` loads a packaged file offline where
+            one is installed (:mod:`lightning_wsss.models.pretrained`: EfficientNet-Lite0), else timm's hub.
         output_stride: 8, 16 or 32 (dilation in the last stages, as DeepLab and psa/irn use), ``None`` = model default.
         out_indices: feature levels to return (default: all).
 
@@ -165,12 +167,13 @@ def build_backbone(
         an nn.Module whose forward returns a list of feature maps [B, C_i, H / s_i, W / s_i]; its
         ``feature_info.channels()`` gives C_i.
     """
+    weights = resolve_weights(name, weights)
     options = dict(features_only=True, pretrained=weights == "imagenet", **kwargs)
     if output_stride is not None and output_stride != 32:
         options["output_stride"] = output_stride
     if out_indices is not None:
         options["out_indices"] = tuple(out_indices)
     backbone = timm.create_model(name, **options)
-    if weights not in (None, "", "none", "imagenet"):
+    if weights not in (None, "imagenet"):
         load_backbone_weights(backbone, name, weights)
     return backbone

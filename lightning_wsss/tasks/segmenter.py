@@ -22,6 +22,7 @@ from ..datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.classes import IGNORE_INDEX
 from ..errors import DataError
 from ..metrics import SegmentationIoU
+from ..models.pretrained import resolve_weights
 from ..models.backbones import load_backbone_weights, load_state_dict_file, strip_prefixes
 from .optim import configure_poly
 
@@ -78,7 +79,8 @@ def build_deeplab(
         arch: ``"deeplabv3"`` or ``"deeplabv3plus"`` (case-insensitive; ``"DeepLabV3Plus"`` works).
         encoder: smp encoder name (``resnet50``) or timm through smp (``tu-resnet18``, ``tu-efficientnet_lite0``).
         num_classes: output channels (background included).
-        encoder_weights: ``None``, ``"imagenet"`` (downloads: needs network) or a local state-dict path.
+        encoder_weights: ``None``, ``"imagenet"`` or a local state-dict path. ``"imagenet"`` loads a packaged file
+            offline where one is installed (:mod:`lightning_wsss.models.pretrained`), else smp's hub.
         output_stride: 8 or 16.
         encoder_depth: encoder stages used (smp: 3..5).
         decoder_channels: ASPP / decoder width.
@@ -96,6 +98,7 @@ def build_deeplab(
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+    encoder_weights = resolve_weights(encoder, encoder_weights)
     if encoder_weights == "imagenet":
         smp_weights: Any = True if encoder.startswith("tu-") else "imagenet"
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import List
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -22,33 +22,49 @@ def quiet_lightning() -> None:
 
 @register("evaluate-cams")
 def evaluate_cams(argv: List[str]) -> int:
-    """``wsss evaluate-cams --cams DIR --root ROOT --split SPLIT``: best background threshold and its mIoU."""
+    """``wsss evaluate-cams --cams DIR --root ROOT --split SPLIT``: best background threshold, per-class IoU and
+    foreground share."""
     parser = argparse.ArgumentParser(prog="wsss evaluate-cams",
                                      description="Score CAM pseudo labels over a sweep of background thresholds.")
     parser.add_argument("--cams", required=True, help="folder of <id>.npz CAM files (the 'cams' folder of a CAM prediction)")
     parser.add_argument("--root", required=True)
     parser.add_argument("--split", default="train")
-    parser.add_argument("--thresholds", default="0.05:0.60:0.05", help="start:stop:step (inclusive) or a comma list")
+    parser.add_argument("--bg-mode", choices=["constant", "power"], default="constant",
+                        help="constant: background score = threshold (irn); power: (1 - max cam) ** alpha (psa)")
+    parser.add_argument("--thresholds", default=None,
+                        help="start:stop:step (inclusive) or a comma list; default 0.05:0.95:0.05 (constant) or "
+                             "1,2,4,8,16,32 (power alphas)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if ":" in args.thresholds:
-        start, stop, step = (float(v) for v in args.thresholds.split(":"))
+    spec = args.thresholds or ("0.05:0.95:0.05" if args.bg_mode == "constant" else "1,2,4,8,16,32")
+    if ":" in spec:
+        start, stop, step = (float(v) for v in spec.split(":"))
         thresholds = [round(float(t), 4) for t in np.arange(start, stop + step / 2, step)]
     else:
-        thresholds = [float(t) for t in args.thresholds.split(",")]
+        thresholds = [float(t) for t in spec.split(",")]
     from ..cam.evaluation import evaluate_cam_thresholds
 
-    result = evaluate_cam_thresholds(args.cams, args.root, args.split, thresholds)
+    result = evaluate_cam_thresholds(args.cams, args.root, args.split, thresholds, bg_mode=args.bg_mode)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"CAM pseudo labels in {args.cams} vs {args.root} [{args.split}], {result['num_images']} images")
-    print("bg threshold  mIoU (%)")
-    for t, m in zip(result["thresholds"], result["miou"]):
-        marker = "  <- best" if t == result["best_threshold"] else ""
-        print(f"{t:12.2f}  {100 * m:7.2f}{marker}")
-    print(f"best: threshold {result['best_threshold']:.2f}, mIoU {100 * result['best_miou']:.2f}")
+    print(format_cam_sweep(result, args.cams, args.root, args.split))
     return 0
+
+
+def format_cam_sweep(result: Dict[str, Any], cams: str, root: str, split: str) -> str:
+    """The text table of :func:`~lightning_wsss.cam.evaluation.evaluate_cam_thresholds`' result."""
+    name = "bg threshold" if result["bg_mode"] == "constant" else "  bg alpha"
+    lines = [f"CAM pseudo labels in {cams} vs {root} [{split}], {result['num_images']} images",
+             f"{name:>12}  mIoU (%)  foreground (%)"]
+    for t, m, share in zip(result["thresholds"], result["miou"], result["foreground_share"]):
+        marker = "  <- best" if t == result["best_threshold"] else ""
+        lines.append(f"{t:12.2f}  {100 * m:8.2f}  {100 * share:14.1f}{marker}")
+    lines.append(f"best: {name.strip()} {result['best_threshold']:.2f}, mIoU {100 * result['best_miou']:.2f}; "
+                 f"ground truth foreground {100 * result['foreground_share_gt']:.1f} %")
+    lines.append("per-class IoU (%) at the best setting: " + ", ".join(
+        f"{k} {'n/a' if v is None else f'{100 * v:.1f}'}" for k, v in result["per_class"].items()))
+    return "\n".join(lines)
 
 
 SEGMENTER_SEEDS_HELP = ("also train the final segmenter with these seeds on the same pseudo labels (earlier stages "
@@ -64,6 +80,8 @@ def pipeline(argv: List[str]) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: the config's 'out', else runs/<name>)")
     parser.add_argument("--segmenter-seeds", nargs="+", type=int, default=(), metavar="SEED",
                         help=SEGMENTER_SEEDS_HELP)
+    parser.add_argument("--until", default=None, metavar="STAGE",
+                        help="stop after this stage (e.g. cams); prints its folder and metrics, writes no summary entry")
     args = parser.parse_args(argv)
     quiet_lightning()
     from ..pipeline.config import load_config
@@ -72,6 +90,11 @@ def pipeline(argv: List[str]) -> int:
 
     config = load_config(args.config)
     out = args.out or config.get("out") or f"runs/{config.get('name', 'pipeline')}"
+    if args.until:
+        partial = run_pipeline(config, out, until=args.until)
+        for name, stage in partial["stages"].items():
+            print(f"{name:<16} {stage['dir']}  {stage['metrics']}")
+        return 0
     summary = run_pipeline(config, out, segmenter_seeds=args.segmenter_seeds)
     print(format_table(summary))
     print(f"summary: {out}/summary.json")

@@ -183,8 +183,11 @@ def summarize(config: Mapping[str, Any], results: Mapping[str, StageResult], wal
 
 
 def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], None] = print,
-                 segmenter_seeds: Sequence[int] = ()) -> Dict[str, Any]:
+                 segmenter_seeds: Sequence[int] = (), until: Optional[str] = None) -> Dict[str, Any]:
     """Run one supervision pipeline and merge its entry into ``out_dir/summary.json``.
+
+    ``until``: run the stages up to and including this one and stop (no summary entry is written; the
+    result is ``{"stages": {name: {"dir", "hash", "metrics"}}}``), e.g. ``"cams"`` to study the CAM stage.
 
     ``segmenter_seeds``: also train the final segmenter with each of these seeds on the same pseudo labels (the
     stages before it are shared) and record ``segmenter_seeds`` in the entry (see :func:`seed_spread`); the
@@ -196,6 +199,8 @@ def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], 
     validate_config(config)
     resolved = resolve(config)
     out_dir = Path(out_dir)
+    if until is not None:
+        return run_until(resolved, out_dir, until, log)
     entry = _run_entry(resolved, out_dir, log)
     if segmenter_seeds:
         own_seed = segmenter_seed(resolved)
@@ -207,6 +212,16 @@ def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], 
                 scores[seed] = _run_entry(seeded, out_dir, log)["val_miou"]
         entry["segmenter_seeds"] = seed_spread(scores)
     return update_summary(out_dir, resolved, {summary_key(resolved): entry})
+
+
+def run_until(resolved: Mapping[str, Any], out_dir: Path, until: str, log: Callable[[str], None]) -> Dict[str, Any]:
+    """Run the stages of a resolved config up to and including ``until``; returns their folders and metrics."""
+    stages = build_stages(resolved)
+    names = [stage.name for stage in stages]
+    if until not in names:
+        raise ValueError(f"--until {until!r} is not a stage of this pipeline; its stages: {', '.join(names)}")
+    results = run_stages(PipelineContext(out_dir / resolved["supervision"], resolved, log), stages[: names.index(until) + 1])
+    return {"stages": {name: {"dir": r.dir, "hash": r.hash, "metrics": r.metrics} for name, r in results.items()}}
 
 
 def _run_entry(resolved: Mapping[str, Any], out_dir: Path, log: Callable[[str], None]) -> Dict[str, Any]:

@@ -26,24 +26,21 @@ def _is_buffer_key(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def load_state_dict_file(path: str) -> "OrderedDict[str, torch.Tensor]":
+def load_state_dict_file(path: str, trust: Optional[bool] = None) -> "OrderedDict[str, torch.Tensor]":
     """Load a state dict from a ``.pth``/``.pt``/``.ckpt`` file (a Lightning checkpoint's ``state_dict`` too).
 
-    Tries ``weights_only=True`` first and falls back to a full unpickle only for legacy files.
+    Loads with ``weights_only=True`` and the allow-list of :mod:`lightning_wsss.serialization` (legacy
+    ``OrderedDict`` pickles load); nothing in the file runs. ``trust=True`` (default: the ``WSSS_TRUST_PICKLES``
+    environment variable) allows a full unpickle, for files from a trusted source only.
 
     Raises:
-        DataError: the file is missing, unreadable, or holds no tensors.
+        DataError: the file is missing, unreadable, or holds no tensors;
+            :class:`~lightning_wsss.serialization.UnsafePickleError` when it needs types outside the allow-list.
     """
+    from ..serialization import safe_torch_load
+
     file = Path(path)
-    if not file.is_file():
-        raise DataError(file, "weights file is missing")
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception:  # legacy pickles (e.g. OrderedDict saved by old torch) need the full unpickler
-        try:
-            obj = torch.load(file, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise DataError(file, f"unreadable weights file ({exc})") from exc
+    obj = safe_torch_load(file, "weights file", trust=trust)
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -59,11 +59,15 @@ def classifier_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, 
 
 def cams_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Multi-scale CAMs and argmax pseudo labels on the training split."""
+    """Multi-scale CAMs and argmax pseudo labels on the training split.
+
+    ``class_path`` (optional) loads the classifier's checkpoint into another CAM method that only changes how
+    maps are made (``LPCAMClassifier``), so it is compared with the plain CAM on the same trained classifier.
+    """
     from .config import resolve_class
 
     classifier = upstream.get("classifier") or upstream["seed_classifier"]
-    model_cls = resolve_class(classifier.outputs.get("class_path", "CAMClassifier"), "model")
+    model_cls = resolve_class(cfg.get("class_path") or classifier.outputs.get("class_path", "CAMClassifier"), "model")
     model = model_cls.load_from_checkpoint(classifier.outputs["checkpoint"], map_location="cpu", weights_only=False)
     for key, value in (cfg.get("cam") or {}).items():
         model.hparams[key] = value

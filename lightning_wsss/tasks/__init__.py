@@ -4,9 +4,11 @@ from .affinity import AffinityRefiner
 from .boxsup import BoxSupTrainer
 from .classifier import CAMClassifier
 from .erasing import ErasingCAMClassifier
+from .lpcam import LPCAMClassifier
+from .recam import ReCAMClassifier
 from .sec import SECSegmenter
 from .segmenter import DeepLabSegmenter
 from .self_training import SelfTrainingSegmenter
 
-__all__ = ["CAMClassifier", "ErasingCAMClassifier", "AffinityRefiner", "DeepLabSegmenter", "SECSegmenter",
+__all__ = ["CAMClassifier", "ErasingCAMClassifier", "LPCAMClassifier", "ReCAMClassifier", "AffinityRefiner", "DeepLabSegmenter", "SECSegmenter",
            "SelfTrainingSegmenter", "BoxSupTrainer"]

@@ -62,7 +62,9 @@ class CAMClassifier(L.LightningModule):
     argmax pseudo label (``labels/<id>.png``).
 
     Hooks for subclasses: :meth:`configure_backbone`, :meth:`configure_head`, :meth:`loss`,
-    :meth:`compute_cams`.
+    :meth:`training_loss` (the loss from the backbone features, for methods that need more than the logits),
+    :meth:`cam_weight` (the classifier rows a CAM projects the features on), :meth:`new_parameters` (the layers
+    trained at ``head_lr_mult``), :meth:`compute_cams`.
 
     Args:
         num_classes: classes including background (the head predicts the ``num_classes - 1`` foreground ones).
@@ -128,6 +130,18 @@ class CAMClassifier(L.LightningModule):
         """Multi-label soft-margin loss; ``logits`` and ``labels`` [B, C-1]."""
         return F.multilabel_soft_margin_loss(logits, labels)
 
+    def training_loss(self, features: Tensor, batch: Dict[str, Any]) -> Tensor:
+        """The training loss from backbone features [B, D, h, w] (default: :meth:`loss` of the class logits)."""
+        return self.loss(self.classify(features), batch["labels"], batch)
+
+    def cam_weight(self) -> Tensor:
+        """The classifier rows [C-1, D] a CAM projects the features on (``cam_method: cam``, :meth:`raw_cams`)."""
+        return self.head.weight.flatten(1)
+
+    def new_parameters(self) -> List[nn.Parameter]:
+        """The parameters of the new layers, trained at ``lr * head_lr_mult`` (the backbone trains at ``lr``)."""
+        return list(self.head.parameters())
+
     def compute_cams(self, images: Tensor, class_ids: Tensor) -> Tensor:
         """Multi-scale + flip CAMs of ``class_ids`` (dataset indices 1..C-1, -1 padding).
 
@@ -151,7 +165,7 @@ class CAMClassifier(L.LightningModule):
 
     def raw_cams(self, features: Tensor) -> Tensor:
         """ReLU'd class activation maps [B, C-1, h, w] of every foreground class, from features [B, D, h, w]."""
-        return F.relu(F.conv2d(features, self.head.weight))
+        return F.relu(F.conv2d(features, self.cam_weight()[..., None, None]))
 
     def cam_extractor(self) -> CAMExtractor:
         """The extractor for ``cam_method`` on this model (built once; hooks live as long as the module)."""
@@ -160,7 +174,7 @@ class CAMClassifier(L.LightningModule):
                 self._extractor.release()
             self._extractor = CAMExtractor(
                 self, [self.features], method=self.hparams.cam_method, normalize="none",
-                classifier_weight=self.head.weight.flatten(1) if self.hparams.cam_method == "cam" else None,
+                classifier_weight=self.cam_weight() if self.hparams.cam_method == "cam" else None,
             )
         return self._extractor
 
@@ -171,8 +185,7 @@ class CAMClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self(batch["image"])
-        loss = self.loss(logits, batch["labels"], batch)
+        loss = self.training_loss(self.features(batch["image"]), batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
         return loss
 
@@ -230,5 +243,5 @@ class CAMClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return configure_poly(self, self.features.parameters(), self.head.parameters(), hp.lr, hp.head_lr_mult,
+        return configure_poly(self, self.features.parameters(), self.new_parameters(), hp.lr, hp.head_lr_mult,
                               hp.weight_decay, hp.optimizer, hp.momentum, hp.poly_power)

@@ -153,6 +153,9 @@ class RoundSnapshot(nn.Module):
     def raw_cams(self, features: Tensor) -> Tensor:
         return self._owner_type.raw_cams(self, features)
 
+    def cam_weight(self) -> Tensor:
+        return self._owner_type.cam_weight(self)
+
 
 @torch.no_grad()
 def peak_ratio(network: nn.Module, erased: Tensor, original: Tensor, class_ids: Tensor) -> Tensor:

@@ -1,0 +1,180 @@
+"""LPCAM (Chen and Sun, "Extracting Class Activation Maps from Non-Discriminative Features as Well", CVPR 2023)
+on top of :class:`~lightning_wsss.tasks.classifier.CAMClassifier`.
+
+Training is the plain classifier's; only the maps change. Before prediction the task builds, for every
+foreground class, *local prototypes* from the images labelled with it (:meth:`LPCAMClassifier.build_prototypes`):
+
+1. every training image's last-layer features [D, h, w] and its single-scale CAM of each present class, divided
+   by its max, at the feature resolution;
+2. per class: the features where the CAM exceeds ``select_threshold`` are clustered into ``num_clusters``
+   (cosine k-means); the clusters whose mean feature the classifier assigns to the class with softmax
+   probability above ``class_threshold`` are its prototypes. The features below the threshold are clustered too;
+   those with probability in ``(context_low, context_high]`` are its context prototypes;
+3. a class's map (:func:`~lightning_wsss.cam.prototypes.prototype_map`) is the mean cosine similarity of every
+   pixel's feature to the class's prototypes minus that to its context prototypes, ReLU'd; multi-scale + flip
+   and max-normalised as the plain CAM.
+
+The prototypes come from the images of the predict loader (the training split in the pipeline's CAM stage, as
+in the paper), read once through the DataModule's ``predict_dataloader`` (every DDP rank sees all images, so
+all ranks build the same prototypes), or from any loader passed to :meth:`build_prototypes`. A class with no
+prototype (no training image, or no cluster above ``class_threshold``) falls back to its most confident
+cluster.
+
+Hooks overridden: :meth:`compute_cams` (prototype maps), ``on_predict_start`` (builds the prototypes).
+Because only prediction differs, a plain :class:`CAMClassifier` checkpoint loads into this class, so LPCAM and
+the plain CAM are compared on the same classifier (the pipeline's ``cams`` stage takes ``class_path:
+LPCAMClassifier``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from ..cam import multiscale_cams
+from ..cam.prototypes import cluster_means, prototype_map, select_prototypes, spherical_kmeans
+from .classifier import CAMClassifier
+
+__all__ = ["LPCAMClassifier"]
+
+
+class LPCAMClassifier(CAMClassifier):
+    """A CAM classifier whose maps come from local class prototypes (see the module docstring).
+
+    Args:
+        num_classes: classes including background.
+        num_clusters: k-means clusters per class, for the object and for the context features (paper: 12).
+        select_threshold: max-normalised CAM above which a feature counts as the class's (paper: 0.1).
+        class_threshold: softmax probability above which a cluster is a prototype (paper: 0.9).
+        context_low, context_high: probability range of context clusters (paper: 0.05, 0.9).
+        max_features: at most this many features per class and kind are clustered (a fixed-seed random subset).
+        kmeans_seed: seeds k-means and the subset.
+        **kwargs: :class:`CAMClassifier` arguments.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_clusters: int = 12,
+        select_threshold: float = 0.1,
+        class_threshold: float = 0.9,
+        context_low: float = 0.05,
+        context_high: float = 0.9,
+        max_features: int = 50000,
+        kmeans_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        if not 0.0 <= select_threshold < 1.0:
+            raise ValueError(f"select_threshold must be in [0, 1), got {select_threshold}")
+        super().__init__(num_classes, **kwargs)
+        self.save_hyperparameters()
+        self.prototypes: Dict[int, Tensor] = {}
+        self.context: Dict[int, Tensor] = {}
+
+    # ------------------------------------------------------------------ prototypes
+    @torch.no_grad()
+    def collect_features(self, batches: Iterable[Dict[str, Any]]) -> Dict[int, Dict[str, List[Tensor]]]:
+        """Per foreground class index (1..C-1): the features inside (``"object"``) and outside (``"context"``)
+        its max-normalised single-scale CAM, over the images labelled with it; each a list of float [n, D]."""
+        collected: Dict[int, Dict[str, List[Tensor]]] = {}
+        threshold = float(self.hparams.select_threshold)
+        for batch in batches:
+            images = batch["image"].to(self.device)
+            features = self.features(images)
+            maps = self.raw_cams(features)
+            maps = maps / (maps.flatten(2).amax(-1)[..., None, None] + 1e-5)
+            valid = self._valid_cells(batch, features.shape[-2:])
+            for row in range(images.shape[0]):
+                flat = features[row].flatten(1).T[valid[row]].float().cpu()
+                for index in torch.nonzero(batch["labels"][row] > 0.5).flatten().tolist():
+                    inside = (maps[row, index].flatten()[valid[row]] > threshold).cpu()
+                    slot = collected.setdefault(index + 1, {"object": [], "context": []})
+                    slot["object"].append(flat[inside])
+                    slot["context"].append(flat[~inside])
+        return collected
+
+    @staticmethod
+    def _valid_cells(batch: Dict[str, Any], size) -> Tensor:
+        """bool [B, h*w]: feature cells inside the image (eval batches pad images at the bottom and right)."""
+        height, width = batch["image"].shape[-2:]
+        rows = torch.arange(size[0]) * height / size[0]
+        cols = torch.arange(size[1]) * width / size[1]
+        cells = []
+        for h, w in batch["size"].tolist():
+            cells.append(((rows < h)[:, None] & (cols < w)[None]).flatten())
+        return torch.stack(cells).to(batch["image"].device)
+
+    def build_prototypes(self, batches: Iterable[Dict[str, Any]]) -> Dict[str, Dict[int, int]]:
+        """Cluster the collected features of every class into its prototypes and context prototypes.
+
+        Returns:
+            ``{"prototypes": {class: count}, "context": {class: count}}`` (also kept in ``self.prototypes`` /
+            ``self.context``, float [P, D] each).
+        """
+        hp = self.hparams
+        was_training = self.training
+        self.eval()
+        collected = self.collect_features(batches)
+        self.train(was_training)
+        weight = self.cam_weight().detach().float().cpu()
+        self.prototypes, self.context = {}, {}
+        for class_id, parts in sorted(collected.items()):
+            objects = self._cluster(torch.cat(parts["object"]), class_id)
+            chosen = select_prototypes(objects, weight, class_id - 1, hp.class_threshold)
+            if chosen.shape[0] == 0 and objects.shape[0] > 0:  # keep the class's most confident cluster
+                probs = (objects @ weight.T).softmax(1)[:, class_id - 1]
+                chosen = objects[probs.argmax()][None]
+            self.prototypes[class_id] = chosen
+            context = self._cluster(torch.cat(parts["context"]), class_id)
+            self.context[class_id] = select_prototypes(context, weight, class_id - 1, hp.context_low, hp.context_high)
+        counts = {"prototypes": {k: int(v.shape[0]) for k, v in self.prototypes.items()},
+                  "context": {k: int(v.shape[0]) for k, v in self.context.items()}}
+        rank_zero_info(f"LPCAM: prototypes per class {counts['prototypes']}, context prototypes {counts['context']}")
+        return counts
+
+    def _cluster(self, features: Tensor, class_id: int) -> Tensor:
+        """Cluster means [K, D] of ``features`` [N, D] (a fixed-seed subset of ``max_features`` at most)."""
+        hp = self.hparams
+        if features.shape[0] == 0:
+            return features
+        generator = torch.Generator().manual_seed(int(hp.kmeans_seed) + class_id)
+        if features.shape[0] > int(hp.max_features):
+            features = features[torch.randperm(features.shape[0], generator=generator)[: int(hp.max_features)]]
+        centres, assignment = spherical_kmeans(features, int(hp.num_clusters), seed=int(hp.kmeans_seed) + class_id)
+        return cluster_means(features, assignment, centres.shape[0])
+
+    # ------------------------------------------------------------------ hooks
+    def on_predict_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise RuntimeError("LPCAMClassifier needs a DataModule at prediction (its predict_dataloader gives the "
+                               "prototype images), or call build_prototypes(loader) before predicting")
+        self.build_prototypes(datamodule.predict_dataloader())
+
+    def compute_cams(self, images: Tensor, class_ids: Tensor) -> Tensor:
+        """Multi-scale + flip prototype maps of ``class_ids`` (dataset indices, -1 padding): float [B, K, H, W]
+        in [0, 1], each divided by its max."""
+        if not self.prototypes:
+            raise RuntimeError("LPCAMClassifier has no prototypes: call build_prototypes(loader) first")
+        with torch.no_grad():
+            return multiscale_cams(self._prototype_maps, images, class_ids.to(images.device), self.hparams.cam_scales,
+                                   self.hparams.cam_flip)
+
+    def _prototype_maps(self, images: Tensor, class_ids: Tensor) -> Tensor:
+        """Raw prototype maps [B, K, h, w] of ``class_ids`` [B, K] on ``images`` [B, 3, h', w'] (zeros for -1)."""
+        features = self.features(images)
+        out = features.new_zeros(class_ids.shape[0], class_ids.shape[1], *features.shape[-2:])
+        for class_id in torch.unique(class_ids[class_ids > 0]).tolist():
+            prototypes = self.prototypes.get(class_id)
+            if prototypes is None:
+                continue
+            rows, slots = torch.nonzero(class_ids == class_id, as_tuple=True)
+            maps = prototype_map(features[rows], prototypes, self.context.get(class_id))
+            out[rows, slots] = maps
+        return F.relu(out)

@@ -1,0 +1,103 @@
+"""ReCAM (Chen, Wang, Wang, Sun, "Class Re-Activation Maps for Weakly-Supervised Semantic Segmentation",
+CVPR 2022) on top of :class:`~lightning_wsss.tasks.classifier.CAMClassifier`.
+
+The multi-label soft-margin (binary cross-entropy) loss lets a class's evidence overlap other classes and the
+background, so its CAM both misses object parts and leaks onto context. ReCAM adds a second, softmax
+cross-entropy (SCE) loss on *class-masked* features: for every image and present class ``k``, the features
+weighted by the class's max-normalised CAM, ``f_k = mean_ij(CAM_k(i, j) * F(i, j))`` [D], are classified by a
+new 1x1 head over the foreground classes with target ``k`` (:func:`recam_loss`). SCE makes the classes compete,
+so each masked feature must hold its own class only; the CAMs used for pseudo labels are then the ReLU'd
+projections of the features on the new head's rows (:meth:`ReCAMClassifier.cam_weight`).
+
+Training: ``loss = BCE + recam_weight * SCE``; the SCE term starts at ``recam_start_epoch`` (ReCAM fine-tunes a
+trained CAM classifier: start after the epochs a plain classifier needs). The new head trains at the head
+learning rate.
+
+Hooks overridden: :meth:`training_loss` (adds the SCE term), :meth:`cam_weight` (the ReCAM head's rows),
+:meth:`new_parameters` (adds the ReCAM head).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .classifier import CAMClassifier
+
+__all__ = ["ReCAMClassifier", "class_masked_features", "recam_loss"]
+
+
+def class_masked_features(features: Tensor, cams: Tensor) -> Tensor:
+    """Features pooled under each class's max-normalised CAM.
+
+    Args:
+        features: float [B, D, h, w].
+        cams: float [B, C, h, w], non-negative (ReLU'd class activation maps of all foreground classes).
+
+    Returns:
+        float [B, C, D]: ``mean_ij(cams[b, c] / max(cams[b, c]) * features[b])``.
+    """
+    normalised = cams / (cams.flatten(2).amax(-1)[..., None, None] + 1e-5)
+    return torch.einsum("bchw,bdhw->bcd", normalised, features) / float(features.shape[-2] * features.shape[-1])
+
+
+def recam_loss(masked: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
+    """Softmax cross-entropy of every present class's masked feature against its own class.
+
+    Args:
+        masked: float [B, C, D] (:func:`class_masked_features`).
+        labels: multi-hot float [B, C].
+        weight: the ReCAM head's rows, float [C, D].
+
+    Returns:
+        scalar: the sum over images of the mean cross-entropy over each image's present classes, divided by B
+        (ReCAM's normalisation); 0 for a batch without labels.
+    """
+    rows, classes = torch.nonzero(labels > 0.5, as_tuple=True)
+    if rows.numel() == 0:
+        return masked.sum() * 0.0
+    logits = masked[rows, classes] @ weight.T  # [N, C]
+    per_pair = F.cross_entropy(logits, classes, reduction="none")
+    per_image = torch.zeros(labels.shape[0], device=masked.device, dtype=per_pair.dtype).index_add_(0, rows, per_pair)
+    counts = torch.bincount(rows, minlength=labels.shape[0]).clamp(min=1).to(per_pair)
+    return (per_image / counts).sum() / labels.shape[0]
+
+
+class ReCAMClassifier(CAMClassifier):
+    """A CAM classifier with ReCAM's softmax cross-entropy on class-masked features (module docstring).
+
+    Args:
+        num_classes: classes including background.
+        recam_weight: weight of the SCE term (ReCAM: 0.7 on VOC).
+        recam_start_epoch: the first epoch with the SCE term (before: the plain classifier's loss).
+        **kwargs: :class:`CAMClassifier` arguments.
+    """
+
+    def __init__(self, num_classes: int, recam_weight: float = 0.7, recam_start_epoch: int = 0, **kwargs: Any) -> None:
+        if recam_weight < 0:
+            raise ValueError(f"recam_weight must be >= 0, got {recam_weight}")
+        super().__init__(num_classes, **kwargs)
+        self.save_hyperparameters()
+        self.recam_head = self.configure_head(self.head.in_channels, num_classes - 1)
+
+    def cam_weight(self) -> Tensor:
+        """The ReCAM head's rows [C-1, D]: CAMs are re-activated maps."""
+        return self.recam_head.weight.flatten(1)
+
+    def new_parameters(self) -> List[nn.Parameter]:
+        return super().new_parameters() + list(self.recam_head.parameters())
+
+    def training_loss(self, features: Tensor, batch: Dict[str, Any]) -> Tensor:
+        """BCE on the class logits plus ``recam_weight`` x SCE on the class-masked features (from
+        ``recam_start_epoch`` on). The masks are the plain classifier's CAMs, as in ReCAM."""
+        loss = super().training_loss(features, batch)
+        if self.current_epoch < int(self.hparams.recam_start_epoch) or not self.hparams.recam_weight:
+            return loss
+        cams = F.relu(F.conv2d(features, self.head.weight))
+        sce = recam_loss(class_masked_features(features, cams), batch["labels"], self.cam_weight())
+        if self._trainer is not None and self.trainer.training:
+            self.log("train/recam_loss", sce, batch_size=len(batch["id"]))
+        return loss + float(self.hparams.recam_weight) * sce

@@ -1,0 +1,115 @@
+"""LPCAM and ReCAM: their functional cores on known answers, and both tasks through fit / predict on tiny data."""
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_trainer
+from lightning_wsss.callbacks import ArtifactWriter
+from lightning_wsss.cam.prototypes import cluster_means, prototype_map, select_prototypes, spherical_kmeans
+from lightning_wsss.datamodules import ImageLabelDataModule
+from lightning_wsss.tasks import CAMClassifier, LPCAMClassifier, ReCAMClassifier
+from lightning_wsss.tasks.recam import class_masked_features, recam_loss
+
+
+# ---------------------------------------------------------------------------------------------- prototypes
+def test_spherical_kmeans_separates_directions_and_is_deterministic():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.tensor([1.0, 0.0, 0.0]) + 0.05 * torch.randn(40, 3, generator=generator)
+    b = torch.tensor([0.0, 1.0, 0.0]) + 0.05 * torch.randn(30, 3, generator=generator)
+    points = torch.cat([a * 5, b * 0.5])  # different norms: cosine clustering ignores them
+    centres, assignment = spherical_kmeans(points, 2, seed=3)
+    assert centres.shape == (2, 3)
+    assert len(set(assignment[:40].tolist())) == 1 and len(set(assignment[40:].tolist())) == 1
+    assert assignment[0] != assignment[40]
+    again, _ = spherical_kmeans(points, 2, seed=3)
+    assert torch.equal(centres, again)
+    means = cluster_means(points, assignment, 2)
+    assert torch.allclose(means[assignment[0]], points[:40].mean(0))
+
+
+def test_select_prototypes_by_softmax_probability():
+    weight = torch.eye(3)  # class c's logit = feature c
+    means = torch.tensor([[9.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 9.0]])
+    assert torch.equal(select_prototypes(means, weight, 0, 0.9), means[:1])  # p = 0.9998
+    context = select_prototypes(means, weight, 0, 0.05, 0.9)  # p = e / (2e + 1) = 0.42 for the second
+    assert torch.equal(context, means[1:2])
+
+
+def test_prototype_map_is_similarity_minus_context():
+    features = torch.zeros(1, 2, 1, 3)
+    features[0, :, 0, 0] = torch.tensor([1.0, 0.0])  # like the prototype
+    features[0, :, 0, 1] = torch.tensor([0.0, 1.0])  # like the context
+    features[0, :, 0, 2] = torch.tensor([1.0, 1.0])  # half and half
+    maps = prototype_map(features, torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]]))
+    assert torch.allclose(maps[0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
+    no_context = prototype_map(features, torch.tensor([[2.0, 0.0]]))
+    assert torch.allclose(no_context[0, 0], torch.tensor([1.0, 0.0, 2 ** -0.5]), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- ReCAM core
+def test_class_masked_features_and_recam_loss_by_hand():
+    features = torch.tensor([[[[2.0, 4.0]], [[1.0, 0.0]]]])  # [1, D=2, 1, 2]
+    cams = torch.tensor([[[[1.0, 0.0]], [[1.0, 3.0]]]])  # class 0 on pixel 0; class 1 peaks on pixel 1
+    masked = class_masked_features(features, cams)
+    assert torch.allclose(masked[0, 0], torch.tensor([1.0, 0.5]), atol=1e-4)  # (2, 1) * 1 / 2 pixels
+    expected_1 = (torch.tensor([2.0, 1.0]) / 3 + torch.tensor([4.0, 0.0])) / 2
+    assert torch.allclose(masked[0, 1], expected_1, atol=1e-4)
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([[1.0, 1.0]])
+    loss = recam_loss(masked, labels, weight)
+    by_hand = (F.cross_entropy((masked[0, 0] @ weight.T)[None], torch.tensor([0]))
+               + F.cross_entropy((masked[0, 1] @ weight.T)[None], torch.tensor([1]))) / 2
+    assert torch.allclose(loss, by_hand)
+    assert float(recam_loss(masked, torch.zeros(1, 2), weight)) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+def _datamodule(root, **kwargs):
+    options = dict(batch_size=2, eval_batch_size=2, crop_size=32, num_workers=0, predict_split="train")
+    options.update(kwargs)
+    return ImageLabelDataModule(str(root), **options)
+
+
+def test_recam_trains_both_heads_and_uses_its_own_for_cams(tiny_voc):
+    torch.manual_seed(0)
+    model = ReCAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
+    before_head = model.head.weight.detach().clone()
+    before_recam = model.recam_head.weight.detach().clone()
+    tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
+    assert not torch.equal(model.head.weight, before_head) and not torch.equal(model.recam_head.weight, before_recam)
+    features = torch.randn(1, model.head.in_channels, 3, 3)
+    assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, model.recam_head.weight)))
+    # the SCE term is in the loss from recam_start_epoch on, not before
+    batch = {"labels": torch.tensor([[1.0, 0.0, 0.0]]), "id": ["a"]}
+    model.hparams.recam_start_epoch = 99
+    plain = model.training_loss(features, batch)
+    assert torch.allclose(plain, CAMClassifier.training_loss(model, features, batch))
+    model.hparams.recam_start_epoch = 0
+    assert float(model.training_loss(features, batch)) > float(plain)
+
+
+def test_lpcam_loads_a_plain_checkpoint_and_predicts_prototype_maps(tiny_voc, tmp_path):
+    torch.manual_seed(0)
+    plain = CAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
+    trainer = tiny_trainer(max_epochs=2, limit_val_batches=0, enable_checkpointing=True,
+                           default_root_dir=str(tmp_path))
+    trainer.fit(plain, _datamodule(tiny_voc))
+    ckpt = tmp_path / "plain.ckpt"
+    trainer.save_checkpoint(ckpt)
+    model = LPCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, num_clusters=3)
+    assert torch.equal(model.head.weight, plain.head.weight)
+    writer = ArtifactWriter(str(tmp_path / "pred"))
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, inference_mode=False,
+              callbacks=[writer]).predict(model, _datamodule(tiny_voc), return_predictions=False)
+    assert set(model.prototypes) == {1, 2}  # red in every training image, green in the odd ones
+    assert all(1 <= v.shape[0] <= 3 for v in model.prototypes.values())
+    data = np.load(tmp_path / "pred" / "cams" / "img_1.npz")
+    assert data["cams"].shape == (2, 48, 48) and list(data["keys"]) == [1, 2]
+    assert 0.0 <= data["cams"].min() and abs(float(data["cams"].max()) - 1.0) < 1e-2
+    # the maps are the prototype similarities, not the classifier-row projections of the plain CAM
+    images = torch.randn(1, 3, 48, 48)
+    ids = torch.tensor([[1, 2]])
+    assert not torch.allclose(model.compute_cams(images, ids), plain.compute_cams(images, ids), atol=1e-3)

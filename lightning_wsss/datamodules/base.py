@@ -113,6 +113,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.ids = {"fit": train_ids, "validate": val_ids}
         self.datasets: Dict[str, TransformedDataset] = {}
+        self.shuffle_seed: Optional[int] = None
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------ classes
@@ -169,6 +170,9 @@ class WSSSDataModule(L.LightningDataModule):
             if key == "fit":
                 reader = self.build_reader("fit", require_masks=self.requires_train_masks)
                 self.datasets[key] = TransformedDataset(reader, self.train_transform(), self.prepare_train, reseed=True)
+                # drawn once, before any on_fit_start hook: a reloaded training DataLoader (tasks that change their
+                # masks between epochs) keeps it, so its order is the same in a resumed run and an uninterrupted one
+                self.shuffle_seed = int(torch.randint(0, 2**31 - 1, (1,)))
             else:
                 reader = self.build_reader(key, require_masks=False)
                 self.datasets[key] = TransformedDataset(reader, self.eval_transform(), self.prepare_eval)
@@ -179,7 +183,7 @@ class WSSSDataModule(L.LightningDataModule):
         if key not in self.datasets:
             self.setup({"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}[key])
         # shuffling from (seed, epoch) only: a resumed run sees the same order and augmentation as an uninterrupted one
-        sampler = EpochShuffleSampler(len(self.datasets[key]), int(torch.randint(0, 2**31 - 1, (1,)))) if shuffle else None
+        sampler = EpochShuffleSampler(len(self.datasets[key]), self.shuffle_seed) if shuffle else None
         return DataLoader(
             self.datasets[key],
             batch_size=batch_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import lightning as L
@@ -17,6 +18,29 @@ from ..cam import CAMExtractor, add_background, cams_to_label, multiscale_cams
 from ..metrics import SegmentationIoU
 from ..models.backbones import build_backbone
 from .optim import configure_poly
+
+
+POOLINGS = ("gap", "gmp", "lse", "topk")
+
+
+def pool_class_maps(maps: Tensor, pooling: str, param: Optional[float] = None) -> Tensor:
+    """Pool class activation maps [B, C, h, w] to class scores [B, C].
+
+    ``gap``: mean; ``gmp``: max; ``lse``: ``log(mean(exp(r * m))) / r`` with ``r = param`` (default 5), between
+    mean (r -> 0) and max (r -> inf); ``topk``: mean of the ``param`` (default 0.1) largest fraction of cells.
+    """
+    flat = maps.flatten(2)
+    if pooling == "gap":
+        return flat.mean(-1)
+    if pooling == "gmp":
+        return flat.amax(-1)
+    if pooling == "lse":
+        r = float(param if param is not None else 5.0)
+        return (torch.logsumexp(r * flat, dim=-1) - math.log(flat.shape[-1])) / r
+    if pooling == "topk":
+        k = max(1, int(round(float(param if param is not None else 0.1) * flat.shape[-1])))
+        return flat.topk(k, dim=-1).values.mean(-1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
 class LastFeature(nn.Module):
@@ -76,6 +100,11 @@ class CAMClassifier(L.LightningModule):
         cam_scales, cam_flip: multi-scale + flip inference at prediction.
         bg_mode: ``constant`` (``bg_threshold`` as background score, irn) or ``power`` ((1 - max cam) ** ``bg_alpha``, psa).
         bg_threshold, bg_alpha: background scoring.
+        pooling: how the class score pools its activation map (:func:`pool_class_maps`): ``gap`` (global average,
+            psa/irn), ``lse`` (log-sum-exp, ``pooling_param`` = r, default 5), ``topk`` (mean of the top
+            ``pooling_param`` fraction of cells, default 0.1) or ``gmp`` (max). Average pooling asks a class to
+            be present everywhere: a small object's evidence is diluted by the whole map, so the classifier
+            learns the context that co-occurs with it.
     """
 
     artifact_patterns = ("cams/{id}.npz", "labels/{id}.png")
@@ -98,8 +127,12 @@ class CAMClassifier(L.LightningModule):
         bg_mode: str = "constant",
         bg_threshold: float = 0.15,
         bg_alpha: float = 16.0,
+        pooling: str = "gap",
+        pooling_param: Optional[float] = None,
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.save_hyperparameters()
         self.num_classes = num_classes
         self.features = LastFeature(self.configure_backbone())
@@ -160,8 +193,11 @@ class CAMClassifier(L.LightningModule):
         return self.classify(self.features(images))
 
     def classify(self, features: Tensor) -> Tensor:
-        """Logits [B, C-1] from features [B, D, h, w] (global average pooling, then the 1x1 head)."""
-        return self.head(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+        """Logits [B, C-1] from features [B, D, h, w]: the 1x1 head on the pooled features (``gap``), or the
+        pooled class activation maps of the head (``pooling``; the head is linear, so both agree for ``gap``)."""
+        if self.hparams.get("pooling", "gap") == "gap":
+            return self.head(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+        return pool_class_maps(self.head(features), self.hparams.pooling, self.hparams.get("pooling_param"))
 
     def raw_cams(self, features: Tensor) -> Tensor:
         """ReLU'd class activation maps [B, C-1, h, w] of every foreground class, from features [B, D, h, w]."""

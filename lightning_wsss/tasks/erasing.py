@@ -123,11 +123,13 @@ class RoundSnapshot(nn.Module):
     head is copied faithfully. Parameters do not require gradients; the snapshot runs in eval mode.
     """
 
-    def __init__(self, features: nn.Module, head: nn.Module, owner_type: type = CAMClassifier) -> None:
+    def __init__(self, features: nn.Module, head: nn.Module, owner_type: type = CAMClassifier,
+                 hparams: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         self.features = features
         self.head = head
         self._owner_type = owner_type
+        self.hparams = dict(hparams or {})  # the owner's settings its classify / raw_cams read (pooling)
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         self.eval()
@@ -141,7 +143,7 @@ class RoundSnapshot(nn.Module):
             module._forward_hooks.clear()
             module._forward_pre_hooks.clear()
             module._backward_hooks.clear()
-        return cls(features, head, type(model))
+        return cls(features, head, type(model), dict(model.hparams))
 
     def train(self, mode: bool = True) -> "RoundSnapshot":
         """Always eval: Lightning's ``model.train()`` must not switch a frozen snapshot's BatchNorm back."""

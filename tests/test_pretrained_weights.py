@@ -54,3 +54,15 @@ def test_backbone_and_encoder_load_the_packaged_weights():
     deeplab = build_deeplab("deeplabv3plus", "tu-efficientnet_lite0", 3, encoder_weights="imagenet")
     encoder_stem = [v for k, v in deeplab.encoder.state_dict().items() if k.endswith("conv_stem.weight")][0]
     assert torch.equal(encoder_stem, reference["conv_stem.weight"])
+
+
+def test_trunk_keeps_the_pretrained_head_convolution():
+    from lightning_wsss.models.trunk import Trunk
+
+    reference = imagenet_classifier("efficientnet_lite0").state_dict()
+    trunk = Trunk("efficientnet_lite0", "imagenet", output_stride=16)
+    own = trunk.model.state_dict()
+    assert torch.equal(own["conv_head.weight"], reference["conv_head.weight"])
+    assert trunk.feature_info.channels() == [1280]
+    (features,) = trunk(torch.zeros(1, 3, 64, 64))
+    assert features.shape == (1, 1280, 4, 4)

@@ -109,3 +109,22 @@ def test_horse_set_loads_unchanged(shared_data):
     assert sample["labels"].tolist() == [1.0] and set(np.unique(sample["mask"])) <= {0, 1}
     ys, xs = np.nonzero(sample["mask"] == 1)
     np.testing.assert_allclose(sample["boxes"][0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1)
+
+
+def test_camvid_set_loads_unchanged(shared_data):
+    """The CamVid street tiles: 7 object classes on background, image labels that vary from tile to tile."""
+    names = ["background", "pole", "tree", "sign", "fence", "car", "pedestrian", "bicyclist"]
+    sizes = {}
+    for split, expected in (("train", 500), ("val", 120)):
+        ds = VOCSegmentation(shared_data / "camvid-seq05vd", split, require_masks=True)
+        assert len(ds) == expected and ds.class_names == names
+        sizes[split] = ds
+    train = sizes["train"]
+    labels = np.stack([train[i]["labels"] for i in range(0, 500, 10)])
+    assert labels.shape == (50, 7)
+    assert 0.0 < labels.mean() < 1.0 and len({tuple(row) for row in labels.tolist()}) > 5  # labels vary
+    sample = train[0]
+    assert sample["image"].shape[:2] == sample["mask"].shape and sample["image"].shape[2] == 3
+    assert set(np.unique(sample["mask"])) <= set(range(8)) | {255}
+    # image labels are the classes with a box (a connected component of at least 25 px)
+    assert sorted(set(sample["box_labels"].tolist())) == sorted((np.nonzero(sample["labels"])[0] + 1).tolist())

@@ -17,6 +17,7 @@ from ..callbacks.writers import Artifact, find_writer
 from ..cam import CAMExtractor, add_background, cams_to_label, multiscale_cams
 from ..metrics import SegmentationIoU
 from ..models.backbones import build_backbone
+from ..models.trunk import Trunk
 from .optim import configure_poly
 
 
@@ -105,6 +106,9 @@ class CAMClassifier(L.LightningModule):
             ``pooling_param`` fraction of cells, default 0.1) or ``gmp`` (max). Average pooling asks a class to
             be present everywhere: a small object's evidence is diluted by the whole map, so the classifier
             learns the context that co-occurs with it.
+        feature_layer: the layer the classifier pools and the CAM reads: ``stage`` (the last stage of a timm
+            ``features_only`` backbone) or ``forward_features`` (timm's whole trunk, with the 1x1 head convolution
+            where the model has one, e.g. EfficientNet's 1280-channel ``conv_head``; :class:`~lightning_wsss.models.trunk.Trunk`).
     """
 
     artifact_patterns = ("cams/{id}.npz", "labels/{id}.png")
@@ -129,6 +133,7 @@ class CAMClassifier(L.LightningModule):
         bg_alpha: float = 16.0,
         pooling: str = "gap",
         pooling_param: Optional[float] = None,
+        feature_layer: str = "stage",
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -151,6 +156,10 @@ class CAMClassifier(L.LightningModule):
     def configure_backbone(self) -> nn.Module:
         """Build the timm ``features_only`` backbone (override for other feature extractors)."""
         hp = self.hparams
+        if hp.get("feature_layer", "stage") == "forward_features":
+            return Trunk(hp.backbone, hp.weights, output_stride=hp.output_stride)
+        if hp.get("feature_layer", "stage") != "stage":
+            raise ValueError(f"feature_layer must be 'stage' or 'forward_features', got {hp.feature_layer!r}")
         return build_backbone(hp.backbone, hp.weights, output_stride=hp.output_stride)
 
     def configure_head(self, in_channels: int, num_outputs: int) -> nn.Module:

@@ -41,9 +41,15 @@ class SegmentationIoU(MulticlassJaccardIndex):
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
         if preds.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(preds.shape)} differs from target shape {tuple(target.shape)}")
-        preds = preds.long()
+        preds, target = preds.long(), target.long()
+        for name, values in (("prediction", preds), ("target", target)):
+            outside = ((values < 0) | (values >= self.num_segmentation_classes)) & (values != IGNORE_INDEX)
+            if outside.any():
+                found = torch.unique(values[outside])[:8].tolist()
+                raise ValueError(f"{name} values {found} are outside the class range 0..{self.num_segmentation_classes - 1} "
+                                 f"(255 = ignore)")
         preds = torch.where(preds == IGNORE_INDEX, torch.full_like(preds, self.num_segmentation_classes), preds)
-        super().update(preds, target.long())
+        super().update(preds, target)
 
     def compute(self) -> torch.Tensor:  # type: ignore[override]
         per_class = super().compute()[: self.num_segmentation_classes]
@@ -123,21 +129,26 @@ def label_pairs(pred_dir: PathLike, dataset, split: str = "") -> Iterator[Tuple[
     Raises:
         DataError: the folder or a label map is missing, an image has no mask, or the sizes differ.
     """
+    from .datasets.base import check_label_values
     from .io import read_label_png
 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(pred_dir, "prediction folder does not exist")
 
+    num_classes = dataset.num_classes
+
     def ground_truth(image_id: str):
         path = dataset.mask_path(image_id) if hasattr(dataset, "mask_path") else None
-        return read_label_png(path) if path is not None else dataset.load(image_id)["mask"]
+        if path is None:
+            return dataset.load(image_id)["mask"]
+        return check_label_values(read_label_png(path), num_classes, path, "mask")
 
     for image_id in dataset.ids:
         pred_path = pred_dir / f"{image_id}.png"
         if not pred_path.is_file():
             raise DataError(pred_path, f"prediction for {image_id!r} of split {split!r} is missing")
-        pred = read_label_png(pred_path)
+        pred = check_label_values(read_label_png(pred_path), num_classes, pred_path, "prediction")
         target = ground_truth(image_id)
         if target is None:
             raise DataError(pred_path, f"image {image_id!r} has no ground-truth mask to score against")

@@ -13,6 +13,7 @@ import argparse
 import torch
 
 from lightning_wsss.datamodules import ImageLabelDataModule
+from lightning_wsss.serialization import load_model_checkpoint
 from lightning_wsss.tasks.erasing import ErasingCAMClassifier
 
 
@@ -23,7 +24,7 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--images", type=int, default=160, help="first N images of the split")
     args = parser.parse_args()
-    model = ErasingCAMClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=False).eval()
+    model = load_model_checkpoint(ErasingCAMClassifier, args.checkpoint).eval()
     datamodule = ImageLabelDataModule(root=args.root, predict_split=args.split, eval_batch_size=16)
     datamodule.setup("predict")
     rounds = len(model.round_snapshots)

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+
+from ..io import with_path
+
+
+def save_checkpoint_atomic(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` to a temporary file beside ``path`` (``.<name>.tmp``), renamed over ``path``.
+
+    Rank zero writes. If the write fails (a full disk), the temporary file is removed and the ``OSError`` names
+    ``path``; ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        trainer.save_checkpoint(str(tmp))  # rank zero writes
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+    except BaseException as exc:
+        if trainer.is_global_zero:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise with_path(exc, path) from exc
+        raise
 
 
 class LastCheckpoint(Callback):
@@ -15,7 +40,7 @@ class LastCheckpoint(Callback):
     Lightning's ``ModelCheckpoint(save_top_k=0, save_last=True)`` writes ``last.ckpt`` only when a top-k
     checkpoint was saved in the same step, i.e. never during training; and it writes in place, so a kill during
     the write leaves a broken file. This callback always writes, atomically, so a killed run resumes from its
-    last finished epoch.
+    last finished epoch (with :class:`~lightning_wsss.callbacks.EpochSeed`, to the same numbers).
     """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
@@ -24,9 +49,5 @@ class LastCheckpoint(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(str(tmp))  # rank zero writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        save_checkpoint_atomic(trainer, self.path)
         trainer.strategy.barrier("last_checkpoint")

@@ -7,17 +7,124 @@ The resolved config is saved next to the logs with ``overwrite=True`` so W&B and
 
 from __future__ import annotations
 
-from typing import List, Optional
+import importlib
+import inspect
+from typing import Any, Dict, List, Optional
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from ..errors import DataError
+from ..serialization import allow_safe_globals, weights_only
+
 
 class WSSSLightningCLI(LightningCLI):
-    """LightningCLI with the suite's tasks and DataModules registered and ``num_classes`` linked."""
+    """LightningCLI with the suite's tasks and DataModules registered and ``num_classes`` linked.
+
+    ``--ckpt_path`` is checked before anything runs: a missing, unreadable or unsafe file (see
+    :mod:`lightning_wsss.serialization`) and a checkpoint of another task or class count are one-line
+    :class:`DataError`\ s naming it; the trainer loads it with ``weights_only=True``.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Merge the checkpoint's hyper-parameters into the model config (as LightningCLI does), after checking
+        the file; pipeline checkpoints (no ``_class_path``) must fit the configured model class."""
+        self._ckpt_num_classes: Optional[int] = None
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return
+        from ..serialization import safe_torch_load
+
+        hparams = dict(safe_torch_load(ckpt_path, "checkpoint").get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        model_cfg = self.config[self.config.subcommand].get("model")
+        configured = getattr(model_cfg, "class_path", None) if model_cfg is not None else None
+        if "_class_path" in hparams:
+            saved = hparams.pop("_class_path")
+            if configured and saved != configured:
+                raise DataError(ckpt_path, f"checkpoint of a {saved.rsplit('.', 1)[-1]}, but the model is a "
+                                           f"{configured.rsplit('.', 1)[-1]}")
+            model = {"class_path": saved, "dict_kwargs": hparams}
+        else:
+            self._ckpt_num_classes = hparams.pop("num_classes", None)
+            model = {"class_path": configured, "init_args": checked_init_args(ckpt_path, configured, hparams)}
+        try:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
+        except SystemExit as exc:
+            raise DataError(ckpt_path, "the checkpoint's hyper-parameters do not fit the configured model "
+                                       f"{configured}") from exc
+
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does; a :class:`DataError` raised by a class (a DataModule given a batch size
+        of 0) comes out as itself, not wrapped in jsonargparse's "Does not validate" error."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as exc:
+            cause = data_error_in_chain(exc)
+            if cause is None:
+                raise
+            raise cause from exc
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        expected = getattr(self, "_ckpt_num_classes", None)
+        actual = getattr(self.model, "num_classes", None)
+        if expected is not None and actual is not None and int(expected) != int(actual):
+            raise DataError(self.config[self.subcommand].get("ckpt_path"),
+                            f"checkpoint has {expected} classes but the data set has {actual}")
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> Dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        accepted = inspect.signature(getattr(self.trainer, subcommand)).parameters
+        if "weights_only" in accepted and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = weights_only()
+        return kwargs
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with allow_safe_globals():
+            super()._run_subcommand(subcommand)
+
+
+def data_error_in_chain(exc: BaseException) -> Optional[DataError]:
+    """The first :class:`DataError` among ``exc`` and its causes / contexts, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DataError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def checked_init_args(ckpt_path: str, class_path: Optional[str], hparams: Dict[str, Any]) -> Dict[str, Any]:
+    """``hparams`` when every key is an ``__init__`` argument of ``class_path``.
+
+    Raises:
+        DataError: naming the checkpoint and the keys the class does not take (a checkpoint of another task).
+    """
+    if not class_path:
+        raise DataError(ckpt_path, "the checkpoint does not name its model class; configure --model")
+    module, _, name = class_path.rpartition(".")
+    model_cls = getattr(importlib.import_module(module), name)
+    accepted, open_kwargs = set(), False
+    for cls in model_cls.__mro__:
+        if "__init__" in vars(cls):
+            parameters = inspect.signature(cls.__init__).parameters.values()
+            accepted |= {p.name for p in parameters}
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+                break
+    unknown = sorted(set(hparams) - accepted)
+    if unknown:
+        raise DataError(ckpt_path, f"checkpoint of another task: its hyper-parameters {unknown[:6]} are not "
+                                   f"arguments of {name}")
+    return hparams
 
 
 def _register_classes() -> None:

@@ -7,11 +7,12 @@ sub-commands are plain argparse commands, each defined in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from typing import Callable, Dict, List, Optional
 
-from ..errors import DataError
+from ..errors import DataError, StageBusyError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -97,6 +98,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     except DataError as exc:
         print(f"wsss {command}: data error: {exc}", file=sys.stderr)
         return 2
+    except StageBusyError as exc:
+        print(f"wsss {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in FILE_SYSTEM_ERRORS:
+            raise
+        print(f"wsss {command}: error: {file_system_error(exc)}", file=sys.stderr)
+        return 2
+
+
+FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                      errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.ELOOP}
+"""What the file system says about the user's folders (full disk, permissions, a file where a folder belongs):
+``wsss`` prints these as one line naming the path, instead of a traceback."""
+
+
+def file_system_error(exc: OSError) -> str:
+    """``<path>: <cause>`` (both paths for a rename) of a file-system error."""
+    cause = exc.strerror or str(exc)
+    if exc.filename is None:
+        return cause
+    target = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+    return f"{exc.filename}{target}: {cause}"
 
 
 if __name__ == "__main__":  # pragma: no cover

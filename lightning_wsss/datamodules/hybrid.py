@@ -14,6 +14,7 @@ import numpy as np
 
 from ..datasets.base import SegmentationDataset
 from ..errors import DataError, PathLike
+from ..io import read_text_file
 from .supervision import PseudoMaskDataModule
 
 
@@ -26,10 +27,7 @@ def read_id_list(path: PathLike) -> List[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "box image list file is missing")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"unreadable box image list ({exc})") from exc
+    lines = read_text_file(path, "box image list").splitlines()
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 

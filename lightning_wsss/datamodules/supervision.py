@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..datasets.base import SegmentationDataset
+from ..datasets.base import SegmentationDataset, check_label_values
 from ..errors import DataError
 from ..io import read_label_png
 from .base import WSSSDataModule
@@ -91,7 +91,4 @@ def read_pseudo_mask(path: Path, sample: Dict[str, Any], num_classes: int):
     if pseudo.shape != sample["image"].shape[:2]:
         raise DataError(path, f"pseudo mask size {pseudo.shape[1]}x{pseudo.shape[0]} differs from its image's "
                               f"{sample['image'].shape[1]}x{sample['image'].shape[0]}")
-    bad = (pseudo >= num_classes) & (pseudo != 255)
-    if bad.any():
-        raise DataError(path, f"pseudo mask values outside the class range 0..{num_classes - 1}")
-    return pseudo
+    return check_label_values(pseudo, num_classes, path, "pseudo mask")

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DataError, PathLike
+from ..io import read_text_file
 
 
 def canonical_class_name(name: str) -> str:
@@ -143,14 +144,15 @@ def read_split(path: PathLike) -> List[SplitEntry]:
     (``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png``).
 
     Raises:
-        DataError: the file is missing or empty, or lists an id twice.
+        DataError: the file is missing, empty or not UTF-8 text (a byte-order mark is dropped), or lists an id
+            twice.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "split file is missing")
     entries: List[SplitEntry] = []
     seen: Dict[str, int] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(read_text_file(path, "split file").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -33,6 +33,26 @@ def labels_from_classes(class_indices: Sequence[int], num_classes: int) -> np.nd
     return labels
 
 
+def check_label_values(label: np.ndarray, num_classes: int, path: PathLike, what: str = "mask") -> np.ndarray:
+    """The one rule for the values of a label map (ground-truth mask, pseudo mask, prediction), in every command:
+    class ids ``0 .. num_classes - 1``, and 255 for "ignore".
+
+    Returns:
+        ``label``, unchanged.
+
+    Raises:
+        DataError: naming ``path`` and the offending values (at most eight of them).
+    """
+    values = np.unique(np.asarray(label))
+    bad = values[((values < 0) | (values >= num_classes)) & (values != 255)]
+    if bad.size:
+        shown = bad[:8].tolist()
+        more = f" and {bad.size - 8} more" if bad.size > 8 else ""
+        raise DataError(path, f"{what} values {shown}{more} are outside the class range 0..{num_classes - 1} "
+                              "(255 = ignore)")
+    return label
+
+
 def check_mask(mask: np.ndarray, image_shape: Sequence[int], num_classes: int, path: PathLike) -> np.ndarray:
     """Check a mask against its image: same height and width, values below ``num_classes`` or 255.
 
@@ -46,11 +66,7 @@ def check_mask(mask: np.ndarray, image_shape: Sequence[int], num_classes: int, p
         raise DataError(
             path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's {image_shape[1]}x{image_shape[0]}"
         )
-    values = np.unique(mask)
-    bad = values[(values >= num_classes) & (values != 255)]
-    if bad.size:
-        raise DataError(path, f"mask values {bad.tolist()} are outside the class range 0..{num_classes - 1} (255 = ignore)")
-    return mask
+    return check_label_values(mask, num_classes, path, "mask")
 
 
 class SegmentationDataset(Dataset):

@@ -28,10 +28,9 @@ def read_class_names(path: PathLike) -> List[str]:
         DataError: the file is empty, has duplicate names, or more than 255 classes.
     """
     path = Path(path)
-    try:
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except OSError as exc:
-        raise DataError(path, f"cannot read class names ({exc})") from exc
+    from ..io import read_text_file
+
+    names = [line.strip() for line in read_text_file(path, "class names file").splitlines() if line.strip()]
     validate_class_names(names, path)
     return names
 

@@ -4,15 +4,80 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..errors import DataError, PathLike
-from ..io import read_image
+from ..io import read_image, read_text_file
 from .annotations import validate_boxes
 from .base import Sample, SegmentationDataset, labels_from_classes
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_list(path: Path, data: Dict[str, Any], key: str) -> List[Dict[str, Any]]:
+    """``data[key]``: a list of JSON objects."""
+    if key not in data:
+        raise DataError(path, f"COCO annotation file has no {key!r} list")
+    items = data[key]
+    if not isinstance(items, list):
+        raise DataError(path, f"{key!r} must be a list, got {type(items).__name__}")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(path, f"{key}[{index}] must be a JSON object, got {type(item).__name__}")
+    return items
+
+
+def _check_annotation(path: Path, index: int, ann: Dict[str, Any]) -> None:
+    """Keys and types of one instance annotation (the reader paints ``segmentation`` and reads ``bbox``)."""
+    where = f"annotation {ann.get('id', f'at index {index}')!r}"
+    for key in ("id", "image_id", "category_id", "bbox", "segmentation"):
+        if key not in ann:
+            raise DataError(path, f"{where} has no {key!r}")
+    for key in ("image_id", "category_id"):
+        if not isinstance(ann[key], int) or isinstance(ann[key], bool):
+            raise DataError(path, f"{where}: {key!r} must be an integer, got {ann[key]!r}")
+    bbox = ann["bbox"]
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        raise DataError(path, f"{where}: 'bbox' must be 4 numbers [x, y, width, height], got {bbox!r}")
+    if not isinstance(ann["segmentation"], (list, dict)):
+        raise DataError(path, f"{where}: 'segmentation' must be polygons (a list) or an RLE (an object), got "
+                              f"{type(ann['segmentation']).__name__}")
+
+
+def read_coco_json(path: PathLike) -> Dict[str, Any]:
+    """Read and check a COCO instances JSON before pycocotools sees it.
+
+    Returns:
+        the parsed JSON object (``images``, ``annotations``, ``categories``).
+
+    Raises:
+        DataError: naming the file: not UTF-8 JSON, not an object, a missing list, an image without ``id`` /
+            ``file_name``, a category without ``id`` / ``name``, an annotation without ``bbox`` /
+            ``segmentation`` or with a malformed one.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(read_text_file(path, "COCO annotation file"))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"COCO annotation file is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(path, f"COCO annotation file must be a JSON object with 'images', 'annotations' and "
+                              f"'categories', got a {type(data).__name__}")
+    for index, category in enumerate(_check_list(path, data, "categories")):
+        if not isinstance(category.get("id"), int) or not isinstance(category.get("name"), str):
+            raise DataError(path, f"categories[{index}] needs an integer 'id' and a string 'name', got {category!r}")
+    for index, image in enumerate(_check_list(path, data, "images")):
+        if not isinstance(image.get("id"), int) or not isinstance(image.get("file_name"), str):
+            raise DataError(path, f"images[{index}] needs an integer 'id' and a string 'file_name'")
+    for index, ann in enumerate(_check_list(path, data, "annotations")):
+        _check_annotation(path, index, ann)
+    return data
 
 
 class COCOSegmentation(SegmentationDataset):
@@ -42,9 +107,12 @@ class COCOSegmentation(SegmentationDataset):
         self.annotation_file = Path(annotation_file)
         if not self.annotation_file.is_file():
             raise DataError(self.annotation_file, "COCO annotation file is missing")
+        dataset = read_coco_json(self.annotation_file)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                self.coco = COCO(str(self.annotation_file))
+                self.coco = COCO()
+                self.coco.dataset = dataset
+                self.coco.createIndex()
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(self.annotation_file, f"unreadable COCO annotation file ({exc!r})") from exc
         category_ids = sorted(self.coco.getCatIds())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import DataError, PathLike
-from ..io import write_json_atomic
+from ..io import read_text_file, write_json_atomic
 from .report import ORDER, png_bytes, write_report
 
 DATASET_KEYS = ("dataset", "num_train", "num_val")
@@ -62,9 +62,10 @@ def load_summary(path: PathLike) -> Tuple[Path, Dict[str, Any]]:
     file = summary_path(path)
     if not file.is_file():
         raise DataError(file, "no summary.json here; run `wsss pipeline CONFIG` or `wsss demo` to make one")
+    text = read_text_file(file, "summary")
     try:
-        summary = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        summary = json.loads(text)
+    except ValueError as exc:
         raise DataError(file, f"not a readable JSON file ({exc})") from exc
     if not isinstance(summary, dict):
         raise DataError(file, "a summary must be a JSON object")

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional
 import yaml
 
 from ..errors import DataError, PathLike
+from ..io import read_text_file
 
 SUPERVISIONS = ("image", "box", "full", "hybrid")
 
@@ -53,7 +54,7 @@ def load_config(path: PathLike) -> Dict[str, Any]:
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
     try:
-        config = yaml.safe_load(path.read_text()) or {}
+        config = yaml.safe_load(read_text_file(path, "pipeline config")) or {}
     except yaml.YAMLError as exc:
         raise DataError(path, f"not valid YAML ({exc})") from exc
     if not isinstance(config, dict):

@@ -128,9 +128,10 @@ def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str]) 
     import torch
 
     from ..datamodules.transforms import apply_transform, eval_transform
+    from ..serialization import load_model_checkpoint
     from ..tasks import DeepLabSegmenter
 
-    model = DeepLabSegmenter.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False).eval()
+    model = load_model_checkpoint(DeepLabSegmenter, checkpoint).eval()
     transform = eval_transform()
     out = []
     with torch.no_grad():

@@ -9,7 +9,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..io import write_json_atomic
+from ..errors import DataError
+from ..io import file_lock, write_json_atomic
 from .config import deep_merge, validate_config
 from .costs import annotation_hours
 from .defaults import DEFAULTS, STAGES_BY_SUPERVISION
@@ -199,6 +200,8 @@ def run_pipeline(config: Mapping[str, Any], out_dir: Path, log: Callable[[str], 
     validate_config(config)
     resolved = resolve(config)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(out_dir, "the output folder is a file; choose another --out")
     if until is not None:
         return run_until(resolved, out_dir, until, log)
     entry = _run_entry(resolved, out_dir, log)
@@ -259,17 +262,40 @@ def summary_key(config: Mapping[str, Any]) -> str:
 
 
 def update_summary(out_dir: Path, config: Mapping[str, Any], entries: Mapping[str, Any]) -> Dict[str, Any]:
-    """Merge supervision entries into ``out_dir/summary.json`` (atomic write) and return the summary."""
-    import json
+    """Merge supervision entries into ``out_dir/summary.json`` and return the summary.
 
+    Read, merge and (atomic) write happen under a lock on ``out_dir/summary.json.lock``, so pipelines that share
+    an output folder and finish at the same time keep every entry.
+    """
     path = Path(out_dir) / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
     root = config["dataset"]["root"]
     data = config.get("data") or {}
     ctx = PipelineContext(Path(out_dir), config)
-    summary["dataset"] = config["dataset"].get("name", Path(root).name)
-    summary["num_train"] = len(S.split_reader(ctx, "fit"))
-    summary["num_val"] = len(S.split_reader(ctx, "validate")) if data.get("val_split", "val") else 0
-    summary.setdefault("supervision", {}).update(entries)
-    write_json_atomic(path, summary)
+    header = {"dataset": config["dataset"].get("name", Path(root).name),
+              "num_train": len(S.split_reader(ctx, "fit")),
+              "num_val": len(S.split_reader(ctx, "validate")) if data.get("val_split", "val") else 0}
+    with file_lock(path.with_name(path.name + ".lock")):
+        summary = read_summary(path)
+        summary.update(header)
+        summary.setdefault("supervision", {}).update(entries)
+        write_json_atomic(path, summary)
+    return summary
+
+
+def read_summary(path: Path) -> Dict[str, Any]:
+    """``summary.json`` as a dict (empty when absent).
+
+    Raises:
+        DataError: the file is not a JSON object (naming it).
+    """
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"unreadable summary ({exc}); move it away to start a new one") from exc
+    if not isinstance(summary, dict) or not isinstance(summary.get("supervision", {}), dict):
+        raise DataError(path, "summary is not a JSON object with a 'supervision' mapping")
     return summary

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
+from ..errors import DataError, StageBusyError
 from ..io import write_json_atomic
 from .config import stage_hash
 
@@ -68,10 +70,6 @@ class PipelineContext:
         self.log = log
 
 
-class StageBusyError(RuntimeError):
-    """Another process is running the same stage (same folder) right now."""
-
-
 @contextlib.contextmanager
 def stage_lock(stage_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``stage_dir/.lock`` while a stage runs (POSIX ``flock``; released on exit, also
@@ -100,6 +98,40 @@ def stage_lock(stage_dir: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _inside(path: str, folder: Path) -> bool:
+    """Whether ``path`` names an existing file or folder inside ``folder``."""
+    absolute = os.path.abspath(path)
+    return os.path.exists(absolute) and os.path.commonpath([absolute, os.path.abspath(folder)]) == os.path.abspath(folder)
+
+
+def stage_marker(result: StageResult, stage_dir: Path, tree: Path) -> Dict[str, Any]:
+    """The content of ``stage.json``: the result with every output path inside the output tree ``tree`` stored
+    relative to ``stage_dir`` (keys listed in ``relative_outputs``) and ``dir`` as ``"."``, so the output folder
+    can be moved and reused from any working directory."""
+    outputs = dict(result.outputs)
+    relative = sorted(k for k, v in outputs.items() if isinstance(v, str) and v and _inside(v, tree))
+    for key in relative:
+        outputs[key] = os.path.relpath(os.path.abspath(outputs[key]), os.path.abspath(stage_dir))
+    data = {k: v for k, v in asdict(result).items() if k != "reused"}
+    return {**data, "dir": ".", "outputs": outputs, "relative_outputs": relative}
+
+
+def read_stage_marker(marker: Path, name: str) -> StageResult:
+    """The :class:`StageResult` of a complete stage from its ``stage.json``, paths resolved against the folder
+    holding it (``relative_outputs``; files written before that key keep their paths as stored)."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(marker, f"unreadable stage marker ({exc}); delete it to rerun the stage") from exc
+    stage_dir = marker.parent
+    relative = data.pop("relative_outputs", None)
+    if relative is not None:
+        data["dir"] = str(stage_dir)
+        data["outputs"] = {k: os.path.normpath(os.path.join(stage_dir, v)) if k in relative else v
+                           for k, v in data.get("outputs", {}).items()}
+    return StageResult(**{**data, "name": name, "reused": True})
+
+
 def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResult]:
     """Run ``stages`` in order, skipping complete ones. Returns the results by stage name."""
     folders = {stage.name: stage.folder or stage.name for stage in stages}
@@ -109,7 +141,7 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
         stage_dir = ctx.out_dir / (stage.root or ".") / folders[stage.name] / digest
         marker = stage_dir / "stage.json"
         if marker.is_file():
-            result = StageResult(**{**json.loads(marker.read_text()), "name": stage.name, "reused": True})
+            result = read_stage_marker(marker, stage.name)
             ctx.log(f"[{stage.name}] complete ({digest}), reusing {stage_dir}")
         else:
             ctx.log(f"[{stage.name}] running ({digest}) in {stage_dir}")
@@ -120,7 +152,7 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
                 produced = stage.run(ctx, stage_dir, {name: ctx.results[name] for name in stage.upstream}, stage.config)
                 result = StageResult(stage.name, digest, str(stage_dir), produced.get("outputs", {}),
                                      produced.get("metrics", {}), time.perf_counter() - start)
-                write_json_atomic(marker, {k: v for k, v in asdict(result).items() if k != "reused"})
+                write_json_atomic(marker, stage_marker(result, stage_dir, ctx.out_dir.parent))
             metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.metrics.items())
             ctx.log(f"[{stage.name}] done in {result.wall_s:.1f}s {metrics}")
         ctx.results[stage.name] = result

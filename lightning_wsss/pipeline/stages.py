@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..io import write_label_png
 from ..metrics import evaluate_reader
+from ..serialization import load_model_checkpoint
 from .config import deep_merge
 from .runner import PipelineContext, Stage, StageResult
 from .training import fit_model, make_datamodule, predict_to_dir, validate_model
@@ -68,7 +69,7 @@ def cams_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageR
 
     classifier = upstream.get("classifier") or upstream["seed_classifier"]
     model_cls = resolve_class(cfg.get("class_path") or classifier.outputs.get("class_path", "CAMClassifier"), "model")
-    model = model_cls.load_from_checkpoint(classifier.outputs["checkpoint"], map_location="cpu", weights_only=False)
+    model = load_model_checkpoint(model_cls, classifier.outputs["checkpoint"])
     for key, value in (cfg.get("cam") or {}).items():
         model.hparams[key] = value
     dm = make_datamodule(ctx, "ImageLabelDataModule", deep_merge({"predict_split": _train_split(ctx)}, cfg.get("data")))
@@ -246,9 +247,8 @@ def random_walk_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str,
     """Propagate the CAMs with the learnt affinities; pseudo labels of the training split."""
     from ..tasks import AffinityRefiner
 
-    model = AffinityRefiner.load_from_checkpoint(upstream["affinity"].outputs["checkpoint"], map_location="cpu",
-                                                 weights_only=False, cams_dir=upstream["cams"].outputs["cams_dir"],
-                                                 **(cfg.get("walk") or {}))
+    model = load_model_checkpoint(AffinityRefiner, upstream["affinity"].outputs["checkpoint"],
+                                  cams_dir=upstream["cams"].outputs["cams_dir"], **(cfg.get("walk") or {}))
     dm = make_datamodule(ctx, "ImageLabelDataModule", deep_merge({"predict_split": _train_split(ctx)}, cfg.get("data")))
     predict_to_dir(ctx, stage_dir, "random_walk", model, dm, cfg.get("trainer"))
     return {"outputs": {"labels_dir": str(stage_dir / "labels")},

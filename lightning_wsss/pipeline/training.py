@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import lightning as L
-import torch
 
 from ..callbacks import ArtifactWriter, EpochSeed, LastCheckpoint, MaskPanelLogger
+from ..callbacks.checkpointing import save_checkpoint_atomic
+from ..errors import DataError
+from ..serialization import UnsafePickleError, allow_safe_globals, load_model_checkpoint, safe_torch_load, weights_only
 from .config import deep_merge, resolve_class
 from .runner import PipelineContext
 
@@ -71,13 +72,19 @@ def make_datamodule(ctx: PipelineContext, class_name: str, overrides: Optional[M
 
 
 def _valid_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a loadable checkpoint (a write killed mid-way leaves an unloadable file)."""
+    """Whether ``path`` is a loadable checkpoint (a write killed mid-way leaves an unloadable file).
+
+    Raises:
+        UnsafePickleError: the file loads only by running code from it (it was not written by this suite).
+    """
     if not path.is_file():
         return False
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
+        safe_torch_load(path, "checkpoint")
         return True
-    except Exception:
+    except UnsafePickleError:
+        raise
+    except DataError:
         return False
 
 
@@ -98,8 +105,8 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     init_args = dict(model_cfg.get("init_args") or {})
     init_args.update(extra_init or {})
     final = stage_dir / "checkpoints" / "final.ckpt"
-    if final.is_file():
-        return model_cls.load_from_checkpoint(str(final), map_location="cpu", weights_only=False), final
+    if final.is_file():  # the stage-local arguments (out_dir) follow the output folder, not the checkpoint's copy
+        return load_model_checkpoint(model_cls, final, **(extra_init or {})), final
     seed = stage_seed(ctx.config, seed)
     L.seed_everything(seed, workers=True, verbose=False)  # weights init included
     model = model_cls(num_classes=datamodule.num_classes, **init_args)
@@ -111,12 +118,10 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks)
     if resume:
         ctx.log(f"[{stage_name}] resuming from {last}")
-    trainer.fit(model, datamodule, ckpt_path=resume)
+    with allow_safe_globals():
+        trainer.fit(model, datamodule, ckpt_path=resume, weights_only=weights_only())
     finish_wandb(trainer)
-    tmp = final.with_suffix(".tmp")
-    trainer.save_checkpoint(str(tmp))  # rank zero writes
-    if trainer.is_global_zero:
-        os.replace(tmp, final)
+    save_checkpoint_atomic(trainer, final)
     trainer.strategy.barrier("final_checkpoint")
     return model, final
 

@@ -4,8 +4,8 @@ weights and numbers as an uninterrupted fit (issue 18, item 4).
 The kill is an exception raised at a chosen training batch (what ``kill -9`` leaves behind is the same: the
 ``last.ckpt`` of the last finished epoch, plus whatever rounds were written); the rerun goes through the
 pipeline's own ``fit_model`` and resumes from that checkpoint. Each case kills in the epoch right after the
-checkpoint, the one a resume used to get wrong (other dropout masks than the uninterrupted run's, and for the
-tasks that reload their DataLoader every epoch another data order).
+checkpoint, the one a resume used to get wrong (other dropout masks than the uninterrupted run's, for the
+tasks that reload their DataLoader every epoch another data order, and for CDA other pasted objects).
 """
 
 from __future__ import annotations
@@ -151,3 +151,21 @@ def test_self_training_resumes_exactly(monkeypatch, tmp_path, tiny_data):
 
 def test_erasing_resumes_exactly(monkeypatch, tmp_path, tiny_data):
     assert_resume_is_exact(monkeypatch, tmp_path, tiny_data, erasing_stage, kill=(2, 1))
+
+
+def cda_classifier_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any]:
+    """A classifier trained with context decoupling (pasting draws from the RNG; the ground truth stands in for the
+    seed classifier's CAM labels)."""
+    cfg = {"model": {"class_path": "CAMClassifier", "init_args": BACKBONE}, "trainer": {"max_epochs": 2},
+           "datamodule": "CDADataModule", "data": {"paste_prob": 0.7, "min_object_area": 16}}
+    upstream = {"seed_cams": _Outputs({"labels_dir": str(Path(ctx.config["dataset"]["root"]) / "SegmentationClass")})}
+    return S.classifier_stage(ctx, stage_dir, upstream, cfg)
+
+
+class _Outputs:
+    def __init__(self, outputs: Dict[str, Any]) -> None:
+        self.outputs = outputs
+
+
+def test_cda_classifier_resumes_exactly(monkeypatch, tmp_path, tiny_data):
+    assert_resume_is_exact(monkeypatch, tmp_path, tiny_data, cda_classifier_stage, kill=(1, 1))

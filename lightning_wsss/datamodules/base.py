@@ -57,11 +57,21 @@ class TransformedDataset(Dataset):
         return len(self.reader)
 
     def __getitem__(self, item) -> Dict[str, Any]:
-        """``item`` is an index, or ``(index, augmentation_seed)`` from :class:`EpochShuffleSampler`."""
+        """``item`` is an index, or ``(index, augmentation_seed)`` from :class:`EpochShuffleSampler`.
+
+        With ``reseed``, ``prepare`` also runs under torch's RNG seeded with the sample's seed (restored after), so
+        randomness drawn there (CDA's pasting) depends on the sample and epoch only, not on when the DataLoader
+        happens to fetch the sample (the first batches of an epoch are fetched before its first training step).
+        """
         index, seed = item if isinstance(item, tuple) else (item, None)
-        if self.reseed:
-            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else int(seed))
-        return apply_transform(self.transform, self.prepare(self.reader[index]))
+        if not self.reseed:
+            return apply_transform(self.transform, self.prepare(self.reader[index]))
+        seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else int(seed)
+        self.transform.set_random_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            sample = self.prepare(self.reader[index])
+        return apply_transform(self.transform, sample)
 
 
 class WSSSDataModule(L.LightningDataModule):

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..datasets.base import check_label_values
 from ..datasets.classes import IGNORE_INDEX
 from ..errors import DataError
 from ..io import read_label_png
@@ -221,10 +222,7 @@ class CDADataModule(ImageLabelDataModule):
         if mask.shape != tuple(image_shape[:2]):
             raise DataError(path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's "
                                   f"{image_shape[1]}x{image_shape[0]}")
-        bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
-        if bad.any():
-            raise DataError(path, f"mask values outside the class range 0..{self.num_classes - 1}")
-        return mask
+        return check_label_values(mask, self.num_classes, path, "CDA object mask")
 
     def build_object_bank(self, reader) -> List[ObjectRecord]:
         """Every instance of the training split's masks (at least ``min_object_area`` pixels)."""

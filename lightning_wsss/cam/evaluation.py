@@ -23,7 +23,7 @@ def load_cams(path: PathLike) -> Dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(path, "CAM file is missing")
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:  # a CAM file holds arrays; never unpickle objects
             cams, keys = data["cams"].astype(np.float32), data["keys"].astype(np.int64)
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(path, f"unreadable CAM file ({exc})") from exc

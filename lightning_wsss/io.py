@@ -27,7 +27,9 @@ def with_path(exc: OSError, path: PathLike) -> OSError:
     reports ``ENOSPC`` from ``write`` without saying which file was being written."""
     if exc.filename is not None or exc.errno is None:
         return exc
-    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path))  # the errno's subclass
+    named = OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path))  # the errno's subclass
+    named.__cause__ = exc
+    return named
 
 
 def current_umask() -> int:
@@ -58,7 +60,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise with_path(exc, path) from exc
+        raise with_path(exc, path)
     try:
         with os.fdopen(fd, mode) as handle:
             os.fchmod(handle.fileno(), 0o666 & ~current_umask())
@@ -70,7 +72,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise with_path(exc, path) from exc
+            raise with_path(exc, path)
         raise
 
 
@@ -91,7 +93,7 @@ def file_lock(path: PathLike) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a")
     except OSError as exc:
-        raise with_path(exc, path) from exc
+        raise with_path(exc, path)
     with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:

@@ -99,6 +99,17 @@ def safe_torch_load(path: PathLike, what: str = "weights file", trust: Optional[
         raise describe_load_error(file, exc, what) from exc
 
 
+def weights_only_kwargs(function) -> dict:
+    """``{"weights_only": ...}`` for a Lightning loader that takes the argument (Lightning >= 2.4), else ``{}``."""
+    import inspect
+
+    try:
+        accepted = "weights_only" in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        accepted = False
+    return {"weights_only": weights_only()} if accepted else {}
+
+
 def load_model_checkpoint(model_cls, path: PathLike, **kwargs):
     """``model_cls.load_from_checkpoint(path, **kwargs)`` on the CPU through the weights-only loader.
 
@@ -110,7 +121,8 @@ def load_model_checkpoint(model_cls, path: PathLike, **kwargs):
         raise DataError(file, "checkpoint is missing")
     try:
         with allow_safe_globals():
-            return model_cls.load_from_checkpoint(str(file), map_location="cpu", weights_only=weights_only(), **kwargs)
+            return model_cls.load_from_checkpoint(str(file), map_location="cpu",
+                                                  **weights_only_kwargs(model_cls.load_from_checkpoint), **kwargs)
     except pickle.UnpicklingError as exc:
         raise describe_load_error(file, exc, "checkpoint") from exc
     except (RuntimeError, EOFError) as exc:
@@ -120,4 +132,4 @@ def load_model_checkpoint(model_cls, path: PathLike, **kwargs):
 
 
 __all__ = ["SAFE_GLOBALS", "TRUST_ENV", "UnsafePickleError", "allow_safe_globals", "describe_load_error",
-           "load_model_checkpoint", "safe_torch_load", "trust_pickles", "weights_only"]
+           "load_model_checkpoint", "safe_torch_load", "trust_pickles", "weights_only", "weights_only_kwargs"]

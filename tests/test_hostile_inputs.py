@@ -92,6 +92,29 @@ def test_weights_file_that_runs_code_is_refused(tmp_path, monkeypatch):
     assert marker.exists()
 
 
+class RunsShellCommand:
+    """The payload of the issue: ``os.system`` on unpickling."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_pipeline_with_code_running_encoder_weights_stops_in_one_line(tiny_voc, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "encoder.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "x": RunsShellCommand(marker)}, weights)
+    model = {**SEGMENTER, "init_args": {**SEGMENTER["init_args"], "encoder_weights": str(weights)}}
+    config = tiny_pipeline(tiny_voc, tmp_path, stages={"segmenter": {"model": model, "trainer": {"max_epochs": 1}}})
+    assert main(["pipeline", str(config), "--out", str(tmp_path / "out")]) == 2
+    line = one_line_error(capsys)
+    assert f"{weights}: weights file refused: it needs posix.system" in line or "it needs os.system" in line, line
+    assert not marker.exists()
+
+
 def test_legacy_ordereddict_weights_still_load(tmp_path):
     state = collections.OrderedDict([("a.weight", torch.ones(2, 2)), ("a.bias", torch.zeros(2))])
     path = tmp_path / "legacy.pth"

@@ -30,7 +30,7 @@ def save_checkpoint_atomic(trainer: L.Trainer, path: Path) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise with_path(exc, path) from exc
+            raise with_path(exc, path)
         raise
 
 

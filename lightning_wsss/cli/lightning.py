@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from ..errors import DataError
-from ..serialization import allow_safe_globals, weights_only
+from ..serialization import allow_safe_globals, weights_only_kwargs
 
 
 class WSSSLightningCLI(LightningCLI):
@@ -82,9 +82,8 @@ class WSSSLightningCLI(LightningCLI):
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> Dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        accepted = inspect.signature(getattr(self.trainer, subcommand)).parameters
-        if "weights_only" in accepted and kwargs.get("weights_only") is None:
-            kwargs["weights_only"] = weights_only()
+        if kwargs.get("weights_only") is None:
+            kwargs.update(weights_only_kwargs(getattr(self.trainer, subcommand)))
         return kwargs
 
     def _run_subcommand(self, subcommand: str) -> None:

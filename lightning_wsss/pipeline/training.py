@@ -10,7 +10,8 @@ import lightning as L
 from ..callbacks import ArtifactWriter, EpochSeed, LastCheckpoint, MaskPanelLogger
 from ..callbacks.checkpointing import save_checkpoint_atomic
 from ..errors import DataError
-from ..serialization import UnsafePickleError, allow_safe_globals, load_model_checkpoint, safe_torch_load, weights_only
+from ..serialization import (UnsafePickleError, allow_safe_globals, load_model_checkpoint, safe_torch_load,
+                             weights_only_kwargs)
 from .config import deep_merge, resolve_class
 from .runner import PipelineContext
 
@@ -119,7 +120,7 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     if resume:
         ctx.log(f"[{stage_name}] resuming from {last}")
     with allow_safe_globals():
-        trainer.fit(model, datamodule, ckpt_path=resume, weights_only=weights_only())
+        trainer.fit(model, datamodule, ckpt_path=resume, **weights_only_kwargs(trainer.fit))
     finish_wandb(trainer)
     save_checkpoint_atomic(trainer, final)
     trainer.strategy.barrier("final_checkpoint")

@@ -409,7 +409,7 @@ def test_pipeline_config_resolves_to_valid_stages(path, monkeypatch):
             model_cls = resolve_class(own["model"]["class_path"], "model")
             assert set(own["model"].get("init_args") or {}) <= accepted_args(model_cls) - {"num_classes"}, stage.name
         if stage.name in ("cams", "seed_cams"):
-            assert set(own["cam"]) <= accepted_args(CAMClassifier)
+            assert set(own["cam"]) <= accepted_args(resolve_class(own.get("class_path", "CAMClassifier"), "model"))
         if stage.name == "random_walk":
             assert set(own["walk"]) <= accepted_args(AffinityRefiner)
         if stage.name == "affinity":

@@ -102,3 +102,22 @@ def test_label_shares(tiny_voc, tmp_path):
     done = subprocess.run([sys.executable, str(TOOLS / "label_shares.py"), "--labels", str(blank), "--root",
                            str(tiny_voc)], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and f"{reader.ids[0]}.png" in done.stderr and "missing" in done.stderr
+
+
+def test_cam_gallery(tiny_voc, tmp_path):
+    from PIL import Image
+
+    from lightning_wsss.io import write_npz_atomic
+
+    reader = VOCSegmentation(tiny_voc, "train")
+    for name, value in (("a", 1.0), ("b", 0.0)):
+        for image_id in reader.ids:
+            mask = reader.load(image_id)["mask"]
+            write_npz_atomic(tmp_path / name / f"{image_id}.npz", cams=((mask == 1) * value)[None].astype(np.float16),
+                             keys=np.array([1]))
+    out = tmp_path / "gallery.png"
+    printed = run_tool("cam_gallery.py", "--root", str(tiny_voc), "--cams", f"CAM={tmp_path / 'a'}",
+                       f"zero={tmp_path / 'b'}", "--num", "2", "--out", str(out))
+    assert printed.strip() == str(out)
+    picture = np.asarray(Image.open(out))
+    assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 4 * 100  # 2 rows, 4 columns

@@ -7,6 +7,7 @@ The resolved config is saved next to the logs with ``overwrite=True`` so W&B and
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 from typing import Any, Dict, List, Optional
@@ -36,8 +37,8 @@ class WSSSLightningCLI(LightningCLI):
         if not self.config.get("subcommand"):
             return
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
-            return
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
+            return  # Lightning's own keywords and remote (fsspec) paths are left to it
         from ..serialization import safe_torch_load
 
         hparams = dict(safe_torch_load(ckpt_path, "checkpoint").get("hyper_parameters") or {})
@@ -48,18 +49,23 @@ class WSSSLightningCLI(LightningCLI):
         configured = getattr(model_cfg, "class_path", None) if model_cfg is not None else None
         if "_class_path" in hparams:
             saved = hparams.pop("_class_path")
-            if configured and saved != configured:
+            if configured and not related_classes(saved, configured):
                 raise DataError(ckpt_path, f"checkpoint of a {saved.rsplit('.', 1)[-1]}, but the model is a "
                                            f"{configured.rsplit('.', 1)[-1]}")
-            model = {"class_path": saved, "dict_kwargs": hparams}
+            model = {"class_path": saved, "dict_kwargs": checked_init_args(ckpt_path, saved, hparams)}
         else:
             self._ckpt_num_classes = hparams.pop("num_classes", None)
             model = {"class_path": configured, "init_args": checked_init_args(ckpt_path, configured, hparams)}
+        exit_on_error = getattr(self.parser, "exit_on_error", True)
+        self.parser.exit_on_error = False  # a mismatch is our one-line error, not jsonargparse's usage text
         try:
             self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
-        except SystemExit as exc:
+        except (SystemExit, argparse.ArgumentError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise DataError(ckpt_path, "the checkpoint's hyper-parameters do not fit the configured model "
-                                       f"{configured}") from exc
+                                       f"{configured}{' (' + detail + ')' if detail else ''}") from exc
+        finally:
+            self.parser.exit_on_error = exit_on_error
 
     def instantiate_classes(self) -> None:
         """Instantiate as LightningCLI does; a :class:`DataError` raised by a class (a DataModule given a batch size
@@ -102,6 +108,23 @@ def data_error_in_chain(exc: BaseException) -> Optional[DataError]:
     return None
 
 
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def related_classes(first: str, second: str) -> bool:
+    """Whether one of two class paths names a subclass of the other (a CAMClassifier checkpoint may load into
+    an LPCAMClassifier, not into a DeepLabSegmenter); unimportable paths count as related (left to Lightning)."""
+    if first == second:
+        return True
+    try:
+        a, b = _import(first), _import(second)
+    except (ImportError, AttributeError, ValueError):
+        return True
+    return issubclass(a, b) or issubclass(b, a)
+
+
 def checked_init_args(ckpt_path: str, class_path: Optional[str], hparams: Dict[str, Any]) -> Dict[str, Any]:
     """``hparams`` when every key is an ``__init__`` argument of ``class_path``.
 
@@ -110,8 +133,8 @@ def checked_init_args(ckpt_path: str, class_path: Optional[str], hparams: Dict[s
     """
     if not class_path:
         raise DataError(ckpt_path, "the checkpoint does not name its model class; configure --model")
-    module, _, name = class_path.rpartition(".")
-    model_cls = getattr(importlib.import_module(module), name)
+    model_cls = _import(class_path)
+    name = model_cls.__name__
     accepted, open_kwargs = set(), False
     for cls in model_cls.__mro__:
         if "__init__" in vars(cls):

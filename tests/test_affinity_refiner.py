@@ -72,3 +72,82 @@ def test_refiner_trains_and_walks(tiny_voc, tmp_path):
     # CAMs that cover the objects exactly stay on them after the walk
     valid = gt != 255
     assert (label[valid] == gt[valid]).mean() > 0.8
+
+
+def _write_confident_labels_and_cams(tiny_voc, tmp_path, ids=range(6)):
+    labels_dir, cams_dir = tmp_path / "aff", tmp_path / "cams"
+    for i in ids:
+        gt = read_label_png(tiny_voc / "SegmentationClass" / f"img_{i}.png")
+        write_label_png(labels_dir / f"img_{i}.png", gt.copy())
+        keys = np.unique(gt[(gt > 0) & (gt < 255)])
+        cams = np.stack([(gt == k).astype(np.float32) * 0.9 for k in keys]).astype(np.float16)
+        write_npz_atomic(cams_dir / f"img_{i}.npz", cams=cams, keys=keys)
+    return labels_dir, cams_dir
+
+
+def test_walk_modes_and_steps_options():
+    with pytest.raises(ValueError):
+        AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16, walk_mode="dense")
+    model = AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16, t=5, log_t=3)
+    assert model.walk_steps((56, 56)) == 5  # t wins over log_t
+    offsets = model.offsets
+    cams = torch.rand(1, 2, 6, 6, dtype=torch.float64)
+    aff = torch.rand(1, offsets.shape[0], 6, 6, dtype=torch.float64)
+    psa = model.walk_scores(cams, aff)
+    model.hparams.walk_mode, model.hparams.bg_threshold = "irn", 0.3
+    irn = model.walk_scores(cams, aff)
+    assert psa.shape == irn.shape == (1, 3, 6, 6)
+    assert torch.all(irn[:, 0] == 0.3)
+    torch.testing.assert_close(irn[:, 1:].amax(dim=(2, 3)), torch.ones(1, 2, dtype=torch.float64))
+    assert model.walk_scores(cams[:, :0], aff).shape == (1, 1, 6, 6)
+
+
+def test_validation_logs_affinity_separation_and_irn_walk_predicts(tiny_voc, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    labels_dir, cams_dir = _write_confident_labels_and_cams(tiny_voc, tmp_path)
+    L.seed_everything(0, verbose=False)
+    dm = PseudoMaskDataModule(pseudo_mask_dir=str(labels_dir), root=str(tiny_voc), batch_size=2, crop_size=48,
+                              scale_range=(1.0, 1.0), eval_batch_size=2)
+    model = AffinityRefiner(dm.num_classes, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16,
+                            lr=0.05, cams_dir=str(cams_dir), walk_mode="irn", bg_threshold=0.3, t=4)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(str(tmp_path), name="logs"),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    for key in ("val/aff_same", "val/aff_cross", "val/aff_bg", "val/aff_fg", "val/aff_ratio"):
+        assert key in trainer.callback_metrics, key
+    assert 0 < float(trainer.callback_metrics["val/aff_cross"]) <= 1
+    import csv
+
+    rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
+    assert sum(1 for r in rows if r.get("val/aff_same")) == 2  # one value per epoch
+    predict = ImageLabelDataModule(root=str(tiny_voc), predict_split="train", eval_batch_size=2)
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+              callbacks=[ArtifactWriter(str(tmp_path / "rw"))]).predict(model, predict, return_predictions=False)
+    label = read_label_png(tmp_path / "rw" / "labels" / "img_1.png")
+    gt = read_label_png(tiny_voc / "SegmentationClass" / "img_1.png")
+    valid = gt != 255
+    assert (label[valid] == gt[valid]).mean() > 0.8
+
+
+def test_backbone_init_from_a_classifier_checkpoint(tmp_path):
+    from lightning_wsss.tasks import CAMClassifier
+
+    classifier = CAMClassifier(4, backbone="test_resnet", output_stride=16)
+    path = tmp_path / "classifier.ckpt"
+    torch.save({"state_dict": classifier.state_dict()}, path)
+    model = AffinityRefiner(4, backbone="test_resnet", output_stride=8, feature_levels=(1, 2, 3), embed_dim=16,
+                            backbone_init=str(path))
+    assert model.init_backbone(str(path))
+    for key, value in classifier.features.backbone.state_dict().items():
+        torch.testing.assert_close(model.backbone.state_dict()[key], value)
+    other = AffinityRefiner(4, backbone="resnet10t", feature_levels=(1, 2, 3), embed_dim=16)
+    with pytest.warns(UserWarning, match="does not match"):
+        assert not other.init_backbone(str(path))
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {"head.weight": torch.zeros(1)}}, bad)
+    from lightning_wsss.errors import DataError
+
+    with pytest.raises(DataError, match="bad.ckpt"):
+        model.init_backbone(str(bad))

@@ -15,9 +15,12 @@ from lightning_wsss.refine.random_walk import (
     add_background,
     affinity_from_features,
     apply_transition,
+    irn_scores,
+    irn_walk,
     propagate_to_labels,
     random_walk,
     transition_matrix,
+    walk_snapshots,
 )
 
 METHODS = ["shift", "sparse"]
@@ -142,6 +145,62 @@ def test_random_walk_float32_and_non_power_of_two_steps(method):
     ref = (t @ cams[0].numpy().reshape(2, -1).T).T.reshape(2, 8, 8)
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out[0].numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def dense_walk(cams: np.ndarray, aff: np.ndarray, offsets: np.ndarray, beta: float, t: int) -> np.ndarray:
+    """(D^-1 A^beta)^t applied to every channel of cams [C, h, w], with a dense [N, N] matrix."""
+    c, h, w = cams.shape
+    a = dense_affinity(aff, offsets) ** beta
+    trans = np.linalg.matrix_power(a / a.sum(1, keepdims=True), t)
+    return (trans @ cams.reshape(c, -1).T).T.reshape(c, h, w)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("normalize", ["class", "global"])
+def test_irn_walk_matches_dense_foreground_only_walk(method, normalize):
+    """irn: the foreground alone is walked, each map divided by its max (or the image's), background after."""
+    cams, aff, offsets = random_inputs(b=2, c=2, h=7, w=8, radius=3, seed=3)
+    cams[:, 1] *= 0.2  # a faint class: per-class normalisation gives it back its full range
+    out = irn_walk(cams, aff, offsets, beta=6.0, t=5, bg_threshold=0.4, normalize=normalize, method=method)
+    assert out.shape == (2, 3, 7, 8)
+    for b in range(2):
+        walked = dense_walk(cams[b].numpy(), aff[b].numpy(), offsets.numpy(), 6.0, 5)
+        top = walked.max(axis=(1, 2), keepdims=True) if normalize == "class" else walked.max()
+        ref = np.concatenate([np.full((1, 7, 8), 0.4), walked / top])
+        np.testing.assert_allclose(out[b].numpy(), ref, rtol=1e-8, atol=1e-10)
+    if normalize == "class":
+        assert torch.allclose(out[:, 1:].amax(dim=(2, 3)), torch.ones(2, 2, dtype=out.dtype))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_psa_and_irn_walks_differ_only_in_the_background(method):
+    """psa walks (1 - max)^alpha with the classes; irn never walks a background, so its classes are the walk's."""
+    cams, aff, offsets = random_inputs(b=1, c=2, h=6, w=6, radius=3, seed=4)
+    psa = random_walk(add_background(cams, 16.0), aff, offsets, beta=8.0, t=3, method=method)
+    irn = irn_walk(cams, aff, offsets, beta=8.0, t=3, bg_threshold=0.25, method=method)
+    walked_fg = psa[:, 1:]
+    torch.testing.assert_close(irn[:, 1:], walked_fg / walked_fg.amax(dim=(2, 3), keepdim=True))
+    assert torch.all(irn[:, 0] == 0.25)
+
+
+def test_irn_scores_without_foreground_is_background():
+    out = irn_scores(torch.zeros(2, 0, 3, 4), bg_threshold=0.3)
+    assert out.shape == (2, 1, 3, 4) and torch.all(out == 0.3)
+    assert irn_walk(torch.zeros(1, 0, 5, 5), torch.rand(1, 12, 5, 5), neighbor_offsets(3)).argmax(1).eq(0).all()
+    with pytest.raises(ValueError):
+        irn_scores(torch.rand(1, 2, 3, 3), normalize="max")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_walk_snapshots_equal_separate_walks(method):
+    cams, aff, offsets = random_inputs(b=1, c=2, h=6, w=7, radius=3, seed=5)
+    snaps = walk_snapshots(cams, aff, offsets, [8, 0, 3, 3], beta=5.0, method=method)
+    assert sorted(snaps) == [0, 3, 8]
+    torch.testing.assert_close(snaps[0], cams)
+    for t in (3, 8):
+        torch.testing.assert_close(snaps[t], random_walk(cams, aff, offsets, beta=5.0, t=t, method=method))
+    with pytest.raises(ValueError):
+        walk_snapshots(cams, aff, offsets, [-1])
 
 
 def test_constant_map_is_a_fixed_point():

@@ -29,13 +29,21 @@ DEFAULTS: Dict[str, Any] = {
         },
         "cams": {"cam": {"cam_method": "cam", "cam_scales": [1.0, 0.5, 1.5, 2.0], "cam_flip": True,
                          "bg_mode": "constant", "bg_threshold": 0.15}},
+        # AffinityNet starts from the trained classifier's backbone (init_from: classifier | imagenet | none), trains
+        # at least min_steps optimiser steps (6 epochs of 400 images are 150), with colour jitter, and validates on
+        # the val masks every epoch: val/aff_same vs val/aff_cross say whether its affinities separate objects
         "affinity": {
             "labels": {"mode": "psa", "alpha_low": 4, "alpha_high": 32},
+            "init_from": "classifier",
+            "schedule": {"min_steps": 500},
+            "data": {"color_jitter": 0.3},
             "model": {"class_path": "AffinityRefiner", "init_args": {
                 "backbone": TINY_BACKBONE, "output_stride": 16, "feature_levels": [1, 2, 3], "embed_dim": 32, "lr": 0.05, "radius": 5}},
-            "trainer": {"max_epochs": 6, "limit_val_batches": 0},
+            "trainer": {"max_epochs": 6},
         },
-        "random_walk": {"walk": {"beta": 8.0, "log_t": None, "bg_alpha": 16.0}},
+        # walk: mode psa (the background (1 - max) ** bg_alpha walked with the classes) or irn (foreground only,
+        # bg_threshold after the walk); t (steps) or log_t, else scaled to the map; `wsss sweep-walk` measures them
+        "random_walk": {"walk": {"mode": "psa", "beta": 8.0, "log_t": None, "bg_alpha": 16.0}},
         "box_init": {"initializers": ["filled", "grabcut", "crf"]},
         "boxsup": {
             "model": {"class_path": "BoxSupTrainer", "init_args": {

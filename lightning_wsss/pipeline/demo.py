@@ -24,8 +24,7 @@ QUICK_OVERRIDES: Dict[str, Any] = {
     "stages": {
         "classifier": {"trainer": {"max_epochs": 1}},
         "cams": {"cam": {"cam_scales": [1.0]}},
-        "affinity": {"trainer": {"max_epochs": 1}},
-        
+        "affinity": {"trainer": {"max_epochs": 1}, "schedule": {"min_steps": 0}},
         "box_init": {"initializers": ["filled", "grabcut"]},
         "boxsup": {"model": {"init_args": {"round_epochs": 1, "crf_candidate": False}}, "trainer": {"max_epochs": 2}},
         "segmenter": {"trainer": {"max_epochs": 1}},

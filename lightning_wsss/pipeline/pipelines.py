@@ -99,6 +99,8 @@ def build_stages(config: Mapping[str, Any]) -> List[Stage]:
             stage_cfg = dict(config["stages"].get("cams") or {})
         if name == "classifier" and uses_cda(config):
             upstream_extra = ("seed_cams",)
+        if name == "affinity" and stage_cfg.get("init_from") == "classifier":
+            upstream_extra = ("classifier",)  # its checkpoint starts AffinityNet's backbone
         if box_ids is not None:
             if name == "box_init":
                 stage_cfg["ids"] = box_ids

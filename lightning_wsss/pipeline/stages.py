@@ -227,9 +227,60 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
 
 
 # ---------------------------------------------------------------------- refinement
+INIT_FROM = ("classifier", "imagenet", "none")
+
+
+def affinity_init(cfg: Mapping[str, Any], upstream: Mapping[str, StageResult]) -> Dict[str, Any]:
+    """The init arguments that start AffinityNet's backbone (``stages.affinity.init_from``).
+
+    ``classifier``: the trained CAM classifier's backbone (``backbone_init``: its checkpoint; the refiner keeps its
+    own ``weights`` with a warning where the backbones do not match); ``imagenet``: ``weights: imagenet``;
+    ``none``: random weights; unset: the model's ``weights`` as configured.
+    """
+    init_from = cfg.get("init_from")
+    if init_from is None:
+        return {}
+    if init_from not in INIT_FROM:
+        raise ValueError(f"stages.affinity.init_from must be one of {INIT_FROM}, got {init_from!r}")
+    if init_from == "imagenet":
+        return {"weights": "imagenet"}
+    if init_from == "none":
+        return {"weights": None}
+    classifier = upstream.get("classifier")
+    if classifier is None:
+        raise ValueError("stages.affinity.init_from: classifier needs the classifier stage upstream")
+    return {"backbone_init": classifier.outputs["checkpoint"]}
+
+
+def scheduled_trainer(trainer_cfg: Optional[Mapping[str, Any]], schedule: Optional[Mapping[str, Any]],
+                      num_images: int, batch_size: int) -> Dict[str, Any]:
+    """A stage's trainer settings with its length in optimiser steps that scale with the data set.
+
+    ``schedule: {epochs: E, min_steps: S, max_steps: M}`` trains ``clamp(E * ceil(num_images / batch_size), S, M)``
+    steps (``E`` defaults to the trainer's ``max_epochs``): psa trains about 10k steps, eight epochs of VOC, while
+    six epochs of a 400-image set are 150 steps, too few for the affinities to separate objects. No schedule (or
+    one whose bounds are all unset): the trainer settings unchanged.
+    """
+    cfg = dict(trainer_cfg or {})
+    schedule = dict(schedule or {})
+    unknown = set(schedule) - {"epochs", "min_steps", "max_steps"}
+    if unknown:
+        raise ValueError(f"schedule takes epochs, min_steps and max_steps, got {sorted(unknown)}")
+    if not any(schedule.get(k) for k in ("min_steps", "max_steps")):
+        return cfg
+    epochs = int(schedule.get("epochs") or cfg.get("max_epochs") or 1)
+    per_epoch = max(1, -(-int(num_images) // max(1, int(batch_size))))
+    steps = max(int(schedule.get("min_steps") or 0), epochs * per_epoch)
+    if schedule.get("max_steps"):
+        steps = min(steps, int(schedule["max_steps"]))
+    cfg.update(max_steps=int(steps), max_epochs=-1)
+    return cfg
+
+
 def affinity_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                    cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Confident affinity labels from the CAMs, then AffinityNet training on them."""
+    """Confident affinity labels from the CAMs, then AffinityNet training on them (``init_from``: where its
+    backbone starts, :func:`affinity_init`; ``schedule``: its length in steps, :func:`scheduled_trainer`)."""
     from ..refine.affinity_targets import write_affinity_labels
 
     dataset = split_reader(ctx)
@@ -238,17 +289,30 @@ def affinity_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
     write_affinity_labels(dataset, Path(upstream["cams"].outputs["cams_dir"]), labels,
                           progress=bool(ctx.config.get("progress_bar", True)), **label_cfg)
     dm = make_datamodule(ctx, "PseudoMaskDataModule", deep_merge({"pseudo_mask_dir": str(labels)}, cfg.get("data")))
-    _, ckpt = fit_model(ctx, stage_dir, "affinity", cfg["model"], dm, cfg.get("trainer"))
+    model_cfg = deep_merge(cfg["model"], {"init_args": affinity_init(cfg, upstream)})
+    trainer_cfg = scheduled_trainer(cfg.get("trainer"), cfg.get("schedule"), len(dataset), dm.batch_size)
+    _, ckpt = fit_model(ctx, stage_dir, "affinity", model_cfg, dm, trainer_cfg)
     return {"outputs": {"checkpoint": str(ckpt), "affinity_labels_dir": str(labels)}}
+
+
+def walk_settings(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """``stages.random_walk.walk`` as AffinityRefiner arguments (``mode`` is its ``walk_mode``)."""
+    walk = dict(cfg.get("walk") or {})
+    if "mode" in walk:
+        walk["walk_mode"] = walk.pop("mode")
+    return walk
 
 
 def random_walk_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                       cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Propagate the CAMs with the learnt affinities; pseudo labels of the training split."""
+    """Propagate the CAMs with the learnt affinities; pseudo labels of the training split.
+
+    ``walk: {mode: psa | irn, beta, t | log_t, bg_alpha (psa), bg_threshold (irn)}`` (see ``AffinityRefiner``).
+    """
     from ..tasks import AffinityRefiner
 
     model = load_model_checkpoint(AffinityRefiner, upstream["affinity"].outputs["checkpoint"],
-                                  cams_dir=upstream["cams"].outputs["cams_dir"], **(cfg.get("walk") or {}))
+                                  cams_dir=upstream["cams"].outputs["cams_dir"], **walk_settings(cfg))
     dm = make_datamodule(ctx, "ImageLabelDataModule", deep_merge({"predict_split": _train_split(ctx)}, cfg.get("data")))
     predict_to_dir(ctx, stage_dir, "random_walk", model, dm, cfg.get("trainer"))
     return {"outputs": {"labels_dir": str(stage_dir / "labels")},

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Optional, Tuple
+from typing import Dict, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ __all__ = [
     "transition_matrix",
     "apply_transition",
     "random_walk",
+    "walk_snapshots",
+    "irn_scores",
+    "irn_walk",
     "add_background",
     "propagate_to_labels",
     "neighbor_offsets",
@@ -215,23 +218,121 @@ def random_walk(
             f"cams {tuple(cams.shape)} and aff {tuple(aff.shape)} disagree on batch or map size"
         )
     steps = 2**log_t if t is None else int(t)
-    if steps < 0:
-        raise ValueError(f"t must be >= 0, got {steps}")
+    return walk_snapshots(cams, aff, offsets, [steps], beta=beta, method=method)[steps]
+
+
+def walk_snapshots(
+    cams: torch.Tensor,
+    aff: torch.Tensor,
+    offsets: torch.Tensor,
+    steps: Sequence[int],
+    beta: float = 8.0,
+    method: Method = "sparse",
+) -> Dict[int, torch.Tensor]:
+    """The walk ``(D^-1 A^beta)^t cams`` for every ``t`` in ``steps``, from one walk of ``max(steps)`` steps.
+
+    Used by the walk sweep (``wsss sweep-walk``): scoring 4, 8, ..., 256 steps costs one 256-step walk.
+
+    Args:
+        cams, aff, offsets, beta, method: as in :func:`random_walk`.
+        steps: numbers of steps (>= 0, any order, repeats allowed).
+
+    Returns:
+        ``{t: float tensor [B, C, h, w]}`` for each distinct ``t``.
+    """
+    if cams.dim() != 4 or aff.dim() != 4:
+        raise ValueError(f"cams and aff must be 4-D, got {tuple(cams.shape)} and {tuple(aff.shape)}")
+    if cams.shape[0] != aff.shape[0] or cams.shape[-2:] != aff.shape[-2:]:
+        raise ValueError(
+            f"cams {tuple(cams.shape)} and aff {tuple(aff.shape)} disagree on batch or map size"
+        )
+    wanted = sorted({int(s) for s in steps})
+    if not wanted or wanted[0] < 0:
+        raise ValueError(f"steps must be >= 0, got {list(steps)}")
+    if method not in ("shift", "sparse"):
+        raise ValueError(f"method must be 'shift' or 'sparse', got {method!r}")
     dtype = torch.promote_types(cams.dtype, aff.dtype) if cams.is_floating_point() else aff.dtype
     x = cams.to(dtype)
     trans = transition_matrix(aff.to(dtype), offsets, beta)
+    out: Dict[int, torch.Tensor] = {}
     if method == "shift":
-        for _ in range(steps):
-            x = apply_transition(trans, x)
-        return x
-    if method == "sparse":
+        step = lambda v: apply_transition(trans, v)  # noqa: E731
+        to_map = lambda v: v  # noqa: E731
+        v = x
+    else:
         b, c, h, w = x.shape
         mat = _to_sparse(trans)
+        step = lambda v: mat @ v  # noqa: E731
+        to_map = lambda v: v.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()  # noqa: E731
         v = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        for _ in range(steps):
-            v = mat @ v
-        return v.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
-    raise ValueError(f"method must be 'shift' or 'sparse', got {method!r}")
+    done = 0
+    for target in wanted:
+        for _ in range(target - done):
+            v = step(v)
+        done = target
+        out[target] = to_map(v) if method == "sparse" or target != 0 else v.clone()
+    return out
+
+
+def irn_scores(walked_fg: torch.Tensor, bg_threshold: float = 0.25, normalize: str = "class",
+               eps: float = 1e-5) -> torch.Tensor:
+    """IRN's scores after a foreground-only walk: normalised class maps and a constant background channel.
+
+    IRN (``make_sem_seg_labels.py``) walks the foreground CAMs only, divides the walked maps by their maximum and
+    prepends the background threshold *after* the walk, so a weak affinity map cannot spread a strong background
+    over an object (psa walks ``(1 - max cam) ** alpha`` with the classes, and a background that diffuses more
+    easily than an object fills itself wins).
+
+    Args:
+        walked_fg: float tensor [B, K, h, w], the walked foreground scores (K may be 0).
+        bg_threshold: the constant background score (IRN: 0.25).
+        normalize: ``"class"``: each class map divided by its own maximum (a faint class keeps its extent);
+            ``"global"``: all maps of an image divided by their common maximum (IRN's code).
+        eps: floor of the divisor.
+
+    Returns:
+        float tensor [B, K+1, h, w], background (the constant) at channel 0.
+    """
+    if walked_fg.dim() != 4:
+        raise ValueError(f"walked_fg must be [B, K, h, w], got {tuple(walked_fg.shape)}")
+    b, k, h, w = walked_fg.shape
+    bg = walked_fg.new_full((b, 1, h, w), float(bg_threshold))
+    if k == 0:
+        return bg
+    if normalize == "class":
+        top = walked_fg.amax(dim=(2, 3), keepdim=True)
+    elif normalize == "global":
+        top = walked_fg.amax(dim=(1, 2, 3), keepdim=True)
+    else:
+        raise ValueError(f"normalize must be 'class' or 'global', got {normalize!r}")
+    return torch.cat([bg, walked_fg / top.clamp_min(eps)], dim=1)
+
+
+def irn_walk(
+    cams_fg: torch.Tensor,
+    aff: torch.Tensor,
+    offsets: torch.Tensor,
+    beta: float = 8.0,
+    t: Optional[int] = None,
+    log_t: int = 8,
+    bg_threshold: float = 0.25,
+    normalize: str = "class",
+    method: Method = "sparse",
+) -> torch.Tensor:
+    """IRN-style propagation: walk the foreground CAMs only, normalise, then the background threshold.
+
+    Args:
+        cams_fg: float tensor [B, K, h, w] (no background channel).
+        aff, offsets, beta, t, log_t, method: as in :func:`random_walk`.
+        bg_threshold, normalize: as in :func:`irn_scores`.
+
+    Returns:
+        float tensor [B, K+1, h, w] (channel 0 = the constant background); argmax gives the labels.
+    """
+    if cams_fg.shape[1] == 0:
+        return irn_scores(cams_fg, bg_threshold, normalize)
+    walked = random_walk(cams_fg, aff, offsets, beta=beta, t=t, log_t=log_t, method=method)
+    return irn_scores(walked, bg_threshold, normalize)
 
 
 def add_background(cams_fg: torch.Tensor, alpha: float = 16.0) -> torch.Tensor:

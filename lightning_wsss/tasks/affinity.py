@@ -14,9 +14,13 @@ from torch import Tensor, nn
 from ..callbacks.writers import Artifact, find_writer
 from ..cam.evaluation import load_cams
 from ..models.backbones import build_backbone
+from ..errors import DataError
 from ..refine.affinity_labels import affinity_pairs, neighbor_offsets
-from ..refine.random_walk import affinity_from_features, random_walk
+from ..refine.random_walk import affinity_from_features, irn_scores, random_walk
+from ..refine.separation import affinity_separation_sums, separation_means
 from .optim import configure_poly
+
+WALK_MODES = ("psa", "irn")
 
 
 def downsample_labels(mask: Tensor, stride: int, size: Tuple[int, int]) -> Tensor:
@@ -24,6 +28,27 @@ def downsample_labels(mask: Tensor, stride: int, size: Tuple[int, int]) -> Tenso
     sub = mask[:, stride // 2 :: stride, stride // 2 :: stride]
     sub = sub[:, : size[0], : size[1]]
     return F.pad(sub, (0, size[1] - sub.shape[-1], 0, size[0] - sub.shape[-2]), value=255)
+
+
+def backbone_state_from_checkpoint(path: str, prefixes: Sequence[str] = ("features.backbone.", "backbone.")
+                                   ) -> Dict[str, Tensor]:
+    """The backbone weights of a Lightning checkpoint (a CAM classifier's ``features.backbone.*``, or another
+    refiner's ``backbone.*``), prefix stripped.
+
+    Raises:
+        DataError: unreadable file, or no key with any of the prefixes (naming the file).
+    """
+    from ..serialization import safe_torch_load
+
+    checkpoint = safe_torch_load(path, "checkpoint")
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise DataError(path, "not a checkpoint with a state_dict")
+    for prefix in prefixes:
+        found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if found:
+            return found
+    raise DataError(path, f"no backbone weights in the checkpoint (no key starts with {' or '.join(prefixes)})")
 
 
 def affinity_loss(aff: Tensor, bg_pos: Tensor, fg_pos: Tensor, neg: Tensor, eps: float = 1e-5) -> Dict[str, Tensor]:
@@ -55,11 +80,21 @@ class AffinityRefiner(L.LightningModule):
     Trains on confident label maps (``mask``: class, background 0, 255 unknown) written from the CAM stage and
     read through :class:`~lightning_wsss.datamodules.PseudoMaskDataModule`; pairs of pixels within ``radius``
     at the embedding's stride are bg-positive, fg-positive or negative. ``predict`` reads each image's CAMs
-    from ``cams_dir``, adds the background channel ``(1 - max cam) ** bg_alpha`` (psa), propagates all
-    channels with the sparse random walk ``(D^-1 A^beta)^t`` and writes the argmax at image resolution to
-    ``labels/<id>.png`` (optionally dense-CRF refined).
+    from ``cams_dir`` and walks them with the sparse random walk ``(D^-1 A^beta)^t`` (:meth:`walk_scores`):
 
-    Hooks for subclasses: :meth:`configure_backbone`, :meth:`affinity`, :meth:`loss`, :meth:`propagate`.
+    * ``walk_mode="psa"``: the background channel ``(1 - max cam) ** bg_alpha`` is walked with the classes;
+    * ``walk_mode="irn"``: the foreground CAMs alone are walked, each walked map is divided by its maximum and
+      the constant ``bg_threshold`` is the background score after the walk (irn's ``make_sem_seg_labels``);
+
+    and writes the argmax at image resolution to ``labels/<id>.png`` (optionally dense-CRF refined).
+
+    Validation (on the ground-truth masks of the val split) logs, besides the loss on them, the mean ``a^beta``
+    of pairs inside one region (``val/aff_same``; ``val/aff_bg``, ``val/aff_fg``) and across a region boundary
+    (``val/aff_cross``) and their ratio ``val/aff_ratio``: whether the affinities separate objects, which the
+    loss does not show (:mod:`lightning_wsss.refine.separation`).
+
+    Hooks for subclasses: :meth:`configure_backbone`, :meth:`affinity`, :meth:`loss`, :meth:`propagate`,
+    :meth:`walk_scores`.
 
     Args:
         num_classes: classes including background.
@@ -71,7 +106,14 @@ class AffinityRefiner(L.LightningModule):
         log_t: number of steps ``2 ** log_t``; ``None`` (default) scales psa's 256 steps on a 56-cell map (448 px at
             stride 8) to the map at hand, ``t = 256 * (min(h, w) / 56) ** 2``: a walk diffuses about ``r * sqrt(t)``
             cells, so a fixed ``t`` over-smooths small maps across object boundaries.
-        bg_alpha: background power of the CAMs before the walk.
+        t: the number of steps itself (any integer >= 0; overrides ``log_t`` and the scaling).
+        bg_alpha: background power of the CAMs before the walk (``walk_mode="psa"``).
+        walk_mode: ``"psa"`` or ``"irn"`` (see above).
+        bg_threshold: background score after an irn walk (irn: 0.25).
+        irn_normalize: ``"class"`` (each walked class map by its max) or ``"global"`` (by the image's max, irn's code).
+        backbone_init: a checkpoint whose backbone weights (a CAM classifier's ``features.backbone.*``) start the
+            backbone when training begins (loaded in ``setup("fit")``, so a resumed run keeps its own weights);
+            where the names or shapes do not match the backbone, a warning says so and ``weights`` is kept.
         cams_dir: folder of the CAM stage's ``<id>.npz`` files (needed by ``predict``).
         crf: dense-CRF post-processing of the walked probabilities.
         lr, head_lr_mult, weight_decay, momentum, optimizer, poly_power: optimisation.
@@ -92,6 +134,11 @@ class AffinityRefiner(L.LightningModule):
         log_t: Optional[int] = None,
         bg_alpha: float = 16.0,
         cams_dir: Optional[str] = None,
+        t: Optional[int] = None,
+        walk_mode: str = "psa",
+        bg_threshold: float = 0.25,
+        irn_normalize: str = "class",
+        backbone_init: Optional[str] = None,
         crf: bool = False,
         lr: float = 0.01,
         head_lr_mult: float = 10.0,
@@ -101,8 +148,15 @@ class AffinityRefiner(L.LightningModule):
         poly_power: float = 0.9,
     ) -> None:
         super().__init__()
+        if walk_mode not in WALK_MODES:
+            raise ValueError(f"walk_mode must be one of {WALK_MODES}, got {walk_mode!r}")
+        if irn_normalize not in ("class", "global"):
+            raise ValueError(f"irn_normalize must be 'class' or 'global', got {irn_normalize!r}")
+        if t is not None and int(t) < 0:
+            raise ValueError(f"t must be >= 0, got {t}")
         self.save_hyperparameters()
         self.num_classes = num_classes
+        self._separation: Optional[Dict[str, Tensor]] = None
         self.backbone = self.configure_backbone()
         channels = self.backbone.feature_info.channels()
         reductions = self.backbone.feature_info.reduction()
@@ -141,15 +195,52 @@ class AffinityRefiner(L.LightningModule):
         return affinity_loss(aff, bg_pos, fg_pos, neg)
 
     def propagate(self, cams_with_bg: Tensor, aff: Tensor) -> Tensor:
-        """Random walk of [B, C, h, w] scores (background channel first) over affinities [B, P, h, w]."""
+        """Random walk of [B, C, h, w] scores (all channels as given) over affinities [B, P, h, w]."""
         hp = self.hparams
         return random_walk(cams_with_bg, aff, self.offsets, beta=hp.beta, t=self.walk_steps(tuple(aff.shape[-2:])))
 
+    def walk_scores(self, cams_fg: Tensor, aff: Tensor) -> Tensor:
+        """Walked scores [1, K+1, h, w] (background first) of foreground CAMs [1, K, h, w] at the affinity size.
+
+        ``psa``: :meth:`propagate` of ``[(1 - max) ** bg_alpha, cams]``; ``irn``: :meth:`propagate` of the CAMs,
+        then :func:`~lightning_wsss.refine.random_walk.irn_scores` (normalised maps, constant background).
+        """
+        hp = self.hparams
+        if hp.get("walk_mode", "psa") == "irn":
+            walked = self.propagate(cams_fg, aff) if cams_fg.shape[1] else cams_fg
+            return irn_scores(walked, hp.get("bg_threshold", 0.25), hp.get("irn_normalize", "class"))
+        if cams_fg.shape[1] == 0:  # no foreground class: background everywhere
+            return cams_fg.new_ones(cams_fg.shape[0], 1, *cams_fg.shape[-2:])
+        bg = (1.0 - cams_fg.amax(dim=1, keepdim=True)).clamp(min=0) ** hp.bg_alpha
+        return self.propagate(torch.cat([bg, cams_fg], dim=1), aff)
+
     def walk_steps(self, size: Tuple[int, int]) -> int:
-        """Number of random-walk steps for a map of ``size`` cells (see ``log_t``)."""
+        """Number of random-walk steps for a map of ``size`` cells (``t``, else ``2 ** log_t``, else scaled)."""
+        if self.hparams.get("t") is not None:
+            return int(self.hparams.t)
         if self.hparams.log_t is not None:
             return 2 ** int(self.hparams.log_t)
         return max(1, int(round(256 * (min(size) / PSA_REFERENCE_CELLS) ** 2)))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("backbone_init"):
+            self.init_backbone(self.hparams.backbone_init)
+
+    def init_backbone(self, path: str) -> bool:
+        """Load the backbone weights of checkpoint ``path`` (see ``backbone_init``). Returns whether they loaded."""
+        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+        state = backbone_state_from_checkpoint(path)
+        own = self.backbone.state_dict()
+        mismatched = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+        if mismatched:
+            rank_zero_warn(f"AffinityRefiner: the backbone of {path} does not match {self.hparams.backbone!r} "
+                           f"({len(mismatched)} of {len(own)} tensors differ, e.g. {mismatched[0]}); "
+                           f"keeping weights={self.hparams.weights!r}")
+            return False
+        self.backbone.load_state_dict({k: state[k] for k in own})
+        rank_zero_info(f"AffinityRefiner: backbone initialised from {path}")
+        return True
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: Dict[str, Any], stage: str) -> Tensor:
@@ -167,8 +258,45 @@ class AffinityRefiner(L.LightningModule):
         return self._step(batch, "train")
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        # validation images carry ground truth; the affinity loss on it measures how well boundaries are learnt
-        self._step(batch, "val")
+        # validation images carry ground truth: the loss on it, and how well a^beta separates regions
+        embedding = self.embed(batch["image"])
+        aff = self.affinity(embedding)
+        labels = downsample_labels(batch["mask"], self.stride, tuple(embedding.shape[-2:]))
+        losses = self.loss(aff, labels)
+        batch_size = len(batch["id"])
+        self.log("val/loss", losses["loss"], batch_size=batch_size, sync_dist=True)
+        for key in ("bg", "fg", "neg"):
+            self.log(f"val/loss_{key}", losses[key], batch_size=batch_size, sync_dist=True)
+        sums = affinity_separation_sums(aff, labels, self.offsets, self.hparams.beta)
+        if self._separation is None:
+            self._separation = sums
+        else:
+            self._separation = {k: self._separation[k] + sums[k] for k in sums}
+
+    def on_validation_epoch_start(self) -> None:
+        self._separation = None
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self._separation
+        if sums is None:
+            sums = {"sum": torch.zeros(4, dtype=torch.float64, device=self.device),
+                    "count": torch.zeros(4, dtype=torch.int64, device=self.device)}
+        strategy = self.trainer.strategy
+        sums = {k: strategy.reduce(v.to(self.device), reduce_op="sum") if self.trainer.world_size > 1 else v
+                for k, v in sums.items()}
+        means = separation_means(sums)
+        self._separation = None
+        if int(sums["count"].sum()) == 0:
+            return
+        for key, value in means.items():
+            self.log(f"val/aff_{key}", float(value))
+        if not self.trainer.sanity_checking:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            beta = self.hparams.beta
+            rank_zero_info(f"AffinityRefiner epoch {self.current_epoch}: mean a^{beta:g} on val masks: same region "
+                           f"{means['same']:.3f} (bg {means['bg']:.3f}, object {means['fg']:.3f}), across a "
+                           f"boundary {means['cross']:.3f}, ratio {means['ratio']:.1f}")
 
     def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> List[Optional[List[Artifact]]]:
         if not self.hparams.cams_dir:
@@ -187,8 +315,7 @@ class AffinityRefiner(L.LightningModule):
             data = load_cams(Path(self.hparams.cams_dir) / f"{image_id}.npz")
             cams = torch.from_numpy(data["cams"]).to(aff.device, aff.dtype)[None]
             keys = np.concatenate([[0], data["keys"]]).astype(np.uint8)
-            scores = self.cams_with_background(cams, (h, w), (height, width))
-            walked = self.propagate(scores, aff[row : row + 1])
+            walked = self.walk_scores(self.downsample_cams(cams, (h, w), (height, width)), aff[row : row + 1])
             probs = self.upsample_scores(walked, (h * self.stride, w * self.stride))[:, :, :height, :width]
             if self.hparams.crf:
                 probs = self.crf_refine(batch, i, probs)
@@ -196,13 +323,19 @@ class AffinityRefiner(L.LightningModule):
             results[i] = [Artifact(f"labels/{image_id}.png", "png", label)]
         return results
 
+    def downsample_cams(self, cams: Tensor, size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
+        """CAMs [1, K, H, W] at image size -> [1, K, h, w] at the embedding size (K may be 0)."""
+        height, width = image_size
+        if cams.shape[1] == 0:
+            return cams.new_zeros(1, 0, *size)
+        padded = F.pad(cams, (0, size[1] * self.stride - width, 0, size[0] * self.stride - height))
+        return F.interpolate(padded, size=size, mode="bilinear", align_corners=False)
+
     def cams_with_background(self, cams: Tensor, size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
         """CAMs [1, K, H, W] at image size -> [1, K+1, h, w] at the embedding size with the psa background."""
-        height, width = image_size
-        if cams.shape[1] == 0:  # no foreground class: background everywhere
-            return cams.new_ones(1, 1, *size)
-        padded = F.pad(cams, (0, size[1] * self.stride - width, 0, size[0] * self.stride - height))
-        small = F.interpolate(padded, size=size, mode="bilinear", align_corners=False)
+        small = self.downsample_cams(cams, size, image_size)
+        if small.shape[1] == 0:  # no foreground class: background everywhere
+            return small.new_ones(1, 1, *size)
         bg = (1.0 - small.amax(dim=1, keepdim=True)).clamp(min=0) ** self.hparams.bg_alpha
         return torch.cat([bg, small], dim=1)
 

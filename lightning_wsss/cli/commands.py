@@ -67,6 +67,48 @@ def format_cam_sweep(result: Dict[str, Any], cams: str, root: str, split: str) -
     return "\n".join(lines)
 
 
+def _number_list(spec: str, cast=float) -> List:
+    """``start:stop:step`` (inclusive) or a comma list."""
+    if ":" in spec:
+        start, stop, step = (float(v) for v in spec.split(":"))
+        return [cast(round(float(t), 4)) for t in np.arange(start, stop + step / 2, step)]
+    return [cast(float(v)) for v in spec.split(",") if v.strip()]
+
+
+@register("sweep-walk")
+def sweep_walk(argv: List[str]) -> int:
+    """``wsss sweep-walk --checkpoint CKPT --cams DIR --root ROOT``: score random-walk settings on the training
+    masks and print the best (the protocol psa / irn report)."""
+    parser = argparse.ArgumentParser(prog="wsss sweep-walk", description="Score a grid of random-walk settings "
+                                     "(mode, beta, steps, background) on a split's masks and print the best.")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a trained AffinityRefiner (the affinity stage's checkpoints/final.ckpt)")
+    parser.add_argument("--cams", required=True, help="the CAM stage's cams folder of <id>.npz files")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--modes", nargs="+", default=["psa", "irn"], choices=["psa", "irn"])
+    parser.add_argument("--betas", default="4,8,10", help="comma list or start:stop:step")
+    parser.add_argument("--steps", default="2,4,8,16,32,64,128,256", help="numbers of walk steps")
+    parser.add_argument("--bg-alphas", default="4,8,16,32", help="psa: background powers (1 - max cam) ** alpha")
+    parser.add_argument("--bg-thresholds", default="0.1:0.6:0.05", help="irn: background scores after the walk")
+    parser.add_argument("--limit", type=int, default=None, help="score the first N images only")
+    parser.add_argument("--top", type=int, default=15, help="rows of the table")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    quiet_lightning()
+    from ..refine.walk_sweep import format_walk_sweep, sweep_walk as run_sweep, walk_grid
+    from ..serialization import load_model_checkpoint
+    from ..tasks import AffinityRefiner
+
+    grid = walk_grid(args.modes, _number_list(args.betas), _number_list(args.steps, int),
+                     _number_list(args.bg_alphas), _number_list(args.bg_thresholds))
+    model = load_model_checkpoint(AffinityRefiner, args.checkpoint).to(args.device)
+    result = run_sweep(model, args.cams, args.root, args.split, grid, limit=args.limit, progress=not args.json)
+    print(json.dumps(result, indent=2) if args.json else format_walk_sweep(result, args.top))
+    return 0
+
+
 SEGMENTER_SEEDS_HELP = ("also train the final segmenter with these seeds on the same pseudo labels (earlier stages "
                         "are shared) and report its val mIoU as mean +- std over them: with few epochs the spread is "
                         "often larger than the gaps between methods")

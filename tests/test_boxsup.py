@@ -66,6 +66,66 @@ def test_score_candidate_prefers_the_segment_closest_to_the_box(tmp_path):
     assert np.array_equal(chosen, proposal)
 
 
+def test_keep_unless_better_margin_rule():
+    from lightning_wsss.boxes import keep_unless_better
+
+    scores = torch.tensor([0.75, 0.5, 0.25], dtype=torch.float64)  # candidate 1 is the current mask
+    assert keep_unless_better(scores, 2, 1, None) == 2  # no margin: the plain choice
+    assert keep_unless_better(scores, 2, 1, 0.125) == 2  # 0.25 < 0.5 - 0.125: replaced
+    assert keep_unless_better(scores, 2, 1, 0.25) == 1  # 0.25 is not below 0.5 - 0.25: kept
+    assert keep_unless_better(scores, 2, 1, 0.5) == 1
+    assert keep_unless_better(scores, 2, None, 0.5) == 2  # no current mask (round 1 without a previous)
+    assert keep_unless_better(torch.tensor([0.4, 0.4]), 0, 1, 0.0) == 1  # margin 0: a tie keeps the current
+    with pytest.raises(ValueError):
+        keep_unless_better(scores, 2, 1, -0.1)
+
+
+def test_update_mask_replaces_the_previous_segment_only_by_the_margin(tmp_path):
+    box = (2.0, 2.0, 10.0, 10.0)
+    exact = np.zeros((16, 16), bool)
+    exact[2:10, 2:10] = True
+    previous = np.zeros((16, 16), np.uint8)
+    previous[3:10, 2:10] = 1  # one row short: overlap cost 1 - 56/64 = 0.125 worse than the exact proposal
+    image = np.full((16, 16, 3), 128, np.uint8)
+    args = (image, _probs(16, 16, [0.25, 0.25, 0.25, 0.25]), np.array([box]), np.array([1]), previous, None)
+    proposal = [exact.astype(np.uint8)]
+    plain = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    assert np.array_equal(plain.update_mask(*args, proposals=proposal), proposal[0])
+    assert plain.replaced == {"boxes": 1, "replaced": 1}
+    strict = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, replace_margin=0.2)
+    assert np.array_equal(strict.update_mask(*args, proposals=proposal), previous)
+    assert strict.replaced == {"boxes": 1, "replaced": 0}
+    loose = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, replace_margin=0.1)
+    assert np.array_equal(loose.update_mask(*args, proposals=proposal), proposal[0])
+    with pytest.raises(ValueError):
+        BoxSupTrainer(**TINY, out_dir=str(tmp_path), replace_margin=-1.0)
+
+
+def test_candidate_pool_names_and_grabcut_from_the_network(tmp_path):
+    from lightning_wsss.boxes import grabcut_from_mask
+
+    image = np.full((32, 32, 3), 40, np.uint8)
+    image[8:24, 10:22] = (220, 40, 40)  # a red object inside the box (6, 4, 28, 28)
+    box = (6.0, 4.0, 28.0, 28.0)
+    seed = np.zeros((32, 32), bool)
+    seed[10:22, 12:20] = True  # the network found the middle of the object
+    cut = grabcut_from_mask(image, box, seed)
+    truth = np.zeros((32, 32), bool)
+    truth[8:24, 10:22] = True
+    assert (cut & truth).sum() / (cut | truth).sum() > 0.9
+    assert not cut[:4].any() and not cut[:, :6].any()  # never outside the box
+    empty = np.zeros((32, 32), bool)
+    assert not grabcut_from_mask(image, box, empty).any()
+    probs = np.zeros((4, 32, 32), np.float32)
+    probs[0] = 1.0
+    probs[0, seed], probs[1, seed] = 0.0, 1.0
+    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, grabcut_candidate=True)
+    pool = model.candidate_pool(image, probs, box, 1, np.zeros((32, 32), np.uint8), None,
+                                proposals=[np.ones((32, 32), np.uint8)])
+    assert [name for name, _ in pool] == ["grabcut_network", "previous", "proposal_0"]
+    assert np.array_equal(pool[0][1], cut)
+
+
 def test_update_keeps_foreground_in_boxes_and_smaller_box_wins(tmp_path):
     model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=True, candidate_crf_params={"iterations": 3})
     h = w = 20

@@ -19,6 +19,7 @@ from .initializers import (
     box_prior,
     crf_init,
     filled_init,
+    grabcut_from_mask,
     grabcut_init,
     inner_init,
     intersect_masks,
@@ -27,7 +28,8 @@ from .initializers import (
     paint_order,
     validate_boxes,
 )
-from .scoring import clip_to_box, cross_entropy_cost, overlap_cost, score_candidates, select_candidate
+from .scoring import (clip_to_box, cross_entropy_cost, keep_unless_better, overlap_cost, score_candidates,
+                      select_candidate)
 from .tightness import pairwise_smoothness_loss, tightness_prior_loss
 
 __all__ = [
@@ -43,6 +45,8 @@ __all__ = [
     "filled_init",
     "grabcut_init",
     "inner_init",
+    "keep_unless_better",
+    "grabcut_from_mask",
     "intersect_masks",
     "intersection_init",
     "make_box_mask",

@@ -46,6 +46,7 @@ __all__ = [
     "inner_init",
     "crf_init",
     "grabcut_init",
+    "grabcut_from_mask",
     "intersect_masks",
     "intersection_init",
     "make_box_mask",
@@ -359,6 +360,45 @@ def grabcut_init(
         else:
             mask[y0:y1, x0:x1][fg] = labels_np[i]
     return mask
+
+
+def grabcut_from_mask(image: np.ndarray, box: Sequence[float], seed: np.ndarray, iterations: int = 5) -> np.ndarray:
+    """GrabCut of one box started from a mask (``GC_INIT_WITH_MASK``) instead of the rectangle.
+
+    Inside the box, ``seed`` pixels are probable foreground and the rest probable background; outside the box
+    is sure background. BoxSup's "GrabCut re-run from the network's mask": the colour model starts from what the
+    network found, and GrabCut snaps it to colour edges.
+
+    Args:
+        image: uint8 [H, W, 3] RGB.
+        box: ``(x_min, y_min, x_max, y_max)`` (validated by the caller).
+        seed: bool [H, W]; only its part inside the box is used.
+        iterations: GrabCut iterations.
+
+    Returns:
+        bool [H, W], foreground inside the box only; the seed (clipped to the box) where GrabCut cannot run (an
+        empty or full seed, or OpenCV fails).
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = box_pixel_range(box)
+    inside = np.zeros((height, width), dtype=bool)
+    inside[y0:y1, x0:x1] = True
+    seed = np.asarray(seed, dtype=bool) & inside
+    count = int(seed.sum())
+    if count == 0 or count == int(inside.sum()):
+        return seed
+    gc_mask = np.full((height, width), cv2.GC_BGD, dtype=np.uint8)
+    gc_mask[inside] = cv2.GC_PR_BGD
+    gc_mask[seed] = cv2.GC_PR_FGD
+    try:
+        cv2.setRNGSeed(0)
+        cv2.grabCut(np.ascontiguousarray(image[:, :, ::-1]), gc_mask, None, np.zeros((1, 65), np.float64),
+                    np.zeros((1, 65), np.float64), int(iterations), cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return seed
+    return ((gc_mask == cv2.GC_FGD) | (gc_mask == cv2.GC_PR_FGD)) & inside
 
 
 def intersect_masks(mask_a: np.ndarray, mask_b: np.ndarray) -> np.ndarray:

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .initializers import box_pixel_range
 
-__all__ = ["clip_to_box", "overlap_cost", "cross_entropy_cost", "score_candidates", "select_candidate"]
+__all__ = ["clip_to_box", "overlap_cost", "cross_entropy_cost", "score_candidates", "select_candidate",
+           "keep_unless_better"]
 
 
 def _as_bool_tensor(mask) -> Tensor:
@@ -185,3 +186,28 @@ def select_candidate(
         pick = torch.randint(order.numel(), (1,), generator=generator)
         return int(order[pick])
     raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
+
+
+def keep_unless_better(scores: Tensor, pick: int, current: Optional[int], margin: Optional[float]) -> int:
+    """BoxSup's choice with a replacement margin: the picked candidate replaces the box's current mask only when
+    its cost is lower by more than ``margin``.
+
+    Without it a blurry network's cross-entropy, which favours the smoother of two near-equal masks, switches a
+    box to a worse mask on any difference of cost, round after round.
+
+    Args:
+        scores: float [M] costs (lower is better).
+        pick: the index :func:`select_candidate` chose.
+        current: index of the box's current mask among the candidates (None: no current mask, keep ``pick``).
+        margin: the cost gain a replacement needs (``None``: the plain choice, ``pick``; ``0``: ties keep the
+            current mask).
+
+    Returns:
+        ``pick`` when ``scores[pick] < scores[current] - margin``, else ``current``.
+    """
+    if margin is None or current is None or pick == current:
+        return int(pick)
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    scores = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+    return int(pick) if float(scores[pick]) < float(scores[current]) - float(margin) else int(current)

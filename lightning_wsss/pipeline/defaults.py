@@ -45,9 +45,13 @@ DEFAULTS: Dict[str, Any] = {
         # bg_threshold after the walk); t (steps) or log_t, else scaled to the map; `wsss sweep-walk` measures them
         "random_walk": {"walk": {"mode": "psa", "beta": 8.0, "log_t": None, "bg_alpha": 16.0}},
         "box_init": {"initializers": ["filled", "grabcut", "crf"]},
+        # BoxSup: a box's mask changes only when a candidate's cost is lower by more than replace_margin; the pool
+        # holds the previous and initializer's masks, the proposals' (the filled box included), optionally the
+        # network's CRF-refined prediction (crf_candidate) and GrabCut re-run from its mask (grabcut_candidate)
         "boxsup": {
             "model": {"class_path": "BoxSupTrainer", "init_args": {
-                "initializer": "grabcut", "proposals": ["crf"], "crf_candidate": False, "round_epochs": 6,
+                "initializer": "grabcut", "proposals": ["crf", "filled"], "crf_candidate": False, "round_epochs": 6,
+                "replace_margin": 0.1, "grabcut_candidate": False,
                 "arch": "deeplabv3plus", "encoder": TINY_ENCODER, "output_stride": 16, "decoder_channels": 64,
                 "lr": 0.05}},
             "trainer": {"max_epochs": 12},

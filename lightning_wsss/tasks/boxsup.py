@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ from torch import Tensor
 
 from ..boxes import (
     clip_to_box,
+    grabcut_from_mask,
+    keep_unless_better,
     make_box_mask,
     pairwise_smoothness_loss,
     paint_order,
@@ -89,7 +91,13 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             (measured on the synthetic set: GrabCut's 92.7 mIoU fell to 43.6 in round 1). BoxSup itself selects
             among fixed region proposals (MCG) and lets the network only *score* them.
         proposals: initializer names whose masks join every box's candidate pool, the stand-in for BoxSup's
-            proposal pool (computed once per image, cached under ``out_dir/proposals/<name>/``).
+            proposal pool (computed once per image, cached under ``out_dir/proposals/<name>/``); ``filled`` puts
+            the whole box in the pool.
+        grabcut_candidate: add GrabCut re-run from the network's mask of the box
+            (:func:`~lightning_wsss.boxes.grabcut_from_mask`) to the pool.
+        replace_margin: a candidate replaces the box's current mask (the previous round's) only when its cost is
+            lower by more than this (:func:`~lightning_wsss.boxes.keep_unless_better`); ``None``: the plain
+            choice, which switches on any difference. Each round logs how many boxes changed.
         candidate_crf_params: ``CRFParams`` keyword arguments for that candidate.
         seed: seed of the ``sample`` selection (per round and image).
         mask_loss_weight: weight of the pseudo-mask cross-entropy (0: BBTP, boxes only, no rounds).
@@ -113,6 +121,8 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         network_candidate: bool = False,
         proposals: Sequence[str] = ("grabcut", "crf"),
         candidate_crf_params: Optional[Dict[str, float]] = None,
+        grabcut_candidate: bool = False,
+        replace_margin: Optional[float] = None,
         seed: int = 0,
         mask_loss_weight: float = 1.0,
         tightness_weight: float = 0.0,
@@ -126,10 +136,13 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             raise ValueError(f"selection must be 'greedy' or 'sample', got {selection!r}")
         if mask_loss_weight <= 0 and tightness_weight <= 0:
             raise ValueError("nothing to train: mask_loss_weight and tightness_weight are both 0")
+        if replace_margin is not None and replace_margin < 0:
+            raise ValueError(f"replace_margin must be >= 0 or None, got {replace_margin}")
         super().__init__(num_classes, **kwargs)
         self.save_hyperparameters()
         self.out_dir = Path(out_dir)
         self.masks: Dict[str, np.ndarray] = {}
+        self.replaced = {"boxes": 0, "replaced": 0}  # boxes re-estimated / switched away from their current mask
         self.init_rounds()
 
     round_log_prefix = "boxsup"
@@ -179,14 +192,36 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             CRF argmax == class, previous == class, initializer == class, each proposal == class (in that order,
             absent ones left out).
         """
-        out = [clip_to_box(probs.argmax(axis=0) == class_id, box)] if self.hparams.network_candidate else []
-        if self.hparams.crf_candidate:
+        return [mask for _, mask in self.candidate_pool(image, probs, box, class_id, previous_mask, init_mask,
+                                                        refined_probs, proposals)]
+
+    def candidate_pool(
+        self,
+        image: np.ndarray,
+        probs: np.ndarray,
+        box: Sequence[float],
+        class_id: int,
+        previous_mask: Optional[np.ndarray],
+        init_mask: Optional[np.ndarray],
+        refined_probs: Optional[np.ndarray] = None,
+        proposals: Sequence[np.ndarray] = (),
+    ) -> List[Tuple[str, np.ndarray]]:
+        """:meth:`candidates` with their names: ``network``, ``crf``, ``grabcut_network`` (GrabCut re-run from the
+        network's mask, if ``grabcut_candidate``), ``previous``, ``init``, ``proposal_<k>``."""
+        hp = self.hparams
+        network = probs.argmax(axis=0) == class_id
+        out = [("network", clip_to_box(network, box))] if hp.network_candidate else []
+        if hp.crf_candidate:
             if refined_probs is None:
                 refined_probs = self.refine_probs(image, probs)
-            out.append(clip_to_box(refined_probs.argmax(axis=0) == class_id, box))
-        for mask in (previous_mask, init_mask, *proposals):
+            out.append(("crf", clip_to_box(refined_probs.argmax(axis=0) == class_id, box)))
+        if hp.get("grabcut_candidate", False):
+            out.append(("grabcut_network", grabcut_from_mask(image, box, network)))
+        named = [("previous", previous_mask), ("init", init_mask)]
+        named += [(f"proposal_{k}", mask) for k, mask in enumerate(proposals)]
+        for name, mask in named:
             if mask is not None:
-                out.append(clip_to_box(np.asarray(mask) == class_id, box))
+                out.append((name, clip_to_box(np.asarray(mask) == class_id, box)))
         return out
 
     def proposal_masks(self, sample: Dict[str, Any]) -> List[np.ndarray]:
@@ -233,7 +268,8 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         """Re-estimate one image's mask from its boxes.
 
         For each box: build :meth:`candidates`, score them (:meth:`score_candidate`), pick one
-        (``selection``/``top_k``), clip it to the box. Boxes are painted by decreasing area so the smaller box
+        (``selection``/``top_k``) which replaces the previous round's segment only by ``replace_margin``, clip it
+        to the box. Boxes are painted by decreasing area so the smaller box
         wins where they overlap; a box paints only its chosen foreground (never its background over another
         box's foreground). Pixels outside every chosen segment are background.
 
@@ -259,6 +295,13 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
                                     proposals=proposals)
             scores = torch.tensor([self.score_candidate(c, box, class_id, log_probs) for c in cands], dtype=torch.float64)
             pick = select_candidate(scores, self.hparams.selection, self.hparams.top_k, generator)
+            current = None  # the candidate that is the box's current (previous round's) segment
+            if previous_mask is not None:
+                segment = clip_to_box(np.asarray(previous_mask) == class_id, box)
+                current = next((k for k, c in enumerate(cands) if np.array_equal(np.asarray(c, bool), segment)), None)
+            pick = keep_unless_better(scores, pick, current, self.hparams.get("replace_margin"))
+            self.replaced["boxes"] += 1
+            self.replaced["replaced"] += int(current is not None and not np.array_equal(cands[pick], cands[current]))
             chosen = clip_to_box(cands[pick], box).astype(bool)
             mask[chosen] = class_id
         return mask
@@ -279,7 +322,12 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             return self.update_mask(sample["image"], probs, sample["boxes"], sample["box_labels"], prev, init, generator,
                                     proposals=self.proposal_masks(sample))
 
-        return self.build_round(round_index, build)
+        self.replaced = {"boxes": 0, "replaced": 0}
+        masks = self.build_round(round_index, build)
+        if self.replaced["boxes"]:
+            rank_zero_info(f"BoxSup round_{round_index}: {self.replaced['replaced']} of {self.replaced['boxes']} boxes "
+                           f"changed their mask (replace_margin {self.hparams.get('replace_margin')})")
+        return masks
 
     # ------------------------------------------------------------------ round machinery
     def _read_round_mask(self, round_index: int, image_id: str) -> Optional[np.ndarray]:

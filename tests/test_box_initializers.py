@@ -292,3 +292,59 @@ def test_bad_image_raises_data_error():
 def test_unknown_initializer():
     with pytest.raises(ValueError, match="unknown box initializer"):
         make_box_mask("nope", np.zeros((4, 4, 3), np.uint8), [[0, 0, 2, 2]], [1])
+
+
+# ----------------------------------------------------------------------------------------------- real-photo options
+def test_scaled_crf_params_follow_the_image_size():
+    from lightning_wsss.boxes import scaled_crf_params
+    from lightning_wsss.refine.crf import CRFParams
+
+    small = scaled_crf_params((120, 160))
+    assert small.bilateral_sxy == pytest.approx(80 * 160 / 500) and small.gauss_sxy == 1.0
+    assert small.bilateral_srgb == CRFParams().bilateral_srgb and small.iterations == CRFParams().iterations
+    assert scaled_crf_params((500, 375)).bilateral_sxy == pytest.approx(80)
+    assert scaled_crf_params((1000, 10), CRFParams(bilateral_sxy=50)).bilateral_sxy == pytest.approx(100)
+
+
+def test_plausible_fill_falls_back_to_the_filled_box():
+    from lightning_wsss.boxes import plausible_fill
+
+    fg = np.zeros((4, 5), bool)
+    fg[1, 1:3] = True  # 2 of 20 pixels: 10 %
+    assert np.array_equal(plausible_fill(fg), fg)
+    assert np.array_equal(plausible_fill(fg, min_fill=0.1), fg)
+    assert plausible_fill(fg, min_fill=0.15).all()
+    assert plausible_fill(fg, max_fill=0.05).all()
+    with pytest.raises(ValueError):
+        plausible_fill(fg, min_fill=0.6, max_fill=0.5)
+
+
+@pytest.mark.parametrize("name", ["crf", "grabcut"])
+def test_initializers_fill_boxes_whose_mask_is_implausible(disc_image, name):
+    img, disc = disc_image
+    boxes, labels = np.array([DISC_BOX]), np.array([1])
+    x0, y0, x1, y1 = box_pixel_range(DISC_BOX)
+    plain = make_box_mask(name, img, boxes, labels)
+    share = (plain[y0:y1, x0:x1] == 1).mean()
+    assert 0.4 < share < 0.9  # the disc covers about 2/3 of its box
+    filled = filled_init(img, boxes, labels)
+    assert np.array_equal(make_box_mask(name, img, boxes, labels, min_fill=0.95), filled)
+    assert np.array_equal(make_box_mask(name, img, boxes, labels, max_fill=0.3), filled)
+    assert np.array_equal(make_box_mask(name, img, boxes, labels, min_fill=0.3, max_fill=0.95), plain)
+
+
+def test_grabcut_with_local_context_and_crf_with_scaled_params_still_segment(disc_image):
+    img, disc = disc_image
+    boxes, labels = np.array([DISC_BOX]), np.array([1])
+    local = grabcut_init(img, boxes, labels, context=0.5)
+    assert _iou(local == 1, disc) > 0.85
+    x0, y0, x1, y1 = box_pixel_range(DISC_BOX)
+    outside = np.ones_like(disc)
+    outside[y0:y1, x0:x1] = False
+    assert not (local[outside]).any()
+    scaled = crf_init(img, boxes, labels, scale_params=True)
+    assert _iou(scaled == 1, disc) > 0.8
+    from lightning_wsss.refine.crf import CRFParams
+
+    as_dict = crf_init(img, boxes, labels, params={"iterations": 5})  # a config's keyword dict works too
+    assert np.array_equal(as_dict, crf_init(img, boxes, labels, params=CRFParams(iterations=5)))

@@ -26,6 +26,8 @@ from .initializers import (
     intersection_init,
     make_box_mask,
     paint_order,
+    plausible_fill,
+    scaled_crf_params,
     validate_boxes,
 )
 from .scoring import (clip_to_box, cross_entropy_cost, keep_unless_better, overlap_cost, score_candidates,
@@ -53,6 +55,8 @@ __all__ = [
     "overlap_cost",
     "pairwise_smoothness_loss",
     "paint_order",
+    "plausible_fill",
+    "scaled_crf_params",
     "score_candidates",
     "select_candidate",
     "tightness_prior_loss",

@@ -45,6 +45,8 @@ __all__ = [
     "filled_init",
     "inner_init",
     "crf_init",
+    "scaled_crf_params",
+    "plausible_fill",
     "grabcut_init",
     "grabcut_from_mask",
     "intersect_masks",
@@ -264,6 +266,49 @@ def box_prior(
     return (probs / probs.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
+def scaled_crf_params(image_hw: Tuple[int, int], params=None, reference: float = 500.0):
+    """CRF parameters whose spatial widths scale with the image: psa's (bilateral sxy 80, Gaussian sxy 3) are
+    meant for ~500 px VOC images; on a 160 px tile a bilateral kernel of 80 px spans the whole image and floods
+    thin objects' boxes.
+
+    Args:
+        image_hw: ``(H, W)``.
+        params: the ``CRFParams`` at the reference size (default: psa's).
+        reference: the image side (max of H, W) ``params`` are meant for.
+
+    Returns:
+        ``CRFParams`` with ``gauss_sxy`` and ``bilateral_sxy`` times ``max(H, W) / reference`` (at least 1 px).
+    """
+    from dataclasses import replace
+
+    from ..refine.crf import CRFParams
+
+    base = params or CRFParams()
+    factor = max(image_hw) / float(reference)
+    return replace(base, gauss_sxy=max(1.0, base.gauss_sxy * factor), bilateral_sxy=max(1.0, base.bilateral_sxy * factor))
+
+
+def plausible_fill(fg: np.ndarray, min_fill: float = 0.0, max_fill: float = 1.0) -> np.ndarray:
+    """A box's foreground, or the whole box where it covers implausibly little or much of it.
+
+    Thin and small objects (poles, signs, pedestrians) fill most of their box; a GrabCut or CRF mask that keeps
+    a sliver of the box (colour model eaten by the background) or the whole box is more wrong than the filled box.
+
+    Args:
+        fg: bool [h, w], the box's pixel range (True: foreground).
+        min_fill, max_fill: the plausible range of the foreground's share of the box.
+
+    Returns:
+        bool [h, w]: ``fg``, or all True where its share is below ``min_fill`` or above ``max_fill``.
+    """
+    if not 0.0 <= min_fill <= max_fill <= 1.0:
+        raise ValueError(f"need 0 <= min_fill <= max_fill <= 1, got {min_fill}, {max_fill}")
+    share = float(fg.mean()) if fg.size else 1.0
+    if share < min_fill or share > max_fill:
+        return np.ones_like(fg, dtype=bool)
+    return fg
+
+
 def crf_init(
     image,
     boxes,
@@ -273,6 +318,9 @@ def crf_init(
     box_confidence: float = 0.9,
     edge_confidence: float = 0.5,
     outside_confidence: float = 0.99,
+    scale_params: bool = False,
+    min_fill: float = 0.0,
+    max_fill: float = 1.0,
     source: Optional[PathLike] = None,
 ) -> np.ndarray:
     """Dense CRF with the boxes as prior.
@@ -285,12 +333,18 @@ def crf_init(
     smaller box, but the CRF may give an overlap pixel to either box.
 
     Args:
-        params: ``lightning_wsss.refine.crf.CRFParams`` (default parameters when None).
+        params: ``lightning_wsss.refine.crf.CRFParams`` or its keyword dict (default parameters when None).
+        scale_params: scale the CRF's spatial widths with the image (:func:`scaled_crf_params`, psa's values at
+            500 px).
+        min_fill, max_fill: per-box fallback to the filled box (:func:`plausible_fill`).
 
     Returns:
         uint8 [H, W] with classes and 0; no ignore pixels.
     """
     from ..refine.crf import CRFParams, crf_from_probs
+
+    if isinstance(params, dict):
+        params = CRFParams(**params)
 
     image, boxes_np, labels_np = _prepare(image, boxes, box_labels, source)
     height, width = image.shape[:2]
@@ -298,11 +352,13 @@ def crf_init(
     if boxes_np.shape[0] == 0:
         return mask
     prior = box_prior((height, width), boxes_np, box_confidence, edge_confidence, outside_confidence)
+    if scale_params:
+        params = scaled_crf_params((height, width), params)
     refined = np.asarray(crf_from_probs(np.ascontiguousarray(image), prior, params or CRFParams()))
     winner = refined.argmax(axis=0)
     for i in paint_order(boxes_np):  # each box's channel, restricted to that box
         x0, y0, x1, y1 = box_pixel_range(boxes_np[i])
-        region = winner[y0:y1, x0:x1] == i + 1
+        region = plausible_fill(winner[y0:y1, x0:x1] == i + 1, min_fill, max_fill)
         mask[y0:y1, x0:x1][region] = labels_np[i]
     return mask
 
@@ -315,6 +371,9 @@ def grabcut_init(
     iterations: int = 5,
     min_size: int = 8,
     fallback_fraction: float = 0.5,
+    context: Optional[float] = None,
+    min_fill: float = 0.0,
+    max_fill: float = 1.0,
     source: Optional[PathLike] = None,
 ) -> np.ndarray:
     """OpenCV GrabCut (``GC_INIT_WITH_RECT``) per box on the whole image.
@@ -324,6 +383,13 @@ def grabcut_init(
     filled. When GrabCut returns no foreground (or fails, e.g. a box covering the whole image leaves no
     background samples), the box falls back to its central region (side ``fallback_fraction`` of the box's, as
     in :func:`inner_init`) labelled with the class. Pixels inside boxes that no box claims are background.
+
+    ``context``: run GrabCut on the box enlarged by ``context`` times its width / height on every side (clipped
+    to the image) instead of the whole image, so the background colour model is the box's surroundings, at a
+    scale that follows the box (a pedestrian's box is not judged against the whole street's colours).
+    ``min_fill`` / ``max_fill``: a box whose GrabCut foreground covers less / more of it is filled
+    (:func:`plausible_fill`; with ``min_fill > 0`` an empty result is filled too).
+
     Foreground is painted in order of decreasing box area: where two boxes both claim a pixel the smaller
     box wins, and a small box's background never erases a larger box's foreground.
 
@@ -342,23 +408,32 @@ def grabcut_init(
             mask[y0:y1, x0:x1] = labels_np[i]
             continue
         fg = None
+        cx0, cy0, cx1, cy1 = 0, 0, width, height
+        if context is not None:
+            mx, my = int(math.ceil(context * (x1 - x0))), int(math.ceil(context * (y1 - y0)))
+            cx0, cy0, cx1, cy1 = max(0, x0 - mx), max(0, y0 - my), min(width, x1 + mx), min(height, y1 + my)
         try:
-            gc_mask = np.zeros((height, width), dtype=np.uint8)
+            crop = np.ascontiguousarray(bgr[cy0:cy1, cx0:cx1])
+            gc_mask = np.zeros(crop.shape[:2], dtype=np.uint8)
             bgd_model = np.zeros((1, 65), dtype=np.float64)
             fgd_model = np.zeros((1, 65), dtype=np.float64)
             cv2.setRNGSeed(0)  # GrabCut's GMM k-means init is random: fix it so masks are reproducible
             cv2.grabCut(
-                bgr, gc_mask, (x0, y0, x1 - x0, y1 - y0), bgd_model, fgd_model, int(iterations),
+                crop, gc_mask, (x0 - cx0, y0 - cy0, x1 - x0, y1 - y0), bgd_model, fgd_model, int(iterations),
                 cv2.GC_INIT_WITH_RECT,
             )
-            fg = (gc_mask[y0:y1, x0:x1] == cv2.GC_FGD) | (gc_mask[y0:y1, x0:x1] == cv2.GC_PR_FGD)
+            inside = gc_mask[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+            fg = (inside == cv2.GC_FGD) | (inside == cv2.GC_PR_FGD)
         except cv2.error:
             fg = None
         if fg is None or not fg.any():
+            if min_fill > 0.0:  # an empty mask is below any plausible share: the filled box
+                mask[y0:y1, x0:x1] = labels_np[i]
+                continue
             ix0, iy0, ix1, iy1 = _inner_range(boxes_np[i], fallback_fraction)
             mask[iy0:iy1, ix0:ix1] = labels_np[i]
         else:
-            mask[y0:y1, x0:x1][fg] = labels_np[i]
+            mask[y0:y1, x0:x1][plausible_fill(fg, min_fill, max_fill)] = labels_np[i]
     return mask
 
 

@@ -93,6 +93,7 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         proposals: initializer names whose masks join every box's candidate pool, the stand-in for BoxSup's
             proposal pool (computed once per image, cached under ``out_dir/proposals/<name>/``); ``filled`` puts
             the whole box in the pool.
+        proposal_kwargs: options of each proposal initializer (``{"grabcut": {"context": 0.5}}``).
         grabcut_candidate: add GrabCut re-run from the network's mask of the box
             (:func:`~lightning_wsss.boxes.grabcut_from_mask`) to the pool.
         replace_margin: a candidate replaces the box's current mask (the previous round's) only when its cost is
@@ -123,6 +124,7 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         candidate_crf_params: Optional[Dict[str, float]] = None,
         grabcut_candidate: bool = False,
         replace_margin: Optional[float] = None,
+        proposal_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
         seed: int = 0,
         mask_loss_weight: float = 1.0,
         tightness_weight: float = 0.0,
@@ -234,7 +236,9 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             if path.is_file():
                 masks.append(read_label_png(path))
                 continue
-            mask = make_box_mask(name, sample["image"], sample["boxes"], sample["box_labels"], source=sample["id"])
+            options = (self.hparams.get("proposal_kwargs") or {}).get(name, {})
+            mask = make_box_mask(name, sample["image"], sample["boxes"], sample["box_labels"], source=sample["id"],
+                                 **options)
             write_label_png(path, mask)
             masks.append(mask)
         return masks

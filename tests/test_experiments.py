@@ -411,7 +411,9 @@ def test_pipeline_config_resolves_to_valid_stages(path, monkeypatch):
         if stage.name in ("cams", "seed_cams"):
             assert set(own["cam"]) <= accepted_args(resolve_class(own.get("class_path", "CAMClassifier"), "model"))
         if stage.name == "random_walk":
-            assert set(own["walk"]) <= accepted_args(AffinityRefiner)
+            from lightning_wsss.pipeline.stages import walk_settings
+
+            assert set(walk_settings(own)) <= accepted_args(AffinityRefiner)  # walk.mode is AffinityRefiner's walk_mode
         if stage.name == "affinity":
             labels = dict(own["labels"])
             fn = {"psa": affinity_labels.affinity_label_map_psa, "irn": affinity_labels.affinity_label_map_irn}[labels.pop("mode")]

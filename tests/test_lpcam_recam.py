@@ -113,3 +113,18 @@ def test_lpcam_loads_a_plain_checkpoint_and_predicts_prototype_maps(tiny_voc, tm
     images = torch.randn(1, 3, 48, 48)
     ids = torch.tensor([[1, 2]])
     assert not torch.allclose(model.compute_cams(images, ids), plain.compute_cams(images, ids), atol=1e-3)
+
+
+def test_recam_before_its_start_epoch_is_the_plain_classifier(tiny_voc):
+    """The ReCAM head starts as a copy of the classifier's head (no random draw), so until recam_start_epoch the
+    fit is the plain classifier's bit for bit: ReCAM fine-tunes the same classifier."""
+    weights = []
+    for cls, extra in ((CAMClassifier, {}), (ReCAMClassifier, {"recam_start_epoch": 5})):
+        L.seed_everything(0)
+        model = cls(4, backbone="test_resnet", lr=0.05, **extra)
+        initial = model.head.weight.detach().clone()
+        tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
+        weights.append(model.head.weight.detach().clone())
+        if cls is ReCAMClassifier:  # a copy of the initial head, untouched before the start epoch
+            assert torch.equal(model.recam_head.weight, initial) and not torch.equal(initial, weights[-1])
+    assert torch.equal(weights[0], weights[1])

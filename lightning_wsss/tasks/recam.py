@@ -10,8 +10,9 @@ so each masked feature must hold its own class only; the CAMs used for pseudo la
 projections of the features on the new head's rows (:meth:`ReCAMClassifier.cam_weight`).
 
 Training: ``loss = BCE + recam_weight * SCE``; the SCE term starts at ``recam_start_epoch`` (ReCAM fine-tunes a
-trained CAM classifier: start after the epochs a plain classifier needs). The new head trains at the head
-learning rate.
+trained CAM classifier: start after the epochs a plain classifier needs). The new head starts as a copy of the
+classifier's head (so, with the same seed, training up to ``recam_start_epoch`` is the plain classifier's, bit
+for bit) and trains at the head learning rate.
 
 Hooks overridden: :meth:`training_loss` (adds the SCE term), :meth:`cam_weight` (the ReCAM head's rows),
 :meth:`new_parameters` (adds the ReCAM head).
@@ -19,6 +20,7 @@ Hooks overridden: :meth:`training_loss` (adds the SCE term), :meth:`cam_weight` 
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, List
 
 import torch
@@ -81,7 +83,9 @@ class ReCAMClassifier(CAMClassifier):
             raise ValueError(f"recam_weight must be >= 0, got {recam_weight}")
         super().__init__(num_classes, **kwargs)
         self.save_hyperparameters()
-        self.recam_head = self.configure_head(self.head.in_channels, num_classes - 1)
+        # starts as a copy of the classifier's head: no random draw, so the epochs before recam_start_epoch are
+        # the plain classifier's, bit for bit, and ReCAM fine-tunes the same classifier
+        self.recam_head = copy.deepcopy(self.head)
 
     def cam_weight(self) -> Tensor:
         """The ReCAM head's rows [C-1, D]: CAMs are re-activated maps."""

@@ -121,3 +121,13 @@ def test_cam_gallery(tiny_voc, tmp_path):
     assert printed.strip() == str(out)
     picture = np.asarray(Image.open(out))
     assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 4 * 100  # 2 rows, 4 columns
+
+
+def test_crop_label_loss(tiny_voc):
+    """The tiny set's objects sit in the images' centre: a crop as large as the image loses none, a small crop at
+    2x scale loses many."""
+    whole = run_tool("crop_label_loss.py", "--root", str(tiny_voc), "--crop-size", "48", "--scale-range", "1.0", "1.0")
+    assert "(0.0 %)" in whole
+    small = run_tool("crop_label_loss.py", "--root", str(tiny_voc), "--crop-size", "16", "--scale-range", "2.0", "2.0")
+    share = float(small.split("(")[1].split(" %")[0])
+    assert share > 20.0

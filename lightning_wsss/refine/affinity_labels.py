@@ -16,7 +16,7 @@ Offset convention (shared with :mod:`lightning_wsss.refine.random_walk`): a tens
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ __all__ = [
     "affinity_label_map_psa",
     "affinity_label_map_irn",
     "affinity_pairs",
+    "affinity_loss",
 ]
 
 
@@ -285,3 +286,25 @@ def affinity_pairs(
         fg_pos.append(valid & same & (lab != 0))
         neg.append(valid & ~same)
     return torch.stack(bg_pos, 1), torch.stack(fg_pos, 1), torch.stack(neg, 1)
+
+
+def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor,
+                  eps: float = 1e-5) -> Dict[str, torch.Tensor]:
+    """AffinityNet loss: 1/4 bg-positive (-log a) + 1/4 fg-positive (-log a) + 1/2 negative (-log(1 - a)).
+
+    Each term is the mean over its pairs (0 when a batch has none). IRN's boundary loss is this loss on path
+    affinities (:func:`lightning_wsss.refine.path_affinity.boundary_loss`).
+
+    Args:
+        aff: affinities in [0, 1] [B, P, h, w]; bg_pos, fg_pos, neg: bool [B, P, h, w].
+
+    Returns:
+        ``{"loss", "bg", "fg", "neg"}`` scalars.
+    """
+    def mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+
+    log_pos = -torch.log(aff.clamp(min=eps))
+    log_neg = -torch.log((1.0 - aff).clamp(min=eps))
+    bg, fg, ng = mean_over(log_pos, bg_pos), mean_over(log_pos, fg_pos), mean_over(log_neg, neg)
+    return {"loss": 0.25 * bg + 0.25 * fg + 0.5 * ng, "bg": bg, "fg": fg, "neg": ng}

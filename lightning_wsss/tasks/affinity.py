@@ -15,7 +15,7 @@ from ..callbacks.writers import Artifact, find_writer
 from ..cam.evaluation import load_cams
 from ..models.backbones import build_backbone
 from ..errors import DataError
-from ..refine.affinity_labels import affinity_pairs, neighbor_offsets
+from ..refine.affinity_labels import affinity_loss, affinity_pairs, neighbor_offsets  # affinity_loss: re-exported
 from ..refine.random_walk import affinity_from_features, irn_scores, random_walk
 from ..refine.separation import affinity_separation_sums, separation_means
 from .optim import configure_poly
@@ -51,26 +51,6 @@ def backbone_state_from_checkpoint(path: str, prefixes: Sequence[str] = ("featur
     raise DataError(path, f"no backbone weights in the checkpoint (no key starts with {' or '.join(prefixes)})")
 
 
-def affinity_loss(aff: Tensor, bg_pos: Tensor, fg_pos: Tensor, neg: Tensor, eps: float = 1e-5) -> Dict[str, Tensor]:
-    """AffinityNet loss: 1/4 bg-positive (-log a) + 1/4 fg-positive (-log a) + 1/2 negative (-log(1 - a)).
-
-    Each term is the mean over its pairs (0 when a batch has none).
-
-    Args:
-        aff: affinities in (0, 1] [B, P, h, w]; bg_pos, fg_pos, neg: bool [B, P, h, w].
-
-    Returns:
-        ``{"loss", "bg", "fg", "neg"}`` scalars.
-    """
-    def mean_over(values: Tensor, mask: Tensor) -> Tensor:
-        return (values * mask).sum() / mask.sum().clamp(min=1)
-
-    log_pos = -torch.log(aff.clamp(min=eps))
-    log_neg = -torch.log((1.0 - aff).clamp(min=eps))
-    bg, fg, ng = mean_over(log_pos, bg_pos), mean_over(log_pos, fg_pos), mean_over(log_neg, neg)
-    return {"loss": 0.25 * bg + 0.25 * fg + 0.5 * ng, "bg": bg, "fg": fg, "neg": ng}
-
-
 PSA_REFERENCE_CELLS = 56  # psa walks 2 ** 8 steps on 448 px crops at stride 8
 
 
@@ -93,8 +73,9 @@ class AffinityRefiner(L.LightningModule):
     (``val/aff_cross``) and their ratio ``val/aff_ratio``: whether the affinities separate objects, which the
     loss does not show (:mod:`lightning_wsss.refine.separation`).
 
-    Hooks for subclasses: :meth:`configure_backbone`, :meth:`affinity`, :meth:`loss`, :meth:`propagate`,
-    :meth:`walk_scores`.
+    Hooks for subclasses: :meth:`configure_backbone`, :meth:`configure_head`, :meth:`parameter_groups`,
+    :meth:`embed`, :meth:`affinity`, :meth:`loss`, :meth:`training_loss`, :meth:`walk_cams`, :meth:`propagate`,
+    :meth:`walk_scores` (:class:`~lightning_wsss.tasks.irn.BoundaryRefiner` overrides some).
 
     Args:
         num_classes: classes including background.
@@ -162,12 +143,7 @@ class AffinityRefiner(L.LightningModule):
         reductions = self.backbone.feature_info.reduction()
         self.levels = list(feature_levels)
         self.stride = int(reductions[self.levels[0]])
-        width = max(32, embed_dim // 2)
-        self.projections = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(channels[i], width, 1, bias=False), nn.GroupNorm(4, width), nn.ReLU(inplace=True))
-             for i in self.levels]
-        )
-        self.fuse = nn.Conv2d(width * len(self.levels), embed_dim, 1)
+        self.configure_head([int(channels[i]) for i in self.levels])
         self.register_buffer("offsets", neighbor_offsets(radius), persistent=False)
 
     # ------------------------------------------------------------------ hooks
@@ -175,6 +151,21 @@ class AffinityRefiner(L.LightningModule):
         """The timm ``features_only`` backbone."""
         hp = self.hparams
         return build_backbone(hp.backbone, hp.weights, output_stride=hp.output_stride)
+
+    def configure_head(self, level_channels: List[int]) -> None:
+        """Build the head on the backbone levels of ``level_channels`` channels: a 1x1 projection per level and a
+        1x1 ``fuse`` into the ``embed_dim`` embedding."""
+        embed_dim = self.hparams.embed_dim
+        width = max(32, embed_dim // 2)
+        self.projections = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(4, width), nn.ReLU(inplace=True))
+             for c in level_channels]
+        )
+        self.fuse = nn.Conv2d(width * len(level_channels), embed_dim, 1)
+
+    def parameter_groups(self) -> Tuple[List[nn.Parameter], List[nn.Parameter]]:
+        """``(backbone, head)`` parameters: the optimiser trains the head at ``lr * head_lr_mult``."""
+        return list(self.backbone.parameters()), list(self.projections.parameters()) + list(self.fuse.parameters())
 
     def embed(self, images: Tensor) -> Tensor:
         """Affinity embedding [B, D, H / stride, W / stride]."""
@@ -193,6 +184,15 @@ class AffinityRefiner(L.LightningModule):
         """AffinityNet loss from affinities [B, P, h, w] and confident labels at the embedding stride [B, h, w]."""
         bg_pos, fg_pos, neg = affinity_pairs(labels, self.hparams.radius)
         return affinity_loss(aff, bg_pos, fg_pos, neg)
+
+    def training_loss(self, embedding: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+        """The training step's loss: :meth:`loss` of :meth:`affinity` (a subclass may train on other pairs)."""
+        return self.loss(self.affinity(embedding), labels)
+
+    def walk_cams(self, cams_fg: Tensor, embedding: Tensor) -> Tensor:
+        """Foreground CAMs [1, K, h, w] at the embedding size as they enter the walk (here unchanged), given the
+        image's embedding [1, D, h, w]."""
+        return cams_fg
 
     def propagate(self, cams_with_bg: Tensor, aff: Tensor) -> Tensor:
         """Random walk of [B, C, h, w] scores (all channels as given) over affinities [B, P, h, w]."""
@@ -245,9 +245,8 @@ class AffinityRefiner(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def _step(self, batch: Dict[str, Any], stage: str) -> Tensor:
         embedding = self.embed(batch["image"])
-        aff = self.affinity(embedding)
         labels = downsample_labels(batch["mask"], self.stride, tuple(embedding.shape[-2:]))
-        losses = self.loss(aff, labels)
+        losses = self.training_loss(embedding, labels)
         batch_size = len(batch["id"])
         self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "train", batch_size=batch_size, sync_dist=stage != "train")
         for key in ("bg", "fg", "neg"):
@@ -294,7 +293,7 @@ class AffinityRefiner(L.LightningModule):
             from lightning.pytorch.utilities import rank_zero_info
 
             beta = self.hparams.beta
-            rank_zero_info(f"AffinityRefiner epoch {self.current_epoch}: mean a^{beta:g} on val masks: same region "
+            rank_zero_info(f"{type(self).__name__} epoch {self.current_epoch}: mean a^{beta:g} on val masks: same region "
                            f"{means['same']:.3f} (bg {means['bg']:.3f}, object {means['fg']:.3f}), across a "
                            f"boundary {means['cross']:.3f}, ratio {means['ratio']:.1f}")
 
@@ -315,7 +314,8 @@ class AffinityRefiner(L.LightningModule):
             data = load_cams(Path(self.hparams.cams_dir) / f"{image_id}.npz")
             cams = torch.from_numpy(data["cams"]).to(aff.device, aff.dtype)[None]
             keys = np.concatenate([[0], data["keys"]]).astype(np.uint8)
-            walked = self.walk_scores(self.downsample_cams(cams, (h, w), (height, width)), aff[row : row + 1])
+            small = self.walk_cams(self.downsample_cams(cams, (h, w), (height, width)), embedding[row : row + 1])
+            walked = self.walk_scores(small, aff[row : row + 1])
             probs = self.upsample_scores(walked, (h * self.stride, w * self.stride))[:, :, :height, :width]
             if self.hparams.crf:
                 probs = self.crf_refine(batch, i, probs)
@@ -364,6 +364,6 @@ class AffinityRefiner(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        head = list(self.projections.parameters()) + list(self.fuse.parameters())
-        return configure_poly(self, self.backbone.parameters(), head, hp.lr, hp.head_lr_mult, hp.weight_decay,
+        backbone, head = self.parameter_groups()
+        return configure_poly(self, backbone, head, hp.lr, hp.head_lr_mult, hp.weight_decay,
                               hp.optimizer, hp.momentum, hp.poly_power)

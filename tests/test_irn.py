@@ -4,6 +4,7 @@ BoundaryRefiner training on confident labels and walking, and its checkpoint loa
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -164,3 +165,28 @@ def test_boundary_refiner_trains_walks_and_reloads_by_class_path(tiny_voc, tmp_p
     assert label.shape == gt.shape and set(np.unique(label)) <= {0, 1, 2}
     valid = gt != 255
     assert (label[valid] == gt[valid]).mean() > 0.8  # CAMs on the objects stay on them (psa walk)
+
+
+def test_image_pipeline_trains_a_boundary_refiner_and_walks_it(tmp_path):
+    import json
+
+    from lightning_wsss.datasets.synthetic import make_synthetic
+    from lightning_wsss.pipeline import run_pipeline
+    from lightning_wsss.pipeline.config import deep_merge
+    from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
+
+    data = make_synthetic(tmp_path / "data", num_train=8, num_val=4, size=64, seed=3)
+    config = deep_merge(QUICK_OVERRIDES, {
+        "name": "t-irn", "supervision": "image", "progress_bar": False, "logger": "none",
+        "dataset": {"root": str(data), "name": "synthetic"},
+        "stages": {"affinity": {"model": {"class_path": "BoundaryRefiner", "init_args": {"embed_dim": 8}}},
+                   "random_walk": {"walk": {"mode": "irn", "beta": 10.0, "t": 4}}}})
+    out = run_pipeline(config, tmp_path / "runs", log=lambda _m: None, until="random_walk")["stages"]
+    affinity_dir = Path(out["affinity"]["dir"])
+    ckpt = torch.load(affinity_dir / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)
+    assert any(k.startswith("boundary.") for k in ckpt["state_dict"])
+    # the random-walk stage loads the checkpoint into the class the affinity stage records
+    assert json.loads((affinity_dir / "stage.json").read_text())["outputs"]["class_path"] == "BoundaryRefiner"
+    labels = sorted((Path(out["random_walk"]["dir"]) / "labels").glob("*.png"))
+    assert len(labels) == 8
+    assert 0.0 <= out["random_walk"]["metrics"]["pseudo_miou"] <= 1.0

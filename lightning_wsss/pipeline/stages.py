@@ -280,7 +280,10 @@ def scheduled_trainer(trainer_cfg: Optional[Mapping[str, Any]], schedule: Option
 def affinity_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                    cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Confident affinity labels from the CAMs, then AffinityNet training on them (``init_from``: where its
-    backbone starts, :func:`affinity_init`; ``schedule``: its length in steps, :func:`scheduled_trainer`)."""
+    backbone starts, :func:`affinity_init`; ``schedule``: its length in steps, :func:`scheduled_trainer`).
+
+    ``model.class_path`` chooses the refiner (``AffinityRefiner``, or IRN's ``BoundaryRefiner``); it joins the
+    outputs so the random-walk stage loads the checkpoint into the same class."""
     from ..refine.affinity_targets import write_affinity_labels
 
     dataset = split_reader(ctx)
@@ -292,7 +295,8 @@ def affinity_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
     model_cfg = deep_merge(cfg["model"], {"init_args": affinity_init(cfg, upstream)})
     trainer_cfg = scheduled_trainer(cfg.get("trainer"), cfg.get("schedule"), len(dataset), dm.batch_size)
     _, ckpt = fit_model(ctx, stage_dir, "affinity", model_cfg, dm, trainer_cfg)
-    return {"outputs": {"checkpoint": str(ckpt), "affinity_labels_dir": str(labels)}}
+    return {"outputs": {"checkpoint": str(ckpt), "affinity_labels_dir": str(labels),
+                        "class_path": model_cfg.get("class_path", "AffinityRefiner")}}
 
 
 def walk_settings(cfg: Mapping[str, Any]) -> Dict[str, Any]:
@@ -308,10 +312,14 @@ def random_walk_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str,
     """Propagate the CAMs with the learnt affinities; pseudo labels of the training split.
 
     ``walk: {mode: psa | irn, beta, t | log_t, bg_alpha (psa), bg_threshold (irn)}`` (see ``AffinityRefiner``).
+    The checkpoint is loaded into the affinity stage's ``class_path`` (``AffinityRefiner`` for runs made before it
+    was recorded).
     """
-    from ..tasks import AffinityRefiner
+    from .config import resolve_class
 
-    model = load_model_checkpoint(AffinityRefiner, upstream["affinity"].outputs["checkpoint"],
+    affinity = upstream["affinity"]
+    model_cls = resolve_class(affinity.outputs.get("class_path") or "AffinityRefiner", "model")
+    model = load_model_checkpoint(model_cls, affinity.outputs["checkpoint"],
                                   cams_dir=upstream["cams"].outputs["cams_dir"], **walk_settings(cfg))
     dm = make_datamodule(ctx, "ImageLabelDataModule", deep_merge({"predict_split": _train_split(ctx)}, cfg.get("data")))
     predict_to_dir(ctx, stage_dir, "random_walk", model, dm, cfg.get("trainer"))

@@ -154,6 +154,9 @@ def test_boundary_refiner_trains_walks_and_reloads_by_class_path(tiny_voc, tmp_p
 
     loaded = load_model_checkpoint(resolve_class("BoundaryRefiner", "model"), ckpt, cams_dir=str(cams_dir))
     assert type(loaded) is BoundaryRefiner and loaded.hparams.t == 8 and loaded.hparams.boundary_cams
+    from lightning_wsss.tasks.irn import refiner_class
+
+    assert refiner_class(str(ckpt)) is BoundaryRefiner  # wsss sweep-walk picks the class from the checkpoint
     torch.testing.assert_close(loaded.boundary.weight, model.boundary.weight)
     predict = ImageLabelDataModule(root=str(tiny_voc), predict_split="train", eval_batch_size=2)
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -82,7 +82,7 @@ def sweep_walk(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="wsss sweep-walk", description="Score a grid of random-walk settings "
                                      "(mode, beta, steps, background) on a split's masks and print the best.")
     parser.add_argument("--checkpoint", required=True,
-                        help="a trained AffinityRefiner (the affinity stage's checkpoints/final.ckpt)")
+                        help="a trained AffinityRefiner or BoundaryRefiner (the affinity stage's checkpoints/final.ckpt)")
     parser.add_argument("--cams", required=True, help="the CAM stage's cams folder of <id>.npz files")
     parser.add_argument("--root", required=True)
     parser.add_argument("--split", default="train")
@@ -99,11 +99,11 @@ def sweep_walk(argv: List[str]) -> int:
     quiet_lightning()
     from ..refine.walk_sweep import format_walk_sweep, sweep_walk as run_sweep, walk_grid
     from ..serialization import load_model_checkpoint
-    from ..tasks import AffinityRefiner
+    from ..tasks.irn import refiner_class
 
     grid = walk_grid(args.modes, _number_list(args.betas), _number_list(args.steps, int),
                      _number_list(args.bg_alphas), _number_list(args.bg_thresholds))
-    model = load_model_checkpoint(AffinityRefiner, args.checkpoint).to(args.device)
+    model = load_model_checkpoint(refiner_class(args.checkpoint), args.checkpoint).to(args.device)
     result = run_sweep(model, args.cams, args.root, args.split, grid, limit=args.limit, progress=not args.json)
     print(json.dumps(result, indent=2) if args.json else format_walk_sweep(result, args.top))
     return 0

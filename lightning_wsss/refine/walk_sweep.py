@@ -93,7 +93,7 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
     """mIoU of the walked labels of every setting of ``grid`` on the split's masks.
 
     Args:
-        model: a trained ``AffinityRefiner`` (its ``embed``, ``affinity``, ``downsample_cams``, ``stride``,
+        model: a trained ``AffinityRefiner`` (its ``embed``, ``affinity``, ``downsample_cams``, ``walk_cams``, ``stride``,
             ``offsets``); evaluated on the CPU or wherever it lies.
         cams_dir: the CAM stage's ``<id>.npz`` folder.
         root, split: the data set (VOC layout, or a COCO JSON split) whose masks score the labels.
@@ -139,7 +139,7 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
         embedding = model.embed(batch["image"].to(device))
         aff = model.affinity(embedding)
         cams = torch.from_numpy(data["cams"]).to(aff.device, aff.dtype)[None]
-        cams_fg = model.downsample_cams(cams, tuple(embedding.shape[-2:]), (height, width))
+        cams_fg = model.walk_cams(model.downsample_cams(cams, tuple(embedding.shape[-2:]), (height, width)), embedding)
         keys = np.concatenate([[0], data["keys"]]).astype(np.int64)
         valid = target != IGNORE_INDEX
         gt = target[valid].astype(np.int64)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..refine.affinity_labels import affinity_pairs, neighbor_offsets
 from ..refine.path_affinity import boundary_loss, path_affinity
+from ..errors import DataError
 from .affinity import AffinityRefiner
 
 
@@ -138,3 +139,19 @@ class BoundaryRefiner(AffinityRefiner):
         if not self.hparams.get("boundary_cams", True):
             return cams_fg
         return cams_fg * (1.0 - embedding.to(cams_fg.dtype))
+
+
+def refiner_class(path: str) -> type:
+    """:class:`BoundaryRefiner` for a checkpoint with a boundary head (``boundary.*`` weights), else
+    :class:`~lightning_wsss.tasks.AffinityRefiner` (for tools given a refiner checkpoint without its class path).
+
+    Raises:
+        DataError: unreadable file or no state_dict (naming the file).
+    """
+    from ..serialization import safe_torch_load
+
+    checkpoint = safe_torch_load(path, "checkpoint")
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise DataError(path, "not a checkpoint with a state_dict")
+    return BoundaryRefiner if any(k.startswith("boundary.") for k in state) else AffinityRefiner

@@ -169,3 +169,26 @@ def test_a_stage_run_by_another_process_is_refused(tmp_path):
     assert run_stages(PipelineContext(tmp_path, {}), [stage])["s"].metrics == {"x": 1.0} and len(ran) == 1
     with stage_lock(stage_dir):
         pass
+
+
+def test_cli_until_and_seed(tiny_synthetic, tmp_path, capsys):
+    """`wsss pipeline --until cams --seed N`: the classifier and CAM stages only, under seed N, no summary; the
+    LPCAM CAM stage reuses the plain run's classifier (same hash)."""
+    config = tiny_config(tiny_synthetic, "image")
+    path = tmp_path / "image.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    assert main(["pipeline", str(path), "--out", str(out), "--until", "cams", "--seed", "3"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[")]
+    assert printed[0].startswith("classifier") and printed[1].startswith("cams") and "pseudo_miou" in printed[1]
+    assert not (out / "summary.json").exists() and not (out / "image" / "affinity").exists()
+    hashes = {p.name for p in (out / "image" / "classifier").iterdir()}
+    assert len(hashes) == 1
+    assert json.loads(next((out / "image" / "classifier").glob("*/config.json")).read_text())["config"]["shared"]["seed"] == 3
+    lpcam = deep_merge(config, {"stages": {"cams": {"class_path": "LPCAMClassifier", "cam": {"num_clusters": 2}}}})
+    path.write_text(yaml.safe_dump(lpcam))
+    assert main(["pipeline", str(path), "--out", str(out), "--until", "cams", "--seed", "3"]) == 0
+    assert {p.name for p in (out / "image" / "classifier").iterdir()} == hashes  # the same classifier
+    assert len(list((out / "image" / "cams").iterdir())) == 2
+    assert main(["pipeline", str(path), "--out", str(out), "--until", "segmentr"]) == 2
+    assert "--until 'segmentr' is not a stage" in capsys.readouterr().err

@@ -122,6 +122,8 @@ def pipeline(argv: List[str]) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: the config's 'out', else runs/<name>)")
     parser.add_argument("--segmenter-seeds", nargs="+", type=int, default=(), metavar="SEED",
                         help=SEGMENTER_SEEDS_HELP)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="override the config's seed (every stage reruns under it: classifier seeds, for example)")
     parser.add_argument("--until", default=None, metavar="STAGE",
                         help="stop after this stage (e.g. cams); prints its folder and metrics, writes no summary entry")
     args = parser.parse_args(argv)
@@ -131,6 +133,8 @@ def pipeline(argv: List[str]) -> int:
     from ..pipeline.report import format_table
 
     config = load_config(args.config)
+    if args.seed is not None:
+        config["seed"] = args.seed
     out = args.out or config.get("out") or f"runs/{config.get('name', 'pipeline')}"
     if args.until:
         partial = run_pipeline(config, out, until=args.until)

@@ -224,7 +224,7 @@ def run_until(resolved: Mapping[str, Any], out_dir: Path, until: str, log: Calla
     stages = build_stages(resolved)
     names = [stage.name for stage in stages]
     if until not in names:
-        raise ValueError(f"--until {until!r} is not a stage of this pipeline; its stages: {', '.join(names)}")
+        raise DataError(None, f"--until {until!r} is not a stage of this pipeline; its stages: {', '.join(names)}")
     results = run_stages(PipelineContext(out_dir / resolved["supervision"], resolved, log), stages[: names.index(until) + 1])
     return {"stages": {name: {"dir": r.dir, "hash": r.hash, "metrics": r.metrics} for name, r in results.items()}}
 

@@ -131,3 +131,6 @@ def test_crop_label_loss(tiny_voc):
     small = run_tool("crop_label_loss.py", "--root", str(tiny_voc), "--crop-size", "16", "--scale-range", "2.0", "2.0")
     share = float(small.split("(")[1].split(" %")[0])
     assert share > 20.0
+    sizes = run_tool("crop_label_loss.py", "--root", str(tiny_voc), "--sizes").splitlines()
+    red = sizes[1].split()  # img_0..3: a 16x20 red rectangle in a 48x48 image
+    assert red[0] == "red" and int(red[1]) == 4 and float(red[2]) == pytest.approx(100 * 16 * 20 / 48 ** 2, abs=0.01)

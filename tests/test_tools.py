@@ -134,3 +134,18 @@ def test_crop_label_loss(tiny_voc):
     sizes = run_tool("crop_label_loss.py", "--root", str(tiny_voc), "--sizes").splitlines()
     red = sizes[1].split()  # img_0..3: a 16x20 red rectangle in a 48x48 image
     assert red[0] == "red" and int(red[1]) == 4 and float(red[2]) == pytest.approx(100 * 16 * 20 / 48 ** 2, abs=0.01)
+
+
+def test_cam_variants(tiny_voc, tmp_path):
+    from lightning_wsss.tasks import CAMClassifier
+
+    torch.manual_seed(0)
+    model = CAMClassifier(4, backbone="test_resnet", lr=0.05)
+    trainer = tiny_trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, ImageLabelDataModule(str(tiny_voc), batch_size=2, crop_size=32, num_workers=0))
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    out = run_tool("cam_variants.py", "--checkpoint", str(tmp_path / "c.ckpt"), "--root", str(tiny_voc), "--images", "3",
+                   "--variants", "LPCAMClassifier:num_clusters=2,select_threshold=0.3").splitlines()
+    assert out[0].startswith("3 images of train") and out[1].startswith("CAMClassifier ")
+    assert out[2].startswith("LPCAMClassifier:num_clusters=2,select_threshold=0.3") and "mIoU" in out[2]
+    assert all(0.0 <= float(line.split("mIoU")[1].split()[0]) <= 100.0 for line in out[1:])

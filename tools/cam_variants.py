@@ -1,0 +1,83 @@
+"""Score CAM-method settings on the first images of a split against the plain CAM of the same classifier.
+
+    python tools/cam_variants.py --checkpoint RUN/image/classifier/<hash>/checkpoints/final.ckpt --root DATA \\
+        [--images 200] [--scales 1.0 0.5 1.5 2.0] [--flip] \\
+        --variants "LPCAMClassifier:select_threshold=0.1" "LPCAMClassifier:select_threshold=0.5"
+
+Each variant is ``Class:key=value,key=value`` (a ``CAMClassifier`` subclass that only changes how maps are made,
+and the hyper-parameters to set); the checkpoint loads into it as the pipeline's ``cams`` stage does. LPCAM's
+prototypes are built from the same images. Every map set is scored like ``wsss evaluate-cams``: the best
+constant background threshold of 0.05 .. 0.95 and its mIoU. Quicker than a CAM stage per setting: use it to
+choose settings, then run the stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from lightning_wsss.cam import add_background, cams_to_label
+from lightning_wsss.datamodules import ImageLabelDataModule
+from lightning_wsss.metrics import SegmentationIoU
+from lightning_wsss.pipeline.config import resolve_class
+from lightning_wsss.serialization import load_model_checkpoint
+from lightning_wsss.tasks.classifier import present_class_ids
+
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
+    """``"LPCAMClassifier:a=1,b=0.5"`` -> ``("LPCAMClassifier", {"a": 1.0, "b": 0.5})`` (values as floats)."""
+    name, _, settings = text.partition(":")
+    values = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return name, {key: float(value) for key, value in values.items()}
+
+
+def best_threshold_miou(model, batches: Sequence[Dict[str, Any]]) -> Tuple[float, float]:
+    """(best mIoU, its threshold) of ``model.compute_cams`` over ``batches`` (batch size 1)."""
+    metrics = [SegmentationIoU(model.num_classes) for _ in THRESHOLDS]
+    for batch in batches:
+        ids = present_class_ids(batch["labels"])
+        cams = model.compute_cams(batch["image"], ids)
+        height, width = batch["size"][0].tolist()
+        for threshold, metric in zip(THRESHOLDS, metrics):
+            labels = cams_to_label(add_background(cams, bg_threshold=float(threshold)), ids)
+            metric.update(labels[:, :height, :width], batch["mask"][:, :height, :width])
+    values = [float(m.compute()) for m in metrics]
+    best = int(np.nanargmax(values))
+    return values[best], float(THRESHOLDS[best])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--variants", nargs="*", default=[])
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    datamodule = ImageLabelDataModule(root=args.root, predict_split=args.split, eval_batch_size=1, num_workers=0)
+    datamodule.setup("predict")
+    batches: List[Dict[str, Any]] = [b for _, b in zip(range(args.images), datamodule.predict_dataloader())]
+    rows = [("CAMClassifier", {})] + [parse_variant(v) for v in args.variants]
+    print(f"{len(batches)} images of {args.split}, scales {args.scales}, flip {args.flip}")
+    for name, settings in rows:
+        model = load_model_checkpoint(resolve_class(name, "model"), args.checkpoint).eval()
+        model.hparams.cam_scales, model.hparams.cam_flip = list(args.scales), bool(args.flip)
+        for key, value in settings.items():
+            model.hparams[key] = value
+        if hasattr(model, "build_prototypes"):
+            model.build_prototypes(batches)
+        miou, threshold = best_threshold_miou(model, batches)
+        label = name + (":" + ",".join(f"{k}={v:g}" for k, v in settings.items()) if settings else "")
+        print(f"{label:<60} mIoU {100 * miou:6.2f}  at threshold {threshold:.2f}")
+
+
+if __name__ == "__main__":
+    main()

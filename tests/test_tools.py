@@ -149,3 +149,18 @@ def test_cam_variants(tiny_voc, tmp_path):
     assert out[0].startswith("3 images of train") and out[1].startswith("CAMClassifier ")
     assert out[2].startswith("LPCAMClassifier:num_clusters=2,select_threshold=0.3") and "mIoU" in out[2]
     assert all(0.0 <= float(line.split("mIoU")[1].split()[0]) <= 100.0 for line in out[1:])
+
+
+def test_cam_seed_table(tmp_path):
+    def result(miou, share, pole):
+        return {"best_miou": miou, "best_threshold": 0.5, "thresholds": [0.3, 0.5], "foreground_share": [0.9, share],
+                "foreground_share_gt": 0.2, "per_class": {"background": 0.8, "pole": pole, "car": None}}
+
+    files = []
+    for index, (miou, share, pole) in enumerate([(0.10, 0.3, 0.1), (0.20, 0.5, 0.3)]):
+        files.append(tmp_path / f"r{index}.json")
+        files[-1].write_text(__import__("json").dumps(result(miou, share, pole)))
+    out = run_tool("cam_seed_table.py", f"CAM={files[0]},{files[1]}").splitlines()
+    assert out[0].startswith("| method | seeds | best mIoU % | foreground % (truth 20.0)") and out[0].endswith("| pole | car |")
+    # mean 15, sample std of (10, 20) = 7.07; foreground at the best threshold 40 %; pole 20; car absent
+    assert out[2] == "| CAM | 2 | 15.00 +- 7.07 | 40.0 | 0.50/0.50 | 20.0 | n/a |"

@@ -43,7 +43,9 @@ DEFAULTS: Dict[str, Any] = {
         },
         # walk: mode psa (the background (1 - max) ** bg_alpha walked with the classes) or irn (foreground only,
         # bg_threshold after the walk); t (steps) or log_t, else scaled to the map; `wsss sweep-walk` measures them
-        "random_walk": {"walk": {"mode": "psa", "beta": 8.0, "log_t": None, "bg_alpha": 16.0}},
+        # the best setting of `wsss sweep-walk` on the demo's first 100 training images (README "Refinement"):
+        # irn's walk (foreground only, background threshold after the walk), beta 10, 2 ** 2 = 4 steps
+        "random_walk": {"walk": {"mode": "irn", "beta": 10.0, "log_t": 2, "bg_threshold": 0.2, "bg_alpha": 16.0}},
         "box_init": {"initializers": ["filled", "grabcut", "crf"]},
         # BoxSup: a box's mask changes only when a candidate's cost is lower by more than replace_margin; the pool
         # holds the previous and initializer's masks, the proposals' (the filled box included), optionally the

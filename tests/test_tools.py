@@ -164,3 +164,22 @@ def test_cam_seed_table(tmp_path):
     assert out[0].startswith("| method | seeds | best mIoU % | foreground % (truth 20.0)") and out[0].endswith("| pole | car |")
     # mean 15, sample std of (10, 20) = 7.07; foreground at the best threshold 40 %; pole 20; car absent
     assert out[2] == "| CAM | 2 | 15.00 +- 7.07 | 40.0 | 0.50/0.50 | 20.0 | n/a |"
+
+
+def test_cam_precision(tiny_voc, tmp_path):
+    """Maps equal to the class mask have precision 1; a map of 1 on the mask and 0.6 everywhere else has
+    precision 1 above 0.7 and the mask's share of the image above 0.5."""
+    from lightning_wsss.io import write_npz_atomic
+
+    reader = VOCSegmentation(tiny_voc, "train")
+    inside = covered = 0
+    for image_id in reader.ids:
+        mask = reader.load(image_id)["mask"]
+        cam = np.where(mask == 1, 1.0, 0.6)[None].astype(np.float16)
+        write_npz_atomic(tmp_path / "cams" / f"{image_id}.npz", cams=cam, keys=np.array([1]))
+        inside += int((mask == 1).sum())
+        covered += mask.size
+    rows = run_tool("cam_precision.py", "--cams", str(tmp_path / "cams"), "--root", str(tiny_voc), "--thresholds",
+                    "0.5", "0.7").splitlines()[1:]
+    assert float(rows[0].split()[1]) == pytest.approx(100 * inside / covered, abs=0.1)
+    assert float(rows[1].split()[1]) == pytest.approx(100.0)

@@ -82,6 +82,9 @@ def test_recam_trains_both_heads_and_uses_its_own_for_cams(tiny_voc):
     assert not torch.equal(model.head.weight, before_head) and not torch.equal(model.recam_head.weight, before_recam)
     features = torch.randn(1, model.head.in_channels, 3, 3)
     assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, model.recam_head.weight)))
+    model.hparams.cams_from_recam_head = False
+    assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, model.head.weight)))
+    model.hparams.cams_from_recam_head = True
     # the SCE term is in the loss from recam_start_epoch on, not before
     batch = {"labels": torch.tensor([[1.0, 0.0, 0.0]]), "id": ["a"]}
     model.hparams.recam_start_epoch = 99

@@ -60,12 +60,13 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--variants", nargs="*", default=[])
+    parser.add_argument("--base", default="CAMClassifier", help="the class of the first row (the checkpoint's own)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     datamodule = ImageLabelDataModule(root=args.root, predict_split=args.split, eval_batch_size=1, num_workers=0)
     datamodule.setup("predict")
     batches: List[Dict[str, Any]] = [b for _, b in zip(range(args.images), datamodule.predict_dataloader())]
-    rows = [("CAMClassifier", {})] + [parse_variant(v) for v in args.variants]
+    rows = [(args.base, {})] + [parse_variant(v) for v in args.variants]
     print(f"{len(batches)} images of {args.split}, scales {args.scales}, flip {args.flip}")
     for name, settings in rows:
         model = load_model_checkpoint(resolve_class(name, "model"), args.checkpoint).eval()

@@ -75,10 +75,13 @@ class ReCAMClassifier(CAMClassifier):
         num_classes: classes including background.
         recam_weight: weight of the SCE term (ReCAM: 0.7 on VOC).
         recam_start_epoch: the first epoch with the SCE term (before: the plain classifier's loss).
+        cams_from_recam_head: CAMs from the ReCAM head (ReCAM); ``False``: from the classifier's head of the
+            fine-tuned network (separates what the SCE term does to the backbone from what the new head adds).
         **kwargs: :class:`CAMClassifier` arguments.
     """
 
-    def __init__(self, num_classes: int, recam_weight: float = 0.7, recam_start_epoch: int = 0, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int, recam_weight: float = 0.7, recam_start_epoch: int = 0,
+                 cams_from_recam_head: bool = True, **kwargs: Any) -> None:
         if recam_weight < 0:
             raise ValueError(f"recam_weight must be >= 0, got {recam_weight}")
         super().__init__(num_classes, **kwargs)
@@ -88,7 +91,10 @@ class ReCAMClassifier(CAMClassifier):
         self.recam_head = copy.deepcopy(self.head)
 
     def cam_weight(self) -> Tensor:
-        """The ReCAM head's rows [C-1, D]: CAMs are re-activated maps."""
+        """The ReCAM head's rows [C-1, D]: CAMs are re-activated maps (the classifier's rows when
+        ``cams_from_recam_head`` is off)."""
+        if not self.hparams.get("cams_from_recam_head", True):
+            return super().cam_weight()
         return self.recam_head.weight.flatten(1)
 
     def new_parameters(self) -> List[nn.Parameter]:
@@ -101,7 +107,7 @@ class ReCAMClassifier(CAMClassifier):
         if self.current_epoch < int(self.hparams.recam_start_epoch) or not self.hparams.recam_weight:
             return loss
         cams = F.relu(F.conv2d(features, self.head.weight))
-        sce = recam_loss(class_masked_features(features, cams), batch["labels"], self.cam_weight())
+        sce = recam_loss(class_masked_features(features, cams), batch["labels"], self.recam_head.weight.flatten(1))
         if self._trainer is not None and self.trainer.training:
             self.log("train/recam_loss", sce, batch_size=len(batch["id"]))
         return loss + float(self.hparams.recam_weight) * sce

@@ -131,3 +131,21 @@ def test_recam_before_its_start_epoch_is_the_plain_classifier(tiny_voc):
         if cls is ReCAMClassifier:  # a copy of the initial head, untouched before the start epoch
             assert torch.equal(model.recam_head.weight, initial) and not torch.equal(initial, weights[-1])
     assert torch.equal(weights[0], weights[1])
+
+
+def test_pool_class_maps_known_answers():
+    from lightning_wsss.tasks.classifier import pool_class_maps
+
+    maps = torch.tensor([[[[0.0, 1.0], [2.0, 5.0]]]])  # one class, 4 cells
+    assert float(pool_class_maps(maps, "gap")) == pytest.approx(2.0)
+    assert float(pool_class_maps(maps, "gmp")) == pytest.approx(5.0)
+    assert float(pool_class_maps(maps, "topk", 0.5)) == pytest.approx(3.5)  # mean of the top 2 cells
+    lse = float(pool_class_maps(maps, "lse", 1.0))
+    assert lse == pytest.approx(float(torch.log(torch.exp(maps).mean())))
+    assert 2.0 < lse < 5.0 and float(pool_class_maps(maps, "lse", 50.0)) == pytest.approx(5.0 - np.log(4) / 50, abs=1e-4)
+    with pytest.raises(ValueError):
+        CAMClassifier(3, backbone="test_resnet", pooling="median")
+    # gap through the pooled maps equals the head on pooled features (the head is linear)
+    model = CAMClassifier(3, backbone="test_resnet")
+    features = torch.randn(2, model.head.in_channels, 3, 4)
+    assert torch.allclose(model.classify(features), pool_class_maps(model.head(features), "gap"), atol=1e-5)

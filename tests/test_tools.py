@@ -183,3 +183,26 @@ def test_cam_precision(tiny_voc, tmp_path):
                     "0.5", "0.7").splitlines()[1:]
     assert float(rows[0].split()[1]) == pytest.approx(100 * inside / covered, abs=0.1)
     assert float(rows[1].split()[1]) == pytest.approx(100.0)
+
+
+def test_cam_study_reads_the_cam_folder_and_val_curves_tabulate(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from cam_study import cams_folder
+    from val_curves import table
+
+    printed = "classifier       runs/x/image/classifier/ab12  {}\ncams             runs/x/image/cams/cd34  {'a': 1}\n"
+    assert cams_folder(printed) == Path("runs/x/image/cams/cd34/cams")
+    assert cams_folder("classifier  runs/x  {}\n") is None
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("epoch,step,train/loss,val/cam_miou\n0,9,0.6,\n0,19,,0.25\n1,39,,0.5\n")
+    text = table([csv_path], "val/cam_miou", 100)
+    assert text.splitlines()[2] == "| m | 25.00 | 50.00 |"
+
+
+def test_gpu_benchmark_smoke_on_cpu(tmp_path):
+    out = tmp_path / "bench.md"
+    subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--batch", "2", "--size", "32",
+                    "--steps", "1", "--warmup", "0", "--out", str(out)], check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parents[1])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "images/s" in line]
+    assert len(rows) == 4 and all(float(r.split("|")[2].split()[0]) > 0 for r in rows)

@@ -330,3 +330,56 @@ def test_rounds_reach_dataloader_worker_processes(tiny_voc, tmp_path):
     _trainer(max_epochs=2).fit(model, datamodule=dm)
     assert model.seen == ["round_0", "round_1"]
     assert all(batch["mask"].shape == (2, 32, 32) for batch in model.batches)
+
+
+def test_boundary_band_known_answer_and_ignored_cross_entropy():
+    from lightning_wsss.boxes import boundary_band, cross_entropy_cost
+
+    square = np.zeros((12, 12), bool)
+    square[4:8, 4:8] = True
+    band0 = boundary_band([square], 0)
+    # the morphological gradient: the square's outer ring of 4 pixels and its inner ring
+    expected = np.zeros((12, 12), bool)
+    expected[3:9, 3:9] = True
+    expected[5:7, 5:7] = False
+    assert np.array_equal(band0.numpy(), expected)
+    band1 = boundary_band([square], 1)
+    assert band1[2:10, 2:10].all() and band1.sum() == 64
+    # the network agrees with neither candidate on the ring, and only the ring tells them apart
+    log_probs = torch.log(torch.full((2, 12, 12), 0.5))
+    log_probs[:, 5:7, 5:7] = torch.log(torch.tensor([0.01, 0.99]))[:, None, None]
+    bigger = np.zeros_like(square)
+    bigger[3:9, 3:9] = True
+    box = (2, 2, 10, 10)
+    costs = [cross_entropy_cost(log_probs, c, 1, box) for c in (square, bigger)]
+    assert costs[0] == pytest.approx(costs[1])
+    ignore = boundary_band([square, bigger], 1)
+    assert cross_entropy_cost(log_probs, square, 1, box, ignore) == pytest.approx(0.0)
+
+
+def test_boxsup_ignore_band_follows_the_output_stride(tmp_path):
+    square = np.zeros((32, 32), bool)
+    square[8:20, 8:20] = True
+    model = BoxSupTrainer(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", output_stride=16,
+                          decoder_channels=16)
+    assert model.ignored_pixels([square]).sum() == boundary_band_count(square, 8)
+    model.hparams.ce_ignore_band = None
+    assert model.ignored_pixels([square]) is None
+    with pytest.raises(ValueError, match="ce_ignore_band"):
+        BoxSupTrainer(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", ce_ignore_band=-1)
+
+
+def boundary_band_count(mask: np.ndarray, width: int) -> int:
+    """Pixels within ``width`` (Chebyshev) of the mask's inner or outer boundary ring, by brute force."""
+    height, wide = mask.shape
+    ring = np.zeros_like(mask)
+    for y in range(height):
+        for x in range(wide):
+            window = mask[max(0, y - 1): y + 2, max(0, x - 1): x + 2]
+            ring[y, x] = window.any() and not window.all()
+    ys, xs = np.nonzero(ring)
+    count = 0
+    for y in range(height):
+        for x in range(wide):
+            count += bool(np.any((np.abs(ys - y) <= width) & (np.abs(xs - x) <= width)))
+    return count

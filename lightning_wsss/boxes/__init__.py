@@ -30,12 +30,13 @@ from .initializers import (
     scaled_crf_params,
     validate_boxes,
 )
-from .scoring import (clip_to_box, cross_entropy_cost, keep_unless_better, overlap_cost, score_candidates,
+from .scoring import (boundary_band, clip_to_box, cross_entropy_cost, keep_unless_better, overlap_cost, score_candidates,
                       select_candidate)
 from .tightness import pairwise_smoothness_loss, tightness_prior_loss
 
 __all__ = [
     "INITIALIZERS",
+    "boundary_band",
     "box_crop_inference",
     "box_pixel_range",
     "box_prior",

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from .initializers import box_pixel_range
 
-__all__ = ["clip_to_box", "overlap_cost", "cross_entropy_cost", "score_candidates", "select_candidate",
-           "keep_unless_better"]
+__all__ = ["clip_to_box", "overlap_cost", "cross_entropy_cost", "boundary_band", "score_candidates",
+           "select_candidate", "keep_unless_better"]
 
 
 def _as_bool_tensor(mask) -> Tensor:
@@ -89,17 +89,44 @@ def overlap_cost(candidate_mask, box) -> float:
     return 1.0 - (inter / union if union > 0 else 0.0)
 
 
-def cross_entropy_cost(log_probs: Tensor, candidate_mask, class_id: int, box) -> float:
+def boundary_band(candidates: Sequence, width: int) -> Tensor:
+    """Pixels within ``width`` pixels (Chebyshev distance) of the boundary of any candidate.
+
+    A network with output stride ``s`` cannot place a boundary more finely than about ``s / 2`` input pixels, so
+    its cross-entropy there rewards the smoother of two candidates, not the better one; BoxSup's network term
+    leaves these pixels out (:func:`score_candidates`' ``ignore``).
+
+    Args:
+        candidates: M >= 1 bool masks [H, W].
+        width: band half-width in pixels (0: only the boundary pixels themselves).
+
+    Returns:
+        bool tensor [H, W].
+    """
+    import cv2
+
+    band = np.zeros(np.asarray(candidates[0]).shape, dtype=np.uint8)
+    cross = np.ones((3, 3), np.uint8)
+    for cand in candidates:
+        band |= cv2.morphologyEx(np.asarray(cand).astype(np.uint8), cv2.MORPH_GRADIENT, cross)
+    if width > 0:
+        band = cv2.dilate(band, np.ones((2 * width + 1, 2 * width + 1), np.uint8))
+    return torch.from_numpy(band > 0)
+
+
+def cross_entropy_cost(log_probs: Tensor, candidate_mask, class_id: int, box, ignore: Optional[Tensor] = None) -> float:
     """Mean network cross-entropy of the labelling a candidate implies inside its box.
 
     Inside the box's pixel range, pixels of the candidate are labelled ``class_id`` and the others
-    background (0); the cost is ``mean(-log_probs[label, y, x])`` over those pixels.
+    background (0); the cost is ``mean(-log_probs[label, y, x])`` over those pixels, ignored pixels counting 0
+    (so candidates of one box stay comparable).
 
     Args:
         log_probs: float [C, H, W] log-probabilities (``log_softmax`` of the logits).
         candidate_mask: bool [H, W].
         class_id: the box's class, ``1..C-1``.
         box: ``(x_min, y_min, x_max, y_max)``.
+        ignore: optional bool [H, W] of pixels left out (:func:`boundary_band`).
 
     Returns:
         float (``nan`` only if the box covers no pixel of the map).
@@ -120,6 +147,8 @@ def cross_entropy_cost(log_probs: Tensor, candidate_mask, class_id: int, box) ->
     region = log_probs[:, y0:y1, x0:x1]
     target = torch.where(cand[y0:y1, x0:x1], int(class_id), 0).long()
     picked = region.gather(0, target.unsqueeze(0)).squeeze(0)
+    if ignore is not None:
+        picked = picked.masked_fill(ignore.to(picked.device)[y0:y1, x0:x1], 0.0)
     return float(-picked.detach().double().mean())
 
 
@@ -129,6 +158,7 @@ def score_candidates(
     class_id: int,
     log_probs: Optional[Tensor] = None,
     weight: float = 3.0,
+    ignore: Optional[Tensor] = None,
 ) -> Tensor:
     """BoxSup cost of each candidate segment for one box (lower is better).
 
@@ -143,6 +173,7 @@ def score_candidates(
         class_id: the box's class.
         log_probs: float [C, H, W] network log-probabilities, or None.
         weight: weight of the cross-entropy term (BoxSup: 3).
+        ignore: optional bool [H, W] of pixels the cross-entropy leaves out (:func:`boundary_band`).
 
     Returns:
         float64 tensor [M].
@@ -151,7 +182,7 @@ def score_candidates(
     for cand in candidates:
         cost = overlap_cost(cand, box)
         if log_probs is not None:
-            cost += weight * cross_entropy_cost(log_probs, cand, class_id, box)
+            cost += weight * cross_entropy_cost(log_probs, cand, class_id, box, ignore)
         costs.append(cost)
     return torch.tensor(costs, dtype=torch.float64)
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from ..boxes import (
+    boundary_band,
     clip_to_box,
     grabcut_from_mask,
     keep_unless_better,
@@ -84,6 +85,11 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         initializer_kwargs: its options.
         selection: ``greedy`` or ``sample``; top_k: pool size for ``sample``.
         ce_weight: weight of the network cross-entropy in the candidate cost (BoxSup: 3).
+        ce_ignore_band: the cross-entropy leaves out the pixels within this many pixels of any candidate's
+            boundary (:func:`~lightning_wsss.boxes.boundary_band`): a network of output stride ``s`` cannot place
+            a boundary more finely than about ``s / 2`` pixels, and there its cross-entropy rewards the smoother
+            of two candidates, not the better one (measured on the demo: README "Boxes"). ``"auto"``:
+            ``output_stride // 2``; ``None`` or 0: every pixel of the box counts (BoxSup as published).
         crf_candidate: include the dense-CRF refinement of the prediction as a candidate.
         network_candidate: include the network's raw argmax inside the box as a candidate. Off by default: the
             cross-entropy term scores candidates *with that same network*, so its own argmax always has the
@@ -118,6 +124,7 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         selection: str = "greedy",
         top_k: int = 3,
         ce_weight: float = 3.0,
+        ce_ignore_band: Union[int, str, None] = "auto",
         crf_candidate: bool = True,
         network_candidate: bool = False,
         proposals: Sequence[str] = ("grabcut", "crf"),
@@ -140,6 +147,8 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             raise ValueError("nothing to train: mask_loss_weight and tightness_weight are both 0")
         if replace_margin is not None and replace_margin < 0:
             raise ValueError(f"replace_margin must be >= 0 or None, got {replace_margin}")
+        if not (ce_ignore_band in (None, "auto") or (isinstance(ce_ignore_band, int) and ce_ignore_band >= 0)):
+            raise ValueError(f"ce_ignore_band must be 'auto', None or an int >= 0, got {ce_ignore_band!r}")
         super().__init__(num_classes, **kwargs)
         self.save_hyperparameters()
         self.out_dir = Path(out_dir)
@@ -250,13 +259,22 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         return crf_from_probs(image, probs, CRFParams(**(self.hparams.candidate_crf_params or {})))
 
     def score_candidate(self, candidate: np.ndarray, box: Sequence[float], class_id: int,
-                        log_probs: Optional[Tensor]) -> float:
+                        log_probs: Optional[Tensor], ignore: Optional[Tensor] = None) -> float:
         """BoxSup cost of one candidate (lower is better): ``overlap_cost + ce_weight * cross-entropy``.
 
         Args:
             candidate: bool [H, W]; log_probs: float [C, H, W] network log-probabilities (None: overlap only).
+            ignore: bool [H, W] pixels the cross-entropy leaves out (:meth:`ignored_pixels`), or None.
         """
-        return float(score_candidates([candidate], box, class_id, log_probs, self.hparams.ce_weight)[0])
+        return float(score_candidates([candidate], box, class_id, log_probs, self.hparams.ce_weight, ignore)[0])
+
+    def ignored_pixels(self, candidates: Sequence[np.ndarray]) -> Optional[Tensor]:
+        """The pixels of one box the network term leaves out: the ``ce_ignore_band`` around the candidates'
+        boundaries (None when the band is off)."""
+        band = self.hparams.get("ce_ignore_band")
+        if band == "auto":
+            band = int(self.hparams.output_stride) // 2
+        return boundary_band(candidates, int(band)) if band else None
 
     def update_mask(
         self,
@@ -297,7 +315,9 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             box, class_id = boxes[i], int(labels[i])
             cands = self.candidates(image, probs, box, class_id, previous_mask, init_mask, refined_probs=refined,
                                     proposals=proposals)
-            scores = torch.tensor([self.score_candidate(c, box, class_id, log_probs) for c in cands], dtype=torch.float64)
+            ignore = self.ignored_pixels(cands)
+            scores = torch.tensor([self.score_candidate(c, box, class_id, log_probs, ignore) for c in cands],
+                                  dtype=torch.float64)
             pick = select_candidate(scores, self.hparams.selection, self.hparams.top_k, generator)
             current = None  # the candidate that is the box's current (previous round's) segment
             if previous_mask is not None:

@@ -93,7 +93,7 @@ def untrained_segmenter_state(seed: int = 0) -> Dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = DeepLabSegmenter(**SEG_ARGS)
     with torch.no_grad():
-        head = model.model.segmentation_head[0]
+        head = model.net.segmentation_head[0]
         head.weight.mul_(50.0)
         head.bias[0] += 0.3
     return model.state_dict()

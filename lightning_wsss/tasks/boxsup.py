@@ -141,7 +141,6 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         if replace_margin is not None and replace_margin < 0:
             raise ValueError(f"replace_margin must be >= 0 or None, got {replace_margin}")
         super().__init__(num_classes, **kwargs)
-        self.save_hyperparameters()
         self.out_dir = Path(out_dir)
         self.masks: Dict[str, np.ndarray] = {}
         self.replaced = {"boxes": 0, "replaced": 0}  # boxes re-estimated / switched away from their current mask

@@ -1,5 +1,5 @@
 """WSSSTask: the template every task follows, a task written against it with hooks only, checkpoints written before
-the networks moved under ``net.``."""
+the networks moved under ``net.``, and the deprecated BoxSupTrainer name."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import lightning_wsss.tasks as tasks
 from conftest import tiny_trainer
 from lightning_wsss.callbacks.writers import Artifact, ArtifactWriter
 from lightning_wsss.models import AffinityNet, BoundaryNet, CAMNet, ReCAMNet
-from lightning_wsss.tasks import (AffinityRefiner, BoundaryRefiner, CAMClassifier, DeepLabSegmenter,
-                                  ErasingCAMClassifier, ReCAMClassifier, WSSSTask)
+from lightning_wsss.tasks import (AffinityRefiner, BoundaryRefiner, BoxSupSegmenter, BoxSupTrainer, CAMClassifier,
+                                  DeepLabSegmenter, ErasingCAMClassifier, ReCAMClassifier, WSSSTask)
 
 CAM = dict(num_classes=4, backbone="test_resnet", output_stride=16)
 AFFINITY = dict(num_classes=4, backbone="test_resnet", output_stride=8, feature_levels=(1, 2, 3), embed_dim=16)
@@ -137,3 +137,8 @@ def test_backbone_init_from_an_old_classifier_checkpoint(tmp_path):
     for key, value in classifier.net.features.backbone.state_dict().items():
         assert torch.equal(model.net.backbone.state_dict()[key], value)
 
+
+def test_boxsup_trainer_is_a_deprecated_alias(tmp_path):
+    with pytest.warns(FutureWarning, match="use BoxSupSegmenter"):
+        model = BoxSupTrainer(**SEGMENTER, out_dir=str(tmp_path), crf_candidate=False)
+    assert isinstance(model, BoxSupSegmenter) and model.hparams.crf_candidate is False

@@ -5,7 +5,7 @@ The networks they train are plain ``nn.Module`` objects in :mod:`lightning_wsss.
 
 from .affinity import AffinityRefiner
 from .base import WSSSTask
-from .boxsup import BoxSupTrainer
+from .boxsup import BoxSupSegmenter, BoxSupTrainer
 from .classifier import CAMClassifier
 from .erasing import ErasingCAMClassifier
 from .irn import BoundaryRefiner
@@ -16,4 +16,5 @@ from .segmenter import DeepLabSegmenter
 from .self_training import SelfTrainingSegmenter
 
 __all__ = ["WSSSTask", "CAMClassifier", "ErasingCAMClassifier", "LPCAMClassifier", "ReCAMClassifier", "AffinityRefiner",
-           "BoundaryRefiner", "DeepLabSegmenter", "SECSegmenter", "SelfTrainingSegmenter", "BoxSupTrainer"]
+           "BoundaryRefiner", "DeepLabSegmenter", "SECSegmenter", "SelfTrainingSegmenter", "BoxSupSegmenter",
+           "BoxSupTrainer"]

@@ -33,6 +33,7 @@ With ``mask_loss_weight=0`` (BBTP mode) no pseudo masks are built: the network t
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -59,10 +60,10 @@ from .rounds import PseudoMaskInjector, RoundsMixin, round_dir
 from .rounds import resume_epoch as _resume_epoch  # noqa: F401  (kept importable from here)
 from .segmenter import DeepLabSegmenter
 
-__all__ = ["BoxSupTrainer", "PseudoMaskInjector", "round_dir"]
+__all__ = ["BoxSupSegmenter", "BoxSupTrainer", "PseudoMaskInjector", "round_dir"]
 
 
-class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
+class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
     """BoxSup: train DeepLab on box-derived pseudo masks that are re-estimated every ``round_epochs`` epochs.
 
     Per box, the candidates (:meth:`candidates`) are the network's prediction of the box's class inside the
@@ -451,3 +452,12 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             self.log("train/pairwise_loss", pair, batch_size=batch_size)
             total = total + hp.pairwise_weight * pair
         return total
+
+
+class BoxSupTrainer(BoxSupSegmenter):
+    """Deprecated alias of :class:`BoxSupSegmenter` (a LightningModule, not a Trainer); warns when built."""
+
+    def __init__(self, num_classes: int, out_dir: str, **kwargs: Any) -> None:
+        warnings.warn("BoxSupTrainer is deprecated: use BoxSupSegmenter (the same task under its new name)",
+                      FutureWarning, stacklevel=2)
+        super().__init__(num_classes, out_dir, **kwargs)

@@ -206,7 +206,7 @@ class DeepLabSegmenter(WSSSTask):
         """Pixel cross-entropy of ``logits`` [B, C, H, W] against ``batch["mask"]`` [B, H, W] (255 ignored)."""
         if "mask" not in batch:
             raise ValueError("DeepLabSegmenter trains on masks: the training batch has none (use MaskDataModule or "
-                             "PseudoMaskDataModule, or a task that builds masks such as BoxSupTrainer)")
+                             "PseudoMaskDataModule, or a task that builds masks such as BoxSupSegmenter)")
         return masked_cross_entropy(logits, batch["mask"])
 
     def aux_loss(self, aux_logits: Tensor, batch: Dict[str, Any]) -> Tensor:

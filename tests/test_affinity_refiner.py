@@ -140,8 +140,8 @@ def test_backbone_init_from_a_classifier_checkpoint(tmp_path):
     model = AffinityRefiner(4, backbone="test_resnet", output_stride=8, feature_levels=(1, 2, 3), embed_dim=16,
                             backbone_init=str(path))
     assert model.init_backbone(str(path))
-    for key, value in classifier.features.backbone.state_dict().items():
-        torch.testing.assert_close(model.backbone.state_dict()[key], value)
+    for key, value in classifier.net.features.backbone.state_dict().items():
+        torch.testing.assert_close(model.net.backbone.state_dict()[key], value)
     other = AffinityRefiner(4, backbone="resnet10t", feature_levels=(1, 2, 3), embed_dim=16)
     with pytest.warns(UserWarning, match="does not match"):
         assert not other.init_backbone(str(path))

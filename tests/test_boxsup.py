@@ -1,4 +1,4 @@
-"""BoxSupTrainer: candidate scoring and mask update on hand-built examples, rounds on tiny_voc, restart, BBTP mode."""
+"""BoxSupSegmenter: candidate scoring and mask update on hand-built examples, rounds on tiny_voc, restart, BBTP mode."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from lightning_wsss.datamodules import BoxDataModule
 from lightning_wsss.datamodules.base import TransformedDataset
 from lightning_wsss.io import read_label_png
 from lightning_wsss.tasks import boxsup as boxsup_module
-from lightning_wsss.tasks.boxsup import BoxSupTrainer, PseudoMaskInjector
+from lightning_wsss.tasks.boxsup import BoxSupSegmenter, PseudoMaskInjector
 
 TINY = dict(num_classes=4, encoder="tu-resnet18", decoder_channels=16)
 
@@ -33,7 +33,7 @@ def _probs(h: int, w: int, values) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- unit level
 def test_score_candidate_prefers_the_segment_closest_to_the_box(tmp_path):
-    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, network_candidate=True)
+    model = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False, network_candidate=True)
     box = (2.0, 2.0, 10.0, 10.0)  # pixels 2..9
     exact = np.zeros((16, 16), bool)
     exact[2:10, 2:10] = True
@@ -59,7 +59,7 @@ def test_score_candidate_prefers_the_segment_closest_to_the_box(tmp_path):
     mask = model.update_mask(image, probs, np.array([box]), np.array([1]), None, init)
     assert np.array_equal(mask, exact.astype(np.uint8))
     # by default the network only scores candidates: its raw argmax is no candidate, a proposal is
-    scorer = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    scorer = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False)
     assert np.array_equal(scorer.update_mask(image, probs, np.array([box]), np.array([1]), None, init), init)
     proposal = exact.astype(np.uint8)
     chosen = scorer.update_mask(image, probs, np.array([box]), np.array([1]), None, init, proposals=[proposal])
@@ -89,16 +89,16 @@ def test_update_mask_replaces_the_previous_segment_only_by_the_margin(tmp_path):
     image = np.full((16, 16, 3), 128, np.uint8)
     args = (image, _probs(16, 16, [0.25, 0.25, 0.25, 0.25]), np.array([box]), np.array([1]), previous, None)
     proposal = [exact.astype(np.uint8)]
-    plain = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    plain = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False)
     assert np.array_equal(plain.update_mask(*args, proposals=proposal), proposal[0])
     assert plain.replaced == {"boxes": 1, "replaced": 1}
-    strict = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, replace_margin=0.2)
+    strict = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False, replace_margin=0.2)
     assert np.array_equal(strict.update_mask(*args, proposals=proposal), previous)
     assert strict.replaced == {"boxes": 1, "replaced": 0}
-    loose = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, replace_margin=0.1)
+    loose = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False, replace_margin=0.1)
     assert np.array_equal(loose.update_mask(*args, proposals=proposal), proposal[0])
     with pytest.raises(ValueError):
-        BoxSupTrainer(**TINY, out_dir=str(tmp_path), replace_margin=-1.0)
+        BoxSupSegmenter(**TINY, out_dir=str(tmp_path), replace_margin=-1.0)
 
 
 def test_candidate_pool_names_and_grabcut_from_the_network(tmp_path):
@@ -119,7 +119,7 @@ def test_candidate_pool_names_and_grabcut_from_the_network(tmp_path):
     probs = np.zeros((4, 32, 32), np.float32)
     probs[0] = 1.0
     probs[0, seed], probs[1, seed] = 0.0, 1.0
-    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, grabcut_candidate=True)
+    model = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False, grabcut_candidate=True)
     pool = model.candidate_pool(image, probs, box, 1, np.zeros((32, 32), np.uint8), None,
                                 proposals=[np.ones((32, 32), np.uint8)])
     assert [name for name, _ in pool] == ["grabcut_network", "previous", "proposal_0"]
@@ -127,7 +127,7 @@ def test_candidate_pool_names_and_grabcut_from_the_network(tmp_path):
 
 
 def test_update_keeps_foreground_in_boxes_and_smaller_box_wins(tmp_path):
-    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=True, candidate_crf_params={"iterations": 3})
+    model = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=True, candidate_crf_params={"iterations": 3})
     h = w = 20
     probs = _probs(h, w, [0.1, 0.6, 0.3, 0.0])  # the network says class 1 everywhere, even outside the boxes
     boxes = np.array([[0, 0, 12, 12], [8, 8, 16, 16]], np.float32)  # large class 1, small class 2, overlap 8..11
@@ -146,7 +146,7 @@ def test_update_keeps_foreground_in_boxes_and_smaller_box_wins(tmp_path):
     assert np.array_equal(mask2, expected)
 
 
-class LeakyCandidates(BoxSupTrainer):
+class LeakyCandidates(BoxSupSegmenter):
     """A subclass whose only candidate is the whole image."""
 
     def candidates(self, image, probs, box, class_id, previous_mask, init_mask, refined_probs=None, proposals=()):
@@ -163,12 +163,12 @@ def test_update_clips_any_candidate_to_its_box(tmp_path):
 
 
 def test_sample_selection_draws_from_top_k(tmp_path):
-    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False, selection="sample", top_k=1)
+    model = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False, selection="sample", top_k=1)
     probs = _probs(12, 12, [0.2, 0.5, 0.2, 0.1])
     init = np.zeros((12, 12), np.uint8)
     init[3:6, 3:6] = 1
     box = np.array([[2, 2, 9, 9]], np.float32)
-    greedy = BoxSupTrainer(**TINY, out_dir=str(tmp_path), crf_candidate=False)
+    greedy = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False)
     image = np.zeros((12, 12, 3), np.uint8)
     expected = greedy.update_mask(image, probs, box, [1], None, init)
     for seed in range(3):  # top_k = 1: sampling is greedy
@@ -197,13 +197,13 @@ def test_injector_adds_the_round_mask(tiny_voc, tmp_path):
 
 def test_bad_options(tmp_path):
     with pytest.raises(ValueError, match="nothing to train"):
-        BoxSupTrainer(**TINY, out_dir=str(tmp_path), mask_loss_weight=0.0)
+        BoxSupSegmenter(**TINY, out_dir=str(tmp_path), mask_loss_weight=0.0)
     with pytest.raises(ValueError, match="selection"):
-        BoxSupTrainer(**TINY, out_dir=str(tmp_path), selection="best")
+        BoxSupSegmenter(**TINY, out_dir=str(tmp_path), selection="best")
 
 
 # ----------------------------------------------------------------------------------------------- training runs
-class Spy(BoxSupTrainer):
+class Spy(BoxSupSegmenter):
     """Records what each training epoch trains on."""
 
     def on_train_epoch_start(self) -> None:
@@ -270,7 +270,7 @@ def test_two_rounds_then_resume(tiny_voc, tmp_path, monkeypatch):
     assert len(list((out / "round_2").glob("*.png"))) == 4
 
     # a fresh run over the same out_dir rebuilds nothing
-    monkeypatch.setattr(BoxSupTrainer, "update_mask", no_initializer)
+    monkeypatch.setattr(BoxSupSegmenter, "update_mask", no_initializer)
     rounds_stamp = os.stat(out / "rounds.json").st_mtime_ns
     again = Spy(**TINY, out_dir=str(out), round_epochs=1)
     _trainer(max_epochs=2).fit(again, datamodule=BoxDataModule(root=str(tiny_voc), crop_size=32, batch_size=2))
@@ -284,7 +284,7 @@ def test_tightness_only_bbtp_mode(tiny_voc, tmp_path):
     torch.manual_seed(0)
     out = tmp_path / "bbtp"
     dm = BoxDataModule(root=str(tiny_voc), crop_size=32, batch_size=2)
-    model = BoxSupTrainer(**TINY, out_dir=str(out), mask_loss_weight=0.0, tightness_weight=1.0, pairwise_weight=0.5)
+    model = BoxSupSegmenter(**TINY, out_dir=str(out), mask_loss_weight=0.0, tightness_weight=1.0, pairwise_weight=0.5)
     trainer = _trainer(max_epochs=1)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.callback_metrics
@@ -302,7 +302,7 @@ def test_tightness_loss_adds_to_mask_loss(tiny_voc, tmp_path):
     from lightning_wsss.boxes import tightness_prior_loss
     from lightning_wsss.tasks.segmenter import masked_cross_entropy
 
-    model = BoxSupTrainer(**TINY, out_dir=str(tmp_path), mask_loss_weight=0.5, tightness_weight=2.0)
+    model = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), mask_loss_weight=0.5, tightness_weight=2.0)
     import warnings
 
     with warnings.catch_warnings():

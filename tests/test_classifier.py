@@ -53,7 +53,7 @@ def test_shared_efficientnet_lite0_weights_load_into_timm(shared_data):
     path = shared_data / "weights" / "efficientnet-lite0-57934424.pth"
     model = CAMClassifier(3, backbone="efficientnet_lite0", weights=str(path))
     source = torch.load(path, map_location="cpu", weights_only=False)
-    own = model.features.backbone.state_dict()
+    own = model.net.features.backbone.state_dict()
     assert torch.equal(own["conv_stem.weight"], source["_conv_stem.weight"])
     assert torch.equal(own["blocks.6.0.conv_pwl.weight"], source["_blocks.15._project_conv.weight"])
 

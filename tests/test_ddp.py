@@ -37,7 +37,7 @@ from lightning_wsss.datamodules import BoxDataModule, ImageLabelDataModule
 from lightning_wsss.datasets.synthetic import SYNTHETIC_CLASSES, make_synthetic
 from lightning_wsss.io import read_label_png, write_label_png
 from lightning_wsss.metrics import evaluate_folder
-from lightning_wsss.tasks import BoxSupTrainer, CAMClassifier, DeepLabSegmenter
+from lightning_wsss.tasks import BoxSupSegmenter, CAMClassifier, DeepLabSegmenter
 
 NUM_TRAIN = 7  # odd on purpose: 2 ranks get 4 + 3 images at prediction time
 NUM_VAL = 4  # even: validation shares are exact (see the module docstring)
@@ -93,7 +93,7 @@ def untrained_segmenter_state(seed: int = 0) -> Dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = DeepLabSegmenter(**SEG_ARGS)
     with torch.no_grad():
-        head = model.model.segmentation_head[0]
+        head = model.net.segmentation_head[0]
         head.weight.mul_(50.0)
         head.bias[0] += 0.3
     return model.state_dict()
@@ -135,7 +135,7 @@ def ddp_worker(root: str, out: str, seg_weights: str, devices: int = 2) -> None:
 
     # 4. BoxSup: round 0 at fit start, round 1 at the end of epoch 0, each rank building its share
     L.seed_everything(0, workers=True)
-    boxsup = BoxSupTrainer(out_dir=str(out_p / "boxsup"), **BOXSUP_ARGS)
+    boxsup = BoxSupSegmenter(out_dir=str(out_p / "boxsup"), **BOXSUP_ARGS)
     trainer = L.Trainer(max_epochs=2, limit_val_batches=0, enable_checkpointing=False, **_trainer_options(devices))
     trainer.fit(boxsup, datamodule=BoxDataModule(root=root, batch_size=2, eval_batch_size=1, crop_size=SIZE))
     record["boxsup_share"] = sorted(boxsup.masks)

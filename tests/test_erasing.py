@@ -42,7 +42,7 @@ def _weights(model: CAMClassifier) -> Dict[str, torch.Tensor]:
 @torch.no_grad()
 def _reference_region(ref: CAMClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Pixels where a present class's single-scale CAM (bilinear to image size, / max) exceeds the threshold."""
-    maps = ref.raw_cams(ref.features(images))
+    maps = ref.raw_cams(ref.net.features(images))
     region = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
     for b in range(images.shape[0]):
         for c in torch.nonzero(labels[b] > 0.5).flatten().tolist():
@@ -54,7 +54,7 @@ def _reference_region(ref: CAMClassifier, images: torch.Tensor, labels: torch.Te
 def _perturb(model: torch.nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in list(model.features.parameters()) + list(model.head.parameters()):
+        for p in list(model.net.features.parameters()) + list(model.net.head.parameters()):
             p.add_(0.2 * p.abs().mean() * torch.randn(p.shape, generator=generator))
 
 
@@ -165,7 +165,7 @@ def test_fit_erases_with_previous_rounds_weights_then_predict_and_checkpoint(tin
 
     def peak(ref, images):  # raw single-scale CAM peak of each present class, [B, K]
         with torch.no_grad():
-            maps = ref.raw_cams(ref.features(images))
+            maps = ref.raw_cams(ref.net.features(images))
         return torch.stack([torch.stack([maps[b, c - 1].max() if c >= 1 else torch.tensor(0.0) for c in row])
                             for b, row in enumerate(class_ids.tolist())])
 

@@ -285,7 +285,7 @@ def test_config_trains_one_batch_on_a_stand_in_data_set(path, tmp_path, monkeypa
     assert torch.isfinite(metrics["train/loss"])
     if config["model"]["class_path"].endswith(("Segmenter", "Trainer")):
         assert 0.0 <= float(metrics["val/miou"]) <= 1.0
-    if config["model"]["class_path"].endswith("BoxSupTrainer"):
+    if config["model"]["class_path"].endswith("BoxSupSegmenter"):
         rounds = Path(config["model"]["init_args"]["out_dir"]) / "round_0"
         assert len(list(rounds.glob("*.png"))) == len(cli.datamodule.datasets["fit"])
 
@@ -352,7 +352,7 @@ def test_synthetic_header_commands_run_as_written(tmp_path, monkeypatch, capsys)
 
 # ---------------------------------------------------------------------------------------------- pipeline YAMLs
 def accepted_args(cls) -> set:
-    """Keyword names ``cls`` accepts, following ``**kwargs`` into the base classes (BoxSupTrainer -> DeepLabSegmenter)."""
+    """Keyword names ``cls`` accepts, following ``**kwargs`` into the base classes (BoxSupSegmenter -> DeepLabSegmenter)."""
     names = set()
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):

@@ -78,7 +78,7 @@ def malicious_file(path: Path, marker: Path, checkpoint: bool = False) -> Path:
 
 
 def test_weights_file_that_runs_code_is_refused(tmp_path, monkeypatch):
-    from lightning_wsss.tasks.segmenter import build_deeplab
+    from lightning_wsss.models.deeplab import build_deeplab
 
     monkeypatch.delenv(TRUST_ENV, raising=False)
     marker = tmp_path / "pwned"

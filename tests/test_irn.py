@@ -118,16 +118,16 @@ def test_boundary_refiner_head_hooks_and_options():
     boundary = model.embed(images)
     assert boundary.shape == (2, 1, 8, 8) and 0 < float(boundary.detach().min()) <= float(boundary.detach().max()) < 1
     assert model.affinity(boundary).shape == (2, len(neighbor_offsets(5)), 8, 8)
-    backbone, head = model.parameter_groups()
+    backbone, head = model.param_groups()
     assert backbone == [] and len(head) == 3 * 3 + 2  # 3 side outputs (conv, GroupNorm weight and bias), 1x1 conv
     model.train()
-    assert not model.backbone.training and model.side_outputs.training
+    assert not model.net.backbone.training and model.net.side_outputs.training
     labels = torch.zeros(2, 8, 8, dtype=torch.long)
     labels[:, 2:6, 2:6] = 1
     losses = model.training_loss(boundary, labels)
     losses["loss"].backward()
-    assert all(p.grad is None for p in model.backbone.parameters())
-    assert model.boundary.weight.grad is not None
+    assert all(p.grad is None for p in model.net.backbone.parameters())
+    assert model.net.boundary.weight.grad is not None
     cams = torch.ones(1, 2, 8, 8)
     torch.testing.assert_close(model.walk_cams(cams, boundary[:1]), cams * (1 - boundary[:1]))
     model.hparams.boundary_cams = False
@@ -157,7 +157,7 @@ def test_boundary_refiner_trains_walks_and_reloads_by_class_path(tiny_voc, tmp_p
     from lightning_wsss.tasks.irn import refiner_class
 
     assert refiner_class(str(ckpt)) is BoundaryRefiner  # wsss sweep-walk picks the class from the checkpoint
-    torch.testing.assert_close(loaded.boundary.weight, model.boundary.weight)
+    torch.testing.assert_close(loaded.net.boundary.weight, model.net.boundary.weight)
     predict = ImageLabelDataModule(root=str(tiny_voc), predict_split="train", eval_batch_size=2)
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
               callbacks=[ArtifactWriter(str(tmp_path / "rw"))]).predict(loaded, predict, return_predictions=False)
@@ -187,7 +187,7 @@ def test_image_pipeline_trains_a_boundary_refiner_and_walks_it(tmp_path):
     out = run_pipeline(config, tmp_path / "runs", log=lambda _m: None, until="random_walk")["stages"]
     affinity_dir = Path(out["affinity"]["dir"])
     ckpt = torch.load(affinity_dir / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)
-    assert any(k.startswith("boundary.") for k in ckpt["state_dict"])
+    assert any(k.startswith("net.boundary.") for k in ckpt["state_dict"])
     # the random-walk stage loads the checkpoint into the class the affinity stage records
     assert json.loads((affinity_dir / "stage.json").read_text())["outputs"]["class_path"] == "BoundaryRefiner"
     labels = sorted((Path(out["random_walk"]["dir"]) / "labels").glob("*.png"))

@@ -76,14 +76,14 @@ def _datamodule(root, **kwargs):
 def test_recam_trains_both_heads_and_uses_its_own_for_cams(tiny_voc):
     torch.manual_seed(0)
     model = ReCAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
-    before_head = model.head.weight.detach().clone()
-    before_recam = model.recam_head.weight.detach().clone()
+    before_head = model.net.head.weight.detach().clone()
+    before_recam = model.net.recam_head.weight.detach().clone()
     tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
-    assert not torch.equal(model.head.weight, before_head) and not torch.equal(model.recam_head.weight, before_recam)
-    features = torch.randn(1, model.head.in_channels, 3, 3)
-    assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, model.recam_head.weight)))
+    assert not torch.equal(model.net.head.weight, before_head) and not torch.equal(model.net.recam_head.weight, before_recam)
+    features = torch.randn(1, model.net.head.in_channels, 3, 3)
+    assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, model.net.recam_head.weight)))
     model.hparams.cams_from_recam_head = False
-    assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, model.head.weight)))
+    assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, model.net.head.weight)))
     model.hparams.cams_from_recam_head = True
     # the SCE term is in the loss from recam_start_epoch on, not before
     batch = {"labels": torch.tensor([[1.0, 0.0, 0.0]]), "id": ["a"]}
@@ -103,7 +103,7 @@ def test_lpcam_loads_a_plain_checkpoint_and_predicts_prototype_maps(tiny_voc, tm
     ckpt = tmp_path / "plain.ckpt"
     trainer.save_checkpoint(ckpt)
     model = LPCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, num_clusters=3)
-    assert torch.equal(model.head.weight, plain.head.weight)
+    assert torch.equal(model.net.head.weight, plain.net.head.weight)
     writer = ArtifactWriter(str(tmp_path / "pred"))
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, inference_mode=False,
               callbacks=[writer]).predict(model, _datamodule(tiny_voc), return_predictions=False)
@@ -125,16 +125,16 @@ def test_recam_before_its_start_epoch_is_the_plain_classifier(tiny_voc):
     for cls, extra in ((CAMClassifier, {}), (ReCAMClassifier, {"recam_start_epoch": 5})):
         L.seed_everything(0)
         model = cls(4, backbone="test_resnet", lr=0.05, **extra)
-        initial = model.head.weight.detach().clone()
+        initial = model.net.head.weight.detach().clone()
         tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
-        weights.append(model.head.weight.detach().clone())
+        weights.append(model.net.head.weight.detach().clone())
         if cls is ReCAMClassifier:  # a copy of the initial head, untouched before the start epoch
-            assert torch.equal(model.recam_head.weight, initial) and not torch.equal(initial, weights[-1])
+            assert torch.equal(model.net.recam_head.weight, initial) and not torch.equal(initial, weights[-1])
     assert torch.equal(weights[0], weights[1])
 
 
 def test_pool_class_maps_known_answers():
-    from lightning_wsss.tasks.classifier import pool_class_maps
+    from lightning_wsss.models.cam import pool_class_maps
 
     maps = torch.tensor([[[[0.0, 1.0], [2.0, 5.0]]]])  # one class, 4 cells
     assert float(pool_class_maps(maps, "gap")) == pytest.approx(2.0)
@@ -147,5 +147,5 @@ def test_pool_class_maps_known_answers():
         CAMClassifier(3, backbone="test_resnet", pooling="median")
     # gap through the pooled maps equals the head on pooled features (the head is linear)
     model = CAMClassifier(3, backbone="test_resnet")
-    features = torch.randn(2, model.head.in_channels, 3, 4)
-    assert torch.allclose(model.classify(features), pool_class_maps(model.head(features), "gap"), atol=1e-5)
+    features = torch.randn(2, model.net.head.in_channels, 3, 4)
+    assert torch.allclose(model.classify(features), pool_class_maps(model.net.head(features), "gap"), atol=1e-5)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from lightning_wsss.models import build_backbone
 from lightning_wsss.models.pretrained import imagenet_classifier, packaged_weights_path, resolve_weights
-from lightning_wsss.tasks.segmenter import build_deeplab
+from lightning_wsss.models.deeplab import build_deeplab
 
 skdata = pytest.importorskip("skimage.data")
 

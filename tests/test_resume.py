@@ -110,7 +110,7 @@ def affinity_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any]:
 
 
 def boxsup_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any]:
-    cfg = {"model": {"class_path": "BoxSupTrainer", "init_args": {
+    cfg = {"model": {"class_path": "BoxSupSegmenter", "init_args": {
         **ENCODER, "initializer": "filled", "proposals": [], "crf_candidate": False, "round_epochs": 1}},
         "trainer": {"max_epochs": 3}}
     return S.boxsup_stage(ctx, stage_dir, {}, cfg)

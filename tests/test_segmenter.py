@@ -105,7 +105,7 @@ def test_forward_any_size_and_multiscale_flip():
     model = DeepLabSegmenter(**TINY, arch="deeplabv3", output_stride=8, test_scales=(0.5, 1.0, 1.25), test_flip=True)
     model.eval()
     images = torch.randn(2, 3, 37, 29)
-    net = model.model
+    net = model.net
 
     def reference_logits(x):  # pad by hand to a multiple of 8, crop back
         h, w = x.shape[-2:]
@@ -162,13 +162,13 @@ def test_aux_loss_is_bce_on_image_labels(tiny_voc):
     with torch.no_grad(), warnings.catch_warnings():  # self.log outside a Trainer warns
         warnings.simplefilter("ignore")
         loss = model.training_step(batch, 0)
-        seg, aux = model.model(batch["image"])  # 32 px crops need no padding
+        seg, aux = model.net(batch["image"])  # 32 px crops need no padding
     assert aux.shape == (2, 3)
     target = batch["labels"]
     bce = -(target * F.logsigmoid(aux) + (1 - target) * F.logsigmoid(-aux)).mean()
     ce = F.cross_entropy(seg, batch["mask"], ignore_index=255)
     assert torch.isclose(loss, ce + 0.5 * bce, atol=1e-5)
-    assert DeepLabSegmenter(**TINY).model.classification_head is None  # no head without aux_weight
+    assert DeepLabSegmenter(**TINY).net.classification_head is None  # no head without aux_weight
 
 
 def test_local_weights_tu_encoder_renamed_keys(tmp_path):
@@ -181,7 +181,7 @@ def test_local_weights_tu_encoder_renamed_keys(tmp_path):
     path = tmp_path / "renamed.pth"
     torch.save(renamed, path)
     model = DeepLabSegmenter(**TINY, encoder_weights=str(path))
-    encoder = model.model.encoder.model
+    encoder = model.net.encoder.model
     assert torch.equal(encoder.conv1.weight, state["conv1.weight"])
     assert torch.equal(encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
     assert torch.equal(encoder.layer3[0].bn1.running_var, state["layer3.0.bn1.running_var"])
@@ -193,7 +193,7 @@ def test_local_weights_native_smp_encoder(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
     model = DeepLabSegmenter(**{**TINY, "encoder": "resnet18"}, encoder_weights=str(path))
-    assert torch.equal(model.model.encoder.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
+    assert torch.equal(model.net.encoder.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
     with pytest.raises(DataError, match="missing"):
         DeepLabSegmenter(**TINY, encoder_weights=str(tmp_path / "absent.pth"))
     torch.save({"conv1.weight": state["conv1.weight"]}, tmp_path / "partial.pth")
@@ -207,6 +207,6 @@ def test_shared_efficientnet_lite0_weights(shared_data):
         pytest.skip(f"{path} is absent")
     model = DeepLabSegmenter(num_classes=4, encoder="tu-efficientnet_lite0", encoder_weights=str(path), decoder_channels=16)
     first = next(iter(load_state_dict_file(path).values()))  # the stem convolution, by order
-    assert torch.equal(model.model.encoder.model.conv_stem.weight, first)
+    assert torch.equal(model.net.encoder.model.conv_stem.weight, first)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 40, 40)).shape == (1, 4, 40, 40)

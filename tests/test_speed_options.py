@@ -45,6 +45,6 @@ def test_unknown_compile_target_is_an_error(tiny_voc):
 def test_compiled_segmenter_trains(tiny_voc):
     dm = MaskDataModule(root=str(tiny_voc), batch_size=2, crop_size=32)
     model = DeepLabSegmenter(dm.num_classes, encoder="tu-test_resnet", decoder_channels=16)
-    trainer = tiny_trainer(max_epochs=1, limit_val_batches=0, callbacks=[SpeedOptions(compile_modules=["model"])])
+    trainer = tiny_trainer(max_epochs=1, limit_val_batches=0, callbacks=[SpeedOptions(compile_modules=["net"])])
     trainer.fit(model, dm)
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))

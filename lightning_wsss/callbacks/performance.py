@@ -15,8 +15,8 @@ class SpeedOptions(Callback):
     Args:
         channels_last: move the module's parameters and every batch's ``image`` to ``torch.channels_last``
             (faster convolutions with tensor cores under ``bf16-mixed``/``16-mixed`` precision).
-        compile_modules: attribute names of submodules to wrap with ``torch.compile`` at setup (e.g. ``["model"]``
-            for :class:`~lightning_wsss.tasks.DeepLabSegmenter`, ``["features"]`` for the CAM classifier);
+        compile_modules: attribute names of submodules to wrap with ``torch.compile`` at setup (``["net"]``: a
+            task's network, :mod:`lightning_wsss.models`);
             ``None`` compiles nothing.
         compile_mode: ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``).
     """

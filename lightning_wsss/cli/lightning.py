@@ -20,7 +20,8 @@ from ..serialization import allow_safe_globals, weights_only_kwargs
 
 
 class WSSSLightningCLI(LightningCLI):
-    """LightningCLI with the suite's tasks and DataModules registered and ``num_classes`` linked.
+    """LightningCLI with the suite's tasks (any :class:`~lightning_wsss.tasks.base.WSSSTask`) and DataModules
+    registered and ``num_classes`` linked.
 
     ``--ckpt_path`` is checked before anything runs: a missing, unreadable or unsafe file (see
     :mod:`lightning_wsss.serialization`) and a checkpoint of another task or class count are one-line
@@ -159,8 +160,10 @@ def _register_classes() -> None:
 def run_lightning_cli(argv: Optional[List[str]] = None) -> WSSSLightningCLI:
     """Run the LightningCLI with ``argv`` (e.g. ``["fit", "--config", "experiments/x.yaml"]``)."""
     _register_classes()
+    from ..tasks.base import WSSSTask
+
     return WSSSLightningCLI(
-        L.LightningModule,
+        WSSSTask,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -54,7 +54,7 @@ DEFAULTS: Dict[str, Any] = {
         # holds the previous and initializer's masks, the proposals' (the filled box included), optionally the
         # network's CRF-refined prediction (crf_candidate) and GrabCut re-run from its mask (grabcut_candidate)
         "boxsup": {
-            "model": {"class_path": "BoxSupTrainer", "init_args": {
+            "model": {"class_path": "BoxSupSegmenter", "init_args": {
                 "initializer": "grabcut", "proposals": ["crf", "filled"], "crf_candidate": False, "round_epochs": 6,
                 "ce_weight": 1.0,
                 "replace_margin": 0.1, "grabcut_candidate": False,

@@ -1,7 +1,11 @@
-"""LightningModules ("tasks"), one per method, each with overridable hooks."""
+"""LightningModules ("tasks"), one per method, each with overridable hooks, all on :class:`WSSSTask`.
+
+The networks they train are plain ``nn.Module`` objects in :mod:`lightning_wsss.models` (a task's ``self.net``).
+"""
 
 from .affinity import AffinityRefiner
-from .boxsup import BoxSupTrainer
+from .base import WSSSTask
+from .boxsup import BoxSupSegmenter, BoxSupTrainer
 from .classifier import CAMClassifier
 from .erasing import ErasingCAMClassifier
 from .irn import BoundaryRefiner
@@ -11,5 +15,6 @@ from .sec import SECSegmenter
 from .segmenter import DeepLabSegmenter
 from .self_training import SelfTrainingSegmenter
 
-__all__ = ["CAMClassifier", "ErasingCAMClassifier", "LPCAMClassifier", "ReCAMClassifier", "AffinityRefiner", "BoundaryRefiner", "DeepLabSegmenter", "SECSegmenter",
-           "SelfTrainingSegmenter", "BoxSupTrainer"]
+__all__ = ["WSSSTask", "CAMClassifier", "ErasingCAMClassifier", "LPCAMClassifier", "ReCAMClassifier", "AffinityRefiner",
+           "BoundaryRefiner", "DeepLabSegmenter", "SECSegmenter", "SelfTrainingSegmenter", "BoxSupSegmenter",
+           "BoxSupTrainer"]

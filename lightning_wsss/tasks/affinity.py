@@ -5,20 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..callbacks.writers import Artifact, find_writer
+from ..callbacks.writers import Artifact
 from ..cam.evaluation import load_cams
+from ..models.affinity import AffinityNet
 from ..models.backbones import build_backbone
 from ..errors import DataError
 from ..refine.affinity_labels import affinity_loss, affinity_pairs, neighbor_offsets  # affinity_loss: re-exported
 from ..refine.random_walk import affinity_from_features, irn_scores, random_walk
 from ..refine.separation import affinity_separation_sums, separation_means
-from .optim import configure_poly
+from .base import WSSSTask
 
 WALK_MODES = ("psa", "irn")
 
@@ -30,10 +30,13 @@ def downsample_labels(mask: Tensor, stride: int, size: Tuple[int, int]) -> Tenso
     return F.pad(sub, (0, size[1] - sub.shape[-1], 0, size[0] - sub.shape[-2]), value=255)
 
 
-def backbone_state_from_checkpoint(path: str, prefixes: Sequence[str] = ("features.backbone.", "backbone.")
-                                   ) -> Dict[str, Tensor]:
-    """The backbone weights of a Lightning checkpoint (a CAM classifier's ``features.backbone.*``, or another
-    refiner's ``backbone.*``), prefix stripped.
+BACKBONE_PREFIXES = ("net.features.backbone.", "net.backbone.", "features.backbone.", "backbone.")
+
+
+def backbone_state_from_checkpoint(path: str, prefixes: Sequence[str] = BACKBONE_PREFIXES) -> Dict[str, Tensor]:
+    """The backbone weights of a Lightning checkpoint (a CAM classifier's ``net.features.backbone.*``, or another
+    refiner's ``net.backbone.*``; ``features.backbone.*`` / ``backbone.*`` in checkpoints written before the tasks
+    held ``self.net``), prefix stripped.
 
     Raises:
         DataError: unreadable file, or no key with any of the prefixes (naming the file).
@@ -54,7 +57,7 @@ def backbone_state_from_checkpoint(path: str, prefixes: Sequence[str] = ("featur
 PSA_REFERENCE_CELLS = 56  # psa walks 2 ** 8 steps on 448 px crops at stride 8
 
 
-class AffinityRefiner(L.LightningModule):
+class AffinityRefiner(WSSSTask):
     """AffinityNet: multi-level backbone features fused into an embedding whose L1 distances give affinities.
 
     Trains on confident label maps (``mask``: class, background 0, 255 unknown) written from the CAM stage and
@@ -73,9 +76,12 @@ class AffinityRefiner(L.LightningModule):
     (``val/aff_cross``) and their ratio ``val/aff_ratio``: whether the affinities separate objects, which the
     loss does not show (:mod:`lightning_wsss.refine.separation`).
 
-    Hooks for subclasses: :meth:`configure_backbone`, :meth:`configure_head`, :meth:`parameter_groups`,
-    :meth:`embed`, :meth:`affinity`, :meth:`loss`, :meth:`training_loss`, :meth:`walk_cams`, :meth:`propagate`,
-    :meth:`walk_scores` (:class:`~lightning_wsss.tasks.irn.BoundaryRefiner` overrides some).
+    The network is an :class:`~lightning_wsss.models.affinity.AffinityNet` (``self.net``: ``net.backbone``, a
+    projection per level and ``net.fuse``).
+
+    Hooks for subclasses (besides :class:`~lightning_wsss.tasks.base.WSSSTask`'s): :meth:`configure_backbone`,
+    :meth:`build_net`, :meth:`embed`, :meth:`affinity`, :meth:`loss`, :meth:`training_loss`, :meth:`walk_cams`,
+    :meth:`propagate`, :meth:`walk_scores` (:class:`~lightning_wsss.tasks.irn.BoundaryRefiner` overrides some).
 
     Args:
         num_classes: classes including background.
@@ -97,7 +103,8 @@ class AffinityRefiner(L.LightningModule):
             where the names or shapes do not match the backbone, a warning says so and ``weights`` is kept.
         cams_dir: folder of the CAM stage's ``<id>.npz`` files (needed by ``predict``).
         crf: dense-CRF post-processing of the walked probabilities.
-        lr, head_lr_mult, weight_decay, momentum, optimizer, poly_power: optimisation.
+        **kwargs: :class:`~lightning_wsss.tasks.base.WSSSTask` arguments (``lr``, ``head_lr_mult``,
+            ``weight_decay``, ``momentum``, ``optimizer``, ``poly_power``).
     """
 
     artifact_patterns = ("labels/{id}.png",)
@@ -121,29 +128,16 @@ class AffinityRefiner(L.LightningModule):
         irn_normalize: str = "class",
         backbone_init: Optional[str] = None,
         crf: bool = False,
-        lr: float = 0.01,
-        head_lr_mult: float = 10.0,
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        optimizer: str = "sgd",
-        poly_power: float = 0.9,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if walk_mode not in WALK_MODES:
             raise ValueError(f"walk_mode must be one of {WALK_MODES}, got {walk_mode!r}")
         if irn_normalize not in ("class", "global"):
             raise ValueError(f"irn_normalize must be 'class' or 'global', got {irn_normalize!r}")
         if t is not None and int(t) < 0:
             raise ValueError(f"t must be >= 0, got {t}")
-        self.save_hyperparameters()
-        self.num_classes = num_classes
+        super().__init__(num_classes, **kwargs)
         self._separation: Optional[Dict[str, Tensor]] = None
-        self.backbone = self.configure_backbone()
-        channels = self.backbone.feature_info.channels()
-        reductions = self.backbone.feature_info.reduction()
-        self.levels = list(feature_levels)
-        self.stride = int(reductions[self.levels[0]])
-        self.configure_head([int(channels[i]) for i in self.levels])
         self.register_buffer("offsets", neighbor_offsets(radius), persistent=False)
 
     # ------------------------------------------------------------------ hooks
@@ -152,29 +146,22 @@ class AffinityRefiner(L.LightningModule):
         hp = self.hparams
         return build_backbone(hp.backbone, hp.weights, output_stride=hp.output_stride)
 
-    def configure_head(self, level_channels: List[int]) -> None:
-        """Build the head on the backbone levels of ``level_channels`` channels: a 1x1 projection per level and a
-        1x1 ``fuse`` into the ``embed_dim`` embedding."""
-        embed_dim = self.hparams.embed_dim
-        width = max(32, embed_dim // 2)
-        self.projections = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(4, width), nn.ReLU(inplace=True))
-             for c in level_channels]
-        )
-        self.fuse = nn.Conv2d(width * len(level_channels), embed_dim, 1)
+    def build_net(self) -> AffinityNet:
+        """The embedding network on :meth:`configure_backbone`'s ``feature_levels``."""
+        return AffinityNet(self.configure_backbone(), self.hparams.feature_levels, self.hparams.embed_dim)
 
-    def parameter_groups(self) -> Tuple[List[nn.Parameter], List[nn.Parameter]]:
+    def param_groups(self) -> Tuple[List[nn.Parameter], List[nn.Parameter]]:
         """``(backbone, head)`` parameters: the optimiser trains the head at ``lr * head_lr_mult``."""
-        return list(self.backbone.parameters()), list(self.projections.parameters()) + list(self.fuse.parameters())
+        return list(self.net.backbone.parameters()), self.net.head_parameters()
+
+    @property
+    def stride(self) -> int:
+        """The network's output stride (of its first feature level)."""
+        return self.net.stride
 
     def embed(self, images: Tensor) -> Tensor:
         """Affinity embedding [B, D, H / stride, W / stride]."""
-        features = self.backbone(images)
-        size = features[self.levels[0]].shape[-2:]
-        parts = [F.interpolate(proj(features[i]), size=size, mode="bilinear", align_corners=False)
-                 if features[i].shape[-2:] != size else proj(features[i])
-                 for proj, i in zip(self.projections, self.levels)]
-        return self.fuse(torch.cat(parts, dim=1))
+        return self.net(images)
 
     def affinity(self, embedding: Tensor) -> Tensor:
         """Pair affinities a_ij = exp(-mean |f_i - f_j|) [B, P, h, w] over the radius offsets."""
@@ -231,14 +218,14 @@ class AffinityRefiner(L.LightningModule):
         from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
         state = backbone_state_from_checkpoint(path)
-        own = self.backbone.state_dict()
+        own = self.net.backbone.state_dict()
         mismatched = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
         if mismatched:
             rank_zero_warn(f"AffinityRefiner: the backbone of {path} does not match {self.hparams.backbone!r} "
                            f"({len(mismatched)} of {len(own)} tensors differ, e.g. {mismatched[0]}); "
                            f"keeping weights={self.hparams.weights!r}")
             return False
-        self.backbone.load_state_dict({k: state[k] for k in own})
+        self.net.backbone.load_state_dict({k: state[k] for k in own})
         rank_zero_info(f"AffinityRefiner: backbone initialised from {path}")
         return True
 
@@ -297,18 +284,17 @@ class AffinityRefiner(L.LightningModule):
                            f"{means['same']:.3f} (bg {means['bg']:.3f}, object {means['fg']:.3f}), across a "
                            f"boundary {means['cross']:.3f}, ratio {means['ratio']:.1f}")
 
-    def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> List[Optional[List[Artifact]]]:
+    def on_predict_start(self) -> None:
         if not self.hparams.cams_dir:
             raise ValueError("AffinityRefiner.predict needs cams_dir (the CAM stage's cams folder)")
-        writer = find_writer(self._trainer)
-        results: List[Optional[List[Artifact]]] = [None] * len(batch["id"])
-        todo = [i for i, image_id in enumerate(batch["id"]) if writer is None or not writer.is_done(image_id, self)]
-        if not todo:
-            return results
-        embedding = self.embed(batch["image"][todo])
+
+    def predict_artifacts(self, batch: Dict[str, Any], rows: List[int]) -> List[List[Artifact]]:
+        """``labels/<id>.png`` per row: its ``cams_dir`` CAMs walked on the image's affinities (:meth:`walk_scores`)."""
+        embedding = self.embed(batch["image"][rows])
         aff = self.affinity(embedding)
         h, w = embedding.shape[-2:]
-        for row, i in enumerate(todo):
+        results = []
+        for row, i in enumerate(rows):
             image_id = batch["id"][i]
             height, width = batch["size"][i].tolist()
             data = load_cams(Path(self.hparams.cams_dir) / f"{image_id}.npz")
@@ -320,7 +306,7 @@ class AffinityRefiner(L.LightningModule):
             if self.hparams.crf:
                 probs = self.crf_refine(batch, i, probs)
             label = keys[probs[0].argmax(0).cpu().numpy()]
-            results[i] = [Artifact(f"labels/{image_id}.png", "png", label)]
+            results.append([Artifact(f"labels/{image_id}.png", "png", label)])
         return results
 
     def downsample_cams(self, cams: Tensor, size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
@@ -350,20 +336,8 @@ class AffinityRefiner(L.LightningModule):
         from ..refine.crf import crf_from_probs
 
         height, width = probs.shape[-2:]
-        mean, std = self._normalization()
+        mean, std = self.normalization()
         image = denormalize(batch["image"][index, :, :height, :width].cpu().numpy(), mean, std)
         p = probs[0].clamp(min=0)
         p = p / p.sum(0, keepdim=True).clamp(min=1e-8)
         return torch.from_numpy(crf_from_probs(image, p.cpu().numpy().astype(np.float32)))[None]
-
-    def _normalization(self):
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        from ..datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        return (getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD))
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        backbone, head = self.parameter_groups()
-        return configure_poly(self, backbone, head, hp.lr, hp.head_lr_mult, hp.weight_decay,
-                              hp.optimizer, hp.momentum, hp.poly_power)

@@ -33,6 +33,7 @@ With ``mask_loss_weight=0`` (BBTP mode) no pseudo masks are built: the network t
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -60,10 +61,10 @@ from .rounds import PseudoMaskInjector, RoundsMixin, round_dir
 from .rounds import resume_epoch as _resume_epoch  # noqa: F401  (kept importable from here)
 from .segmenter import DeepLabSegmenter
 
-__all__ = ["BoxSupTrainer", "PseudoMaskInjector", "round_dir"]
+__all__ = ["BoxSupSegmenter", "BoxSupTrainer", "PseudoMaskInjector", "round_dir"]
 
 
-class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
+class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
     """BoxSup: train DeepLab on box-derived pseudo masks that are re-estimated every ``round_epochs`` epochs.
 
     Per box, the candidates (:meth:`candidates`) are the network's prediction of the box's class inside the
@@ -150,7 +151,6 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
         if not (ce_ignore_band in (None, "auto") or (isinstance(ce_ignore_band, int) and ce_ignore_band >= 0)):
             raise ValueError(f"ce_ignore_band must be 'auto', None or an int >= 0, got {ce_ignore_band!r}")
         super().__init__(num_classes, **kwargs)
-        self.save_hyperparameters()
         self.out_dir = Path(out_dir)
         self.masks: Dict[str, np.ndarray] = {}
         self.replaced = {"boxes": 0, "replaced": 0}  # boxes re-estimated / switched away from their current mask
@@ -472,3 +472,12 @@ class BoxSupTrainer(RoundsMixin, DeepLabSegmenter):
             self.log("train/pairwise_loss", pair, batch_size=batch_size)
             total = total + hp.pairwise_weight * pair
         return total
+
+
+class BoxSupTrainer(BoxSupSegmenter):
+    """Deprecated alias of :class:`BoxSupSegmenter` (a LightningModule, not a Trainer); warns when built."""
+
+    def __init__(self, num_classes: int, out_dir: str, **kwargs: Any) -> None:
+        warnings.warn("BoxSupTrainer is deprecated: use BoxSupSegmenter (the same task under its new name)",
+                      FutureWarning, stacklevel=2)
+        super().__init__(num_classes, out_dir, **kwargs)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,49 +11,13 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import (BinaryAveragePrecision, BinaryF1Score, MultilabelAveragePrecision,
                                          MultilabelF1Score)
 
-from ..callbacks.writers import Artifact, find_writer
+from ..callbacks.writers import Artifact
 from ..cam import CAMExtractor, add_background, cams_to_label, multiscale_cams
 from ..metrics import SegmentationIoU
 from ..models.backbones import build_backbone
+from ..models.cam import POOLINGS, CAMNet
 from ..models.trunk import Trunk
-from .optim import configure_poly
-
-
-POOLINGS = ("gap", "gmp", "lse", "topk")
-
-
-def pool_class_maps(maps: Tensor, pooling: str, param: Optional[float] = None) -> Tensor:
-    """Pool class activation maps [B, C, h, w] to class scores [B, C].
-
-    ``gap``: mean; ``gmp``: max; ``lse``: ``log(mean(exp(r * m))) / r`` with ``r = param`` (default 5), between
-    mean (r -> 0) and max (r -> inf); ``topk``: mean of the ``param`` (default 0.1) largest fraction of cells.
-    """
-    flat = maps.flatten(2)
-    if pooling == "gap":
-        return flat.mean(-1)
-    if pooling == "gmp":
-        return flat.amax(-1)
-    if pooling == "lse":
-        r = float(param if param is not None else 5.0)
-        return (torch.logsumexp(r * flat, dim=-1) - math.log(flat.shape[-1])) / r
-    if pooling == "topk":
-        k = max(1, int(round(float(param if param is not None else 0.1) * flat.shape[-1])))
-        return flat.topk(k, dim=-1).values.mean(-1)
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-
-
-class LastFeature(nn.Module):
-    """Wraps a timm ``features_only`` backbone and returns its last feature map [B, D, h, w].
-
-    It is the CAM target layer: hooks on this module see the classifier's input features.
-    """
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.backbone(images)[-1]
+from .base import WSSSTask
 
 
 def present_class_ids(labels: Tensor) -> Tensor:
@@ -76,7 +38,7 @@ def present_class_ids(labels: Tensor) -> Tensor:
     return out
 
 
-class CAMClassifier(L.LightningModule):
+class CAMClassifier(WSSSTask):
     """Multi-label classifier whose class activation maps seed the pseudo labels (as psa/irn train it).
 
     A timm backbone (any ``features_only`` model; ResNet-50 at output stride 16 for VOC), global average
@@ -86,32 +48,37 @@ class CAMClassifier(L.LightningModule):
     present classes (``cams/<id>.npz``: ``cams`` float16 [K, H, W], ``keys`` int [K] class indices) and the
     argmax pseudo label (``labels/<id>.png``).
 
-    Hooks for subclasses: :meth:`configure_backbone`, :meth:`configure_head`, :meth:`loss`,
-    :meth:`training_loss` (the loss from the backbone features, for methods that need more than the logits),
-    :meth:`cam_weight` (the classifier rows a CAM projects the features on), :meth:`new_parameters` (the layers
-    trained at ``head_lr_mult``), :meth:`compute_cams`.
+    The network is a :class:`~lightning_wsss.models.cam.CAMNet` (``self.net``: ``net.features``, the CAM target
+    layer, and ``net.head``).
+
+    Hooks for subclasses (besides :class:`~lightning_wsss.tasks.base.WSSSTask`'s): :meth:`configure_backbone`,
+    :meth:`configure_head`, :attr:`net_class`, :meth:`loss`, :meth:`training_loss` (the loss from the backbone
+    features, for methods that need more than the logits), :meth:`cam_weight` (the classifier rows a CAM projects
+    the features on), :meth:`new_parameters` (the layers trained at ``head_lr_mult``), :meth:`compute_cams`.
 
     Args:
         num_classes: classes including background (the head predicts the ``num_classes - 1`` foreground ones).
         backbone: timm model name.
         weights: ``None``, ``"imagenet"`` or a local state-dict path (see :mod:`lightning_wsss.models.backbones`).
         output_stride: backbone output stride (16 as irn).
-        lr, head_lr_mult, weight_decay, momentum, optimizer, poly_power: optimisation.
         cam_method: ``cam``, ``gradcam``, ``gradcam++``, ``xgradcam`` or ``layercam`` for prediction.
         cam_scales, cam_flip: multi-scale + flip inference at prediction.
         bg_mode: ``constant`` (``bg_threshold`` as background score, irn) or ``power`` ((1 - max cam) ** ``bg_alpha``, psa).
         bg_threshold, bg_alpha: background scoring.
-        pooling: how the class score pools its activation map (:func:`pool_class_maps`): ``gap`` (global average,
-            psa/irn), ``lse`` (log-sum-exp, ``pooling_param`` = r, default 5), ``topk`` (mean of the top
-            ``pooling_param`` fraction of cells, default 0.1) or ``gmp`` (max). Average pooling asks a class to
-            be present everywhere: a small object's evidence is diluted by the whole map, so the classifier
-            learns the context that co-occurs with it.
+        pooling: how the class score pools its activation map (:func:`~lightning_wsss.models.cam.pool_class_maps`):
+            ``gap`` (global average, psa/irn), ``lse`` (log-sum-exp, ``pooling_param`` = r, default 5), ``topk``
+            (mean of the top ``pooling_param`` fraction of cells, default 0.1) or ``gmp`` (max). Average pooling
+            asks a class to be present everywhere: a small object's evidence is diluted by the whole map, so the
+            classifier learns the context that co-occurs with it.
         feature_layer: the layer the classifier pools and the CAM reads: ``stage`` (the last stage of a timm
             ``features_only`` backbone) or ``forward_features`` (timm's whole trunk, with the 1x1 head convolution
             where the model has one, e.g. EfficientNet's 1280-channel ``conv_head``; :class:`~lightning_wsss.models.trunk.Trunk`).
+        **kwargs: :class:`~lightning_wsss.tasks.base.WSSSTask` arguments (``lr``, ``head_lr_mult``,
+            ``weight_decay``, ``momentum``, ``optimizer``, ``poly_power``).
     """
 
     artifact_patterns = ("cams/{id}.npz", "labels/{id}.png")
+    net_class: Type[CAMNet] = CAMNet
 
     def __init__(
         self,
@@ -119,12 +86,6 @@ class CAMClassifier(L.LightningModule):
         backbone: str = "resnet50",
         weights: Optional[str] = None,
         output_stride: int = 16,
-        lr: float = 0.01,
-        head_lr_mult: float = 10.0,
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        optimizer: str = "sgd",
-        poly_power: float = 0.9,
         cam_method: str = "cam",
         cam_scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
         cam_flip: bool = True,
@@ -134,25 +95,31 @@ class CAMClassifier(L.LightningModule):
         pooling: str = "gap",
         pooling_param: Optional[float] = None,
         feature_layer: str = "stage",
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        self.save_hyperparameters()
-        self.num_classes = num_classes
-        self.features = LastFeature(self.configure_backbone())
-        channels = self.features.backbone.feature_info.channels()[-1]
-        self.head = self.configure_head(channels, num_classes - 1)
-        if num_classes - 1 == 1:  # one foreground class (e.g. horse vs background): binary metrics
-            metrics = {"mAP": BinaryAveragePrecision(), "F1": BinaryF1Score()}
-        else:
-            metrics = {"mAP": MultilabelAveragePrecision(num_labels=num_classes - 1),
-                       "F1": MultilabelF1Score(num_labels=num_classes - 1)}
-        self.val_metrics = MetricCollection(metrics, prefix="val/")
-        self.val_cam_miou = SegmentationIoU(num_classes)
+        super().__init__(num_classes, **kwargs)
         self._extractor: Optional[CAMExtractor] = None
 
     # ------------------------------------------------------------------ hooks
+    def build_net(self) -> CAMNet:
+        """A :attr:`net_class` network on :meth:`configure_backbone` with the :meth:`configure_head` classifier."""
+        backbone = self.configure_backbone()
+        head = self.configure_head(backbone.feature_info.channels()[-1], self.num_classes - 1)
+        return self.net_class(backbone, head, self.hparams.get("pooling", "gap"), self.hparams.get("pooling_param"))
+
+    def configure_metrics(self) -> None:
+        """Validation mAP and F1 (binary with one foreground class) and the single-scale CAM label mIoU."""
+        classes = self.num_classes - 1
+        if classes == 1:  # one foreground class (e.g. horse vs background): binary metrics
+            metrics = {"mAP": BinaryAveragePrecision(), "F1": BinaryF1Score()}
+        else:
+            metrics = {"mAP": MultilabelAveragePrecision(num_labels=classes),
+                       "F1": MultilabelF1Score(num_labels=classes)}
+        self.val_metrics = MetricCollection(metrics, prefix="val/")
+        self.val_cam_miou = SegmentationIoU(self.num_classes)
+
     def configure_backbone(self) -> nn.Module:
         """Build the timm ``features_only`` backbone (override for other feature extractors)."""
         hp = self.hparams
@@ -178,11 +145,15 @@ class CAMClassifier(L.LightningModule):
 
     def cam_weight(self) -> Tensor:
         """The classifier rows [C-1, D] a CAM projects the features on (``cam_method: cam``, :meth:`raw_cams`)."""
-        return self.head.weight.flatten(1)
+        return self.net.cam_weight()
 
     def new_parameters(self) -> List[nn.Parameter]:
         """The parameters of the new layers, trained at ``lr * head_lr_mult`` (the backbone trains at ``lr``)."""
-        return list(self.head.parameters())
+        return self.net.head_parameters()
+
+    def param_groups(self) -> Tuple[Iterable[nn.Parameter], List[nn.Parameter]]:
+        """The backbone and :meth:`new_parameters`."""
+        return self.net.features.parameters(), self.new_parameters()
 
     def compute_cams(self, images: Tensor, class_ids: Tensor) -> Tensor:
         """Multi-scale + flip CAMs of ``class_ids`` (dataset indices 1..C-1, -1 padding).
@@ -199,26 +170,24 @@ class CAMClassifier(L.LightningModule):
     # ------------------------------------------------------------------ model
     def forward(self, images: Tensor) -> Tensor:
         """Class logits [B, C-1] for images [B, 3, H, W]."""
-        return self.classify(self.features(images))
+        return self.net(images)
 
     def classify(self, features: Tensor) -> Tensor:
-        """Logits [B, C-1] from features [B, D, h, w]: the 1x1 head on the pooled features (``gap``), or the
-        pooled class activation maps of the head (``pooling``; the head is linear, so both agree for ``gap``)."""
-        if self.hparams.get("pooling", "gap") == "gap":
-            return self.head(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
-        return pool_class_maps(self.head(features), self.hparams.pooling, self.hparams.get("pooling_param"))
+        """Logits [B, C-1] from features [B, D, h, w] (:meth:`~lightning_wsss.models.cam.CAMNet.classify`)."""
+        return self.net.classify(features)
 
     def raw_cams(self, features: Tensor) -> Tensor:
-        """ReLU'd class activation maps [B, C-1, h, w] of every foreground class, from features [B, D, h, w]."""
-        return F.relu(F.conv2d(features, self.cam_weight()[..., None, None]))
+        """ReLU'd class activation maps [B, C-1, h, w] of every foreground class on the :meth:`cam_weight` rows,
+        from features [B, D, h, w]."""
+        return self.net.raw_cams(features, self.cam_weight())
 
     def cam_extractor(self) -> CAMExtractor:
-        """The extractor for ``cam_method`` on this model (built once; hooks live as long as the module)."""
+        """The extractor for ``cam_method`` on ``self.net`` (built once; hooks live as long as the module)."""
         if self._extractor is None or self._extractor.method != self.hparams.cam_method.lower():
             if self._extractor is not None:
                 self._extractor.release()
             self._extractor = CAMExtractor(
-                self, [self.features], method=self.hparams.cam_method, normalize="none",
+                self.net, [self.net.features], method=self.hparams.cam_method, normalize="none",
                 classifier_weight=self.cam_weight() if self.hparams.cam_method == "cam" else None,
             )
         return self._extractor
@@ -230,12 +199,12 @@ class CAMClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.training_loss(self.features(batch["image"]), batch)
+        loss = self.training_loss(self.net.features(batch["image"]), batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
         return loss
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        features = self.features(batch["image"])
+        features = self.net.features(batch["image"])
         logits = self.classify(features)
         batch_size = len(batch["id"])
         self.log("val/loss", self.loss(logits, batch["labels"], batch), batch_size=batch_size, sync_dist=True)
@@ -261,32 +230,24 @@ class CAMClassifier(L.LightningModule):
 
     def panel_predictions(self, batch: Dict[str, Any]) -> Tensor:
         """Single-scale CAM labels, for the W&B image panels."""
-        return self.single_scale_labels(self.features(batch["image"]), batch["labels"], batch["image"].shape[-2:])
+        return self.single_scale_labels(self.net.features(batch["image"]), batch["labels"], batch["image"].shape[-2:])
 
-    def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> List[Optional[List[Artifact]]]:
-        writer = find_writer(self._trainer)
-        todo = [i for i, image_id in enumerate(batch["id"]) if writer is None or not writer.is_done(image_id, self)]
-        results: List[Optional[List[Artifact]]] = [None] * len(batch["id"])
-        if not todo:
-            return results
-        index = torch.tensor(todo, device=batch["image"].device)
+    def predict_artifacts(self, batch: Dict[str, Any], rows: List[int]) -> List[List[Artifact]]:
+        """``cams/<id>.npz`` (:meth:`compute_cams` of the present classes) and ``labels/<id>.png`` per row."""
+        index = torch.tensor(rows, device=batch["image"].device)
         class_ids = present_class_ids(batch["labels"][index])
         cams = self.compute_cams(batch["image"][index], class_ids)
         labels = cams_to_label(self.background(cams), class_ids)
-        for row, i in enumerate(todo):
+        results = []
+        for row, i in enumerate(rows):
             height, width = batch["size"][i].tolist()
             keep = class_ids[row] > 0
             image_id = batch["id"][i]
-            results[i] = [
+            results.append([
                 Artifact(f"cams/{image_id}.npz", "npz", {
                     "cams": cams[row, keep, :height, :width].cpu().numpy().astype("float16"),
                     "keys": class_ids[row, keep].cpu().numpy(),
                 }),
                 Artifact(f"labels/{image_id}.png", "png", labels[row, :height, :width].cpu().numpy().astype("uint8")),
-            ]
+            ])
         return results
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        return configure_poly(self, self.features.parameters(), self.new_parameters(), hp.lr, hp.head_lr_mult,
-                              hp.weight_decay, hp.optimizer, hp.momentum, hp.poly_power)

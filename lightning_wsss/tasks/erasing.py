@@ -6,9 +6,8 @@ Design
 ------
 Training runs in phases: phase 0 (``first_round_epochs``, default ``round_epochs``) trains on the images as they
 are, every later phase lasts ``round_epochs``. At the start of phase ``k`` (for ``k <= erase_rounds``) the task
-freezes a copy of the backbone and
-head (a :class:`RoundSnapshot`, kept in ``self.round_snapshots``, saved in checkpoints) and from then on every
-training batch is erased on the fly before the forward pass:
+freezes a copy of the network (``copy.deepcopy(self.net)``, :func:`frozen_copy`, kept in ``self.round_snapshots``,
+saved in checkpoints) and from then on every training batch is erased on the fly before the forward pass:
 
     for each snapshot j = 0 .. k-1 (in order):
         region_j = { pixels where the snapshot's CAM of a present class, max-normalised per image and class,
@@ -45,7 +44,7 @@ from ..cam import CAMExtractor, multiscale_cams, normalize_maps, upsample
 from ..datasets.classes import IGNORE_INDEX
 from .classifier import CAMClassifier, present_class_ids
 
-__all__ = ["ErasingCAMClassifier", "RoundSnapshot", "select_class_maps", "mine_regions", "erase_images",
+__all__ = ["ErasingCAMClassifier", "frozen_copy", "select_class_maps", "mine_regions", "erase_images",
            "mined_label_map", "peak_ratio"]
 
 
@@ -115,48 +114,16 @@ def mined_label_map(mined: Tensor, class_ids: Tensor, cams: Tensor, previous: Op
 
 
 # ----------------------------------------------------------------------------------------------- snapshots
-class RoundSnapshot(nn.Module):
-    """A frozen copy of a :class:`CAMClassifier`'s ``features`` and ``head`` at the end of an erasing round.
-
-    ``forward`` gives class logits [B, C-1] and :meth:`raw_cams` the ReLU'd maps [B, C-1, h, w], through the
-    owner class's own ``classify`` / ``raw_cams`` (which only use ``self.head``), so a subclass with another
-    head is copied faithfully. Parameters do not require gradients; the snapshot runs in eval mode.
-    """
-
-    def __init__(self, features: nn.Module, head: nn.Module, owner_type: type = CAMClassifier,
-                 hparams: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__()
-        self.features = features
-        self.head = head
-        self._owner_type = owner_type
-        self.hparams = dict(hparams or {})  # the owner's settings its classify / raw_cams read (pooling)
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-        self.eval()
-
-    @classmethod
-    def of(cls, model: CAMClassifier) -> "RoundSnapshot":
-        """Deep copy of ``model.features`` and ``model.head`` (forward hooks of CAM extractors dropped)."""
-        features = copy.deepcopy(model.features)
-        head = copy.deepcopy(model.head)
-        for module in list(features.modules()) + list(head.modules()):
-            module._forward_hooks.clear()
-            module._forward_pre_hooks.clear()
-            module._backward_hooks.clear()
-        return cls(features, head, type(model), dict(model.hparams))
-
-    def train(self, mode: bool = True) -> "RoundSnapshot":
-        """Always eval: Lightning's ``model.train()`` must not switch a frozen snapshot's BatchNorm back."""
-        return super().train(False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self._owner_type.classify(self, self.features(images))
-
-    def raw_cams(self, features: Tensor) -> Tensor:
-        return self._owner_type.raw_cams(self, features)
-
-    def cam_weight(self) -> Tensor:
-        return self._owner_type.cam_weight(self)
+def frozen_copy(net: nn.Module) -> nn.Module:
+    """A deep copy of ``net`` in eval mode whose parameters take no gradient (forward hooks of CAM extractors
+    dropped): an erasing round's miner."""
+    snapshot = copy.deepcopy(net)
+    for module in snapshot.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+        module._backward_hooks.clear()
+    snapshot.requires_grad_(False)
+    return snapshot.eval()
 
 
 @torch.no_grad()
@@ -165,7 +132,7 @@ def peak_ratio(network: nn.Module, erased: Tensor, original: Tensor, class_ids: 
     peak(raw CAM on original)`` per present class, clipped to [0, 1] (single scale).
 
     Args:
-        network: has ``features`` and ``raw_cams`` (a :class:`CAMClassifier` or :class:`RoundSnapshot`).
+        network: has ``features`` and ``raw_cams`` (a :class:`~lightning_wsss.models.cam.CAMNet`).
         erased, original: float [B, 3, H, W].
         class_ids: long [B, K] (-1 padding).
 
@@ -185,7 +152,8 @@ class ErasingCAMClassifier(CAMClassifier):
     """AE-PSL: a CAM classifier trained in rounds on images whose already-mined regions are erased.
 
     See the module docstring for the schedule and the prediction. Extra attributes: ``round_snapshots``
-    (``nn.ModuleList`` of :class:`RoundSnapshot`, one per finished round, in checkpoints).
+    (``nn.ModuleList`` of frozen copies of ``self.net``, one per finished round, in checkpoints; always in eval
+    mode, whatever ``train()`` sets).
 
     Args:
         num_classes: classes including background.
@@ -227,7 +195,6 @@ class ErasingCAMClassifier(CAMClassifier):
         if not 0.0 <= erase_threshold < 1.0:
             raise ValueError(f"erase_threshold must be in [0, 1), got {erase_threshold}")
         super().__init__(num_classes, **kwargs)
-        self.save_hyperparameters()
         self.round_snapshots = nn.ModuleList()
         self._snapshot_extractors: Dict[int, CAMExtractor] = {}
         self._last_mined: Optional[Tensor] = None
@@ -247,11 +214,17 @@ class ErasingCAMClassifier(CAMClassifier):
             return 0
         return min(int(hp.erase_rounds), 1 + (epoch - first) // int(hp.round_epochs))
 
-    def take_snapshot(self) -> RoundSnapshot:
+    def take_snapshot(self) -> nn.Module:
         """Freeze the current network as the next round's miner; returns the snapshot."""
-        snapshot = RoundSnapshot.of(self)
+        snapshot = frozen_copy(self.net)
         self.round_snapshots.append(snapshot)
         return snapshot
+
+    def train(self, mode: bool = True) -> "ErasingCAMClassifier":
+        """``mode`` for the network; the snapshots stay in eval mode (frozen BatchNorm statistics)."""
+        super().train(mode)
+        self.round_snapshots.eval()
+        return self
 
     @torch.no_grad()
     def mined_regions(self, images: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
@@ -326,7 +299,7 @@ class ErasingCAMClassifier(CAMClassifier):
             if extractor is not None:
                 extractor.release()
             extractor = CAMExtractor(snapshot, [snapshot.features], method=method, normalize="none",
-                                     classifier_weight=snapshot.head.weight.flatten(1) if method == "cam" else None)
+                                     classifier_weight=snapshot.cam_weight() if method == "cam" else None)
             self._snapshot_extractors[index] = extractor
         logit_ids = torch.where(class_ids > 0, class_ids - 1, class_ids)
         with torch.inference_mode(False), torch.enable_grad():
@@ -362,19 +335,18 @@ class ErasingCAMClassifier(CAMClassifier):
         if combined is None:
             return cams
         if hp.get("relative_to_unerased", False):
-            cams = cams * peak_ratio(self, current, images, class_ids)[..., None, None]
+            cams = cams * peak_ratio(self.net, current, images, class_ids)[..., None, None]
         return torch.maximum(combined, cams)
 
-    def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> List[Optional[List[Artifact]]]:
+    def predict_artifacts(self, batch: Dict[str, Any], rows: List[int]) -> List[List[Artifact]]:
         """The base artifacts plus ``mined/<id>.png`` (the union of mined regions, 255 = not mined)."""
         self._last_mined = None
-        results = super().predict_step(batch, batch_idx, dataloader_idx)
+        results = super().predict_artifacts(batch, rows)
         if self._last_mined is None:
             return results
         mined = self._last_mined.cpu().numpy().astype("uint8")
-        rows = [i for i, artifacts in enumerate(results) if artifacts is not None]
         for row, i in enumerate(rows):
             height, width = batch["size"][i].tolist()
-            results[i].append(Artifact(f"mined/{batch['id'][i]}.png", "png", mined[row, :height, :width]))
+            results[row].append(Artifact(f"mined/{batch['id'][i]}.png", "png", mined[row, :height, :width]))
         self._last_mined = None
         return results

@@ -28,7 +28,7 @@ LPCAMClassifier``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,6 @@ class LPCAMClassifier(CAMClassifier):
         if not 0.0 <= select_threshold < 1.0:
             raise ValueError(f"select_threshold must be in [0, 1), got {select_threshold}")
         super().__init__(num_classes, **kwargs)
-        self.save_hyperparameters()
         self.prototypes: Dict[int, Tensor] = {}
         self.context: Dict[int, Tensor] = {}
 
@@ -90,7 +89,7 @@ class LPCAMClassifier(CAMClassifier):
         threshold = float(self.hparams.select_threshold)
         for batch in batches:
             images = batch["image"].to(self.device)
-            features = self.features(images)
+            features = self.net.features(images)
             maps = self.raw_cams(features)
             maps = maps / (maps.flatten(2).amax(-1)[..., None, None] + 1e-5)
             valid = self._valid_cells(batch, features.shape[-2:])
@@ -172,7 +171,7 @@ class LPCAMClassifier(CAMClassifier):
 
     def _prototype_maps(self, images: Tensor, class_ids: Tensor) -> Tensor:
         """Raw prototype maps [B, K, h, w] of ``class_ids`` [B, K] on ``images`` [B, 3, h', w'] (zeros for -1)."""
-        features = self.features(images)
+        features = self.net.features(images)
         out = features.new_zeros(class_ids.shape[0], class_ids.shape[1], *features.shape[-2:])
         for class_id in torch.unique(class_ids[class_ids > 0]).tolist():
             prototypes = self.prototypes.get(class_id)

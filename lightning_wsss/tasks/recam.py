@@ -14,19 +14,20 @@ trained CAM classifier: start after the epochs a plain classifier needs). The ne
 classifier's head (so, with the same seed, training up to ``recam_start_epoch`` is the plain classifier's, bit
 for bit) and trains at the head learning rate.
 
-Hooks overridden: :meth:`training_loss` (adds the SCE term), :meth:`cam_weight` (the ReCAM head's rows),
-:meth:`new_parameters` (adds the ReCAM head).
+The network is a :class:`~lightning_wsss.models.cam.ReCAMNet` (``net_class``: the CAM network with the second
+head ``net.recam_head``, trained with the classifier's head). Hooks overridden: :meth:`training_loss` (adds the
+SCE term), :meth:`cam_weight` (the classifier's rows when ``cams_from_recam_head`` is off).
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..models.cam import ReCAMNet
 from .classifier import CAMClassifier
 
 __all__ = ["ReCAMClassifier", "class_masked_features", "recam_loss"]
@@ -80,25 +81,22 @@ class ReCAMClassifier(CAMClassifier):
         **kwargs: :class:`CAMClassifier` arguments.
     """
 
+    # the ReCAM head starts as a copy of the classifier's head: no random draw, so the epochs before
+    # recam_start_epoch are the plain classifier's, bit for bit, and ReCAM fine-tunes the same classifier
+    net_class = ReCAMNet
+
     def __init__(self, num_classes: int, recam_weight: float = 0.7, recam_start_epoch: int = 0,
                  cams_from_recam_head: bool = True, **kwargs: Any) -> None:
         if recam_weight < 0:
             raise ValueError(f"recam_weight must be >= 0, got {recam_weight}")
         super().__init__(num_classes, **kwargs)
-        self.save_hyperparameters()
-        # starts as a copy of the classifier's head: no random draw, so the epochs before recam_start_epoch are
-        # the plain classifier's, bit for bit, and ReCAM fine-tunes the same classifier
-        self.recam_head = copy.deepcopy(self.head)
 
     def cam_weight(self) -> Tensor:
         """The ReCAM head's rows [C-1, D]: CAMs are re-activated maps (the classifier's rows when
         ``cams_from_recam_head`` is off)."""
         if not self.hparams.get("cams_from_recam_head", True):
-            return super().cam_weight()
-        return self.recam_head.weight.flatten(1)
-
-    def new_parameters(self) -> List[nn.Parameter]:
-        return super().new_parameters() + list(self.recam_head.parameters())
+            return self.net.head.weight.flatten(1)
+        return self.net.cam_weight()
 
     def training_loss(self, features: Tensor, batch: Dict[str, Any]) -> Tensor:
         """BCE on the class logits plus ``recam_weight`` x SCE on the class-masked features (from
@@ -106,8 +104,8 @@ class ReCAMClassifier(CAMClassifier):
         loss = super().training_loss(features, batch)
         if self.current_epoch < int(self.hparams.recam_start_epoch) or not self.hparams.recam_weight:
             return loss
-        cams = F.relu(F.conv2d(features, self.head.weight))
-        sce = recam_loss(class_masked_features(features, cams), batch["labels"], self.recam_head.weight.flatten(1))
+        cams = F.relu(F.conv2d(features, self.net.head.weight))
+        sce = recam_loss(class_masked_features(features, cams), batch["labels"], self.net.recam_head.weight.flatten(1))
         if self._trainer is not None and self.trainer.training:
             self.log("train/recam_loss", sce, batch_size=len(batch["id"]))
         return loss + float(self.hparams.recam_weight) * sce

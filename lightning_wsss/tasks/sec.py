@@ -191,7 +191,6 @@ class SECSegmenter(DeepLabSegmenter):
         if min(seed_weight, expand_weight, constrain_weight) < 0 or seed_weight + expand_weight + constrain_weight <= 0:
             raise ValueError("loss weights must be >= 0 and not all 0")
         super().__init__(num_classes, **kwargs)
-        self.save_hyperparameters()
 
     # ------------------------------------------------------------------ pieces
     def constrain_crf_params(self) -> CRFParams:

@@ -10,113 +10,20 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..callbacks.writers import Artifact, find_writer
+from ..callbacks.writers import Artifact
 from ..datamodules.plotting import denormalize
-from ..datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.classes import IGNORE_INDEX
-from ..errors import DataError
 from ..metrics import SegmentationIoU
-from ..models.pretrained import resolve_weights
-from ..models.backbones import load_backbone_weights, load_state_dict_file, strip_prefixes
-from .optim import configure_poly
-
-ARCHITECTURES = ("deeplabv3", "deeplabv3plus")
+from ..models.deeplab import build_deeplab
+from .base import WSSSTask
 
 
 # ----------------------------------------------------------------------------------------------- functional core
-def _is_local_weights(weights: Optional[str]) -> bool:
-    return weights not in (None, "", "none", "imagenet")
-
-
-def load_encoder_weights(model: nn.Module, encoder: str, path: str) -> Dict[str, int]:
-    """Load a local state dict into an smp model's encoder.
-
-    ``tu-NAME`` encoders wrap a timm ``features_only`` model at ``model.encoder.model``: it goes through
-    :func:`lightning_wsss.models.backbones.load_backbone_weights` (timm names, or other names matched by order
-    and shape). Native smp encoders (``resnet50``...) use torchvision/timm-style names: wrapper prefixes are
-    stripped and every encoder tensor must be present; extra keys (the classifier) are dropped.
-
-    Returns:
-        ``{"loaded": n, "dropped": m}``.
-
-    Raises:
-        DataError: missing/unreadable file, missing tensors or shape mismatches (the message names the file).
-    """
-    if encoder.startswith("tu-"):
-        return load_backbone_weights(model.encoder.model, encoder[3:], path)
-    state = strip_prefixes(load_state_dict_file(path))
-    own = model.encoder.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise DataError(path, f"weights lack {len(missing)} encoder tensors, e.g. {missing[:3]}")
-    for key, value in own.items():
-        if key in state and tuple(state[key].shape) != tuple(value.shape):
-            raise DataError(path, f"{key!r}: shape {tuple(state[key].shape)} differs from the encoder's {tuple(value.shape)}")
-    picked = {k: state[k] for k in own if k in state}
-    model.encoder.load_state_dict(picked, strict=False)
-    return {"loaded": len(picked), "dropped": len(state) - len(picked)}
-
-
-def build_deeplab(
-    arch: str,
-    encoder: str,
-    num_classes: int,
-    encoder_weights: Optional[str] = None,
-    output_stride: int = 16,
-    encoder_depth: int = 5,
-    decoder_channels: int = 256,
-    aux_classes: Optional[int] = None,
-) -> nn.Module:
-    """Create an smp DeepLabV3 / DeepLabV3+ and load its encoder weights.
-
-    Args:
-        arch: ``"deeplabv3"`` or ``"deeplabv3plus"`` (case-insensitive; ``"DeepLabV3Plus"`` works).
-        encoder: smp encoder name (``resnet50``) or timm through smp (``tu-resnet18``, ``tu-efficientnet_lite0``).
-        num_classes: output channels (background included).
-        encoder_weights: ``None``, ``"imagenet"`` or a local state-dict path. ``"imagenet"`` loads a packaged file
-            offline where one is installed (:mod:`lightning_wsss.models.pretrained`), else smp's hub.
-        output_stride: 8 or 16.
-        encoder_depth: encoder stages used (smp: 3..5).
-        decoder_channels: ASPP / decoder width.
-        aux_classes: adds smp's classification head on the deepest features with this many outputs.
-
-    Returns:
-        the smp model; ``model(x)`` gives logits [B, num_classes, H, W] (and [B, aux_classes] with the
-        auxiliary head) for H, W divisible by ``model.encoder.output_stride``.
-    """
-    import segmentation_models_pytorch as smp
-
-    key = arch.lower().replace("_", "").replace("-", "")
-    classes = {"deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus}
-    if key not in classes:
-        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
-    if output_stride not in (8, 16):
-        raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-    encoder_weights = resolve_weights(encoder, encoder_weights)
-    if encoder_weights == "imagenet":
-        smp_weights: Any = True if encoder.startswith("tu-") else "imagenet"
-    else:
-        smp_weights = None
-    model = classes[key](
-        encoder_name=encoder,
-        encoder_depth=encoder_depth,
-        encoder_weights=smp_weights,
-        encoder_output_stride=output_stride,
-        decoder_channels=decoder_channels,
-        classes=num_classes,
-        aux_params=None if aux_classes is None else {"classes": aux_classes, "dropout": 0.0},
-    )
-    if _is_local_weights(encoder_weights):
-        load_encoder_weights(model, encoder, encoder_weights)  # type: ignore[arg-type]
-    return model
-
-
 def pad_to_multiple(images: Tensor, multiple: int, value: float = 0.0) -> Tensor:
     """Pad images [B, C, H, W] at the bottom and right so H and W are multiples of ``multiple``.
 
@@ -213,7 +120,7 @@ def metric_key(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the task
-class DeepLabSegmenter(L.LightningModule):
+class DeepLabSegmenter(WSSSTask):
     """DeepLabV3 / DeepLabV3+ (smp) trained with pixel cross-entropy on (pseudo) masks.
 
     Training: cross-entropy with 255 ignored, optional auxiliary multi-label classification head (smp's
@@ -227,8 +134,10 @@ class DeepLabSegmenter(L.LightningModule):
     Any input size works: images are padded inside :meth:`forward` to a multiple of the encoder's output
     stride and the logits cropped back; batches padded by the collate are cropped to ``size`` before writing.
 
-    Hooks for subclasses: :meth:`configure_model` (builds ``self.model``; idempotent, as Lightning requires),
-    :meth:`loss`, :meth:`predict_logits`, :meth:`postprocess`.
+    The network ``self.net`` is the smp model (:func:`~lightning_wsss.models.deeplab.build_deeplab`).
+
+    Hooks for subclasses (besides :class:`~lightning_wsss.tasks.base.WSSSTask`'s): :meth:`build_net`,
+    :meth:`loss`, :meth:`aux_loss`, :meth:`predict_logits`, :meth:`postprocess`.
 
     Args:
         num_classes: classes including background.
@@ -238,16 +147,18 @@ class DeepLabSegmenter(L.LightningModule):
         encoder_depth: encoder stages (3..5).
         output_stride: 8 or 16.
         decoder_channels: ASPP / decoder width.
-        lr, head_lr_mult, weight_decay, momentum, optimizer, poly_power: optimisation.
         aux_weight: weight of the auxiliary classification loss; 0 builds no auxiliary head.
         test_scales, test_flip: multi-scale + flip inference at test and prediction time.
         crf: dense-CRF post-processing at test and prediction time.
         crf_params: keyword arguments of :class:`lightning_wsss.refine.crf.CRFParams`.
         crf_processes: CRF worker processes (0 = in this process).
         class_names: names for per-class IoU keys (default: the datamodule's ``class_names``).
+        **kwargs: :class:`~lightning_wsss.tasks.base.WSSSTask` arguments (``lr``, ``head_lr_mult``,
+            ``weight_decay``, ``momentum``, ``optimizer``, ``poly_power``).
     """
 
     artifact_patterns: Tuple[str, ...] = ("labels/{id}.png",)
+    legacy_net_prefix = "model."
 
     def __init__(
         self,
@@ -258,12 +169,6 @@ class DeepLabSegmenter(L.LightningModule):
         encoder_depth: int = 5,
         output_stride: int = 16,
         decoder_channels: int = 256,
-        lr: float = 0.01,
-        head_lr_mult: float = 10.0,
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        optimizer: str = "sgd",
-        poly_power: float = 0.9,
         aux_weight: float = 0.0,
         test_scales: Sequence[float] = (1.0,),
         test_flip: bool = False,
@@ -271,33 +176,37 @@ class DeepLabSegmenter(L.LightningModule):
         crf_params: Optional[Dict[str, float]] = None,
         crf_processes: int = 0,
         class_names: Optional[List[str]] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.num_classes = num_classes
-        self.model: Optional[nn.Module] = None
-        self.configure_model()
-        self.val_miou = SegmentationIoU(num_classes)
-        self.val_iou = SegmentationIoU(num_classes, reduction="none")
-        self.test_miou = SegmentationIoU(num_classes)
-        self.test_iou = SegmentationIoU(num_classes, reduction="none")
+        super().__init__(num_classes, **kwargs)
 
     # ------------------------------------------------------------------ hooks
-    def configure_model(self) -> None:
-        """Build ``self.model`` (smp DeepLab) unless it exists; called from ``__init__`` and again by Lightning."""
-        if self.model is not None:
-            return
+    def build_net(self) -> nn.Module:
+        """The smp DeepLab (with the auxiliary classification head when ``aux_weight > 0``)."""
         hp = self.hparams
-        self.model = build_deeplab(
+        return build_deeplab(
             hp.arch, hp.encoder, self.num_classes, hp.encoder_weights, hp.output_stride, hp.encoder_depth,
             hp.decoder_channels, aux_classes=self.num_classes - 1 if hp.aux_weight > 0 else None,
         )
+
+    def configure_metrics(self) -> None:
+        """Validation and test mIoU and per-class IoU."""
+        self.val_miou = SegmentationIoU(self.num_classes)
+        self.val_iou = SegmentationIoU(self.num_classes, reduction="none")
+        self.test_miou = SegmentationIoU(self.num_classes)
+        self.test_iou = SegmentationIoU(self.num_classes, reduction="none")
+
+    def param_groups(self) -> Tuple[List[nn.Parameter], List[nn.Parameter]]:
+        """The encoder, and every other parameter (decoder, heads) at the head learning rate."""
+        encoder = list(self.net.encoder.parameters())
+        encoder_ids = {id(p) for p in encoder}
+        return encoder, [p for p in self.parameters() if id(p) not in encoder_ids]
 
     def loss(self, logits: Tensor, batch: Dict[str, Any]) -> Tensor:
         """Pixel cross-entropy of ``logits`` [B, C, H, W] against ``batch["mask"]`` [B, H, W] (255 ignored)."""
         if "mask" not in batch:
             raise ValueError("DeepLabSegmenter trains on masks: the training batch has none (use MaskDataModule or "
-                             "PseudoMaskDataModule, or a task that builds masks such as BoxSupTrainer)")
+                             "PseudoMaskDataModule, or a task that builds masks such as BoxSupSegmenter)")
         return masked_cross_entropy(logits, batch["mask"])
 
     def aux_loss(self, aux_logits: Tensor, batch: Dict[str, Any]) -> Tensor:
@@ -343,13 +252,13 @@ class DeepLabSegmenter(L.LightningModule):
     @property
     def size_multiple(self) -> int:
         """Input sides must be multiples of this (the encoder's output stride)."""
-        return int(getattr(self.model.encoder, "output_stride", 32))
+        return int(getattr(self.net.encoder, "output_stride", 32))
 
     def forward_outputs(self, images: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """Segmentation logits [B, C, H, W] at input size and auxiliary logits [B, C-1] (None without the head)."""
         height, width = images.shape[-2:]
         padded = pad_to_multiple(images, self.size_multiple)
-        outputs = self.model(padded)
+        outputs = self.net(padded)
         logits, aux = outputs if isinstance(outputs, (tuple, list)) else (outputs, None)
         if logits.shape[-2:] != padded.shape[-2:]:  # decoders that stop short of the input resolution
             logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
@@ -358,15 +267,6 @@ class DeepLabSegmenter(L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         """Logits [B, C, H, W] for images [B, 3, H, W] of any size."""
         return self.forward_outputs(images)[0]
-
-    def normalization(self) -> Tuple[Sequence[float], Sequence[float]]:
-        """The (mean, std) the images were normalised with: the datamodule's, else ImageNet's."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        mean = getattr(datamodule, "mean", None)
-        std = getattr(datamodule, "std", None)
-        if mean is None or std is None:
-            return IMAGENET_MEAN, IMAGENET_STD
-        return tuple(mean), tuple(std)
 
     def class_names(self) -> Optional[List[str]]:
         """Class names for per-class IoU: the ``class_names`` argument, else the datamodule's."""
@@ -431,22 +331,11 @@ class DeepLabSegmenter(L.LightningModule):
             if not torch.isnan(value):
                 self.log(f"{stage}/iou/{metric_key(name)}", value, sync_dist=True)
 
-    def predict_step(self, batch: Dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> List[Optional[List[Artifact]]]:
-        writer = find_writer(self._trainer)
-        todo = [i for i, image_id in enumerate(batch["id"]) if writer is None or not writer.is_done(image_id, self)]
-        results: List[Optional[List[Artifact]]] = [None] * len(batch["id"])
-        if not todo:
-            return results
-        labels = self.segment(select_rows(batch, todo)).cpu().numpy().astype(np.uint8)
-        for row, i in enumerate(todo):
+    def predict_artifacts(self, batch: Dict[str, Any], rows: List[int]) -> List[List[Artifact]]:
+        """``labels/<id>.png`` per row: :meth:`segment` cropped to the image's size."""
+        labels = self.segment(select_rows(batch, rows)).cpu().numpy().astype(np.uint8)
+        results = []
+        for row, i in enumerate(rows):
             height, width = batch["size"][i].tolist()
-            results[i] = [Artifact(f"labels/{batch['id'][i]}.png", "png", labels[row, :height, :width])]
+            results.append([Artifact(f"labels/{batch['id'][i]}.png", "png", labels[row, :height, :width])])
         return results
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        encoder = list(self.model.encoder.parameters())
-        encoder_ids = {id(p) for p in encoder}
-        head = [p for p in self.parameters() if id(p) not in encoder_ids]
-        return configure_poly(self, encoder, head, hp.lr, hp.head_lr_mult, hp.weight_decay, hp.optimizer,
-                              hp.momentum, hp.poly_power)

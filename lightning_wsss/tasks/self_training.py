@@ -278,7 +278,6 @@ class SelfTrainingSegmenter(RoundsMixin, DeepLabSegmenter):
         if portion_step < 0 or mrkld_weight < 0:
             raise ValueError("portion_step and mrkld_weight must be >= 0")
         super().__init__(num_classes, **kwargs)
-        self.save_hyperparameters()
         self.out_dir = Path(out_dir)
         self.init_rounds()
 

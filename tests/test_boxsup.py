@@ -360,13 +360,13 @@ def test_boundary_band_known_answer_and_ignored_cross_entropy():
 def test_boxsup_ignore_band_follows_the_output_stride(tmp_path):
     square = np.zeros((32, 32), bool)
     square[8:20, 8:20] = True
-    model = BoxSupTrainer(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", output_stride=16,
+    model = BoxSupSegmenter(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", output_stride=16,
                           decoder_channels=16)
     assert model.ignored_pixels([square]).sum() == boundary_band_count(square, 8)
     model.hparams.ce_ignore_band = None
     assert model.ignored_pixels([square]) is None
     with pytest.raises(ValueError, match="ce_ignore_band"):
-        BoxSupTrainer(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", ce_ignore_band=-1)
+        BoxSupSegmenter(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", ce_ignore_band=-1)
 
 
 def boundary_band_count(mask: np.ndarray, width: int) -> int:

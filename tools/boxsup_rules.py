@@ -6,7 +6,7 @@
 
 The stage's ``checkpoints/final.ckpt`` is the network trained on round 0; for every rule
 ``MARGIN,CE_WEIGHT,BAND`` (``replace_margin``, ``ce_weight``, ``ce_ignore_band``: ``none``, ``auto`` or pixels)
-every training image's round-1 mask is rebuilt with :meth:`BoxSupTrainer.update_mask` from the round-0 masks
+every training image's round-1 mask is rebuilt with :meth:`BoxSupSegmenter.update_mask` from the round-0 masks
 and the proposal masks (``--proposals``: a ``rounds/proposals`` folder with one sub-folder per proposal, as a
 BoxSup stage that reached round 1 writes it), and scored against the ground truth.
 """
@@ -23,7 +23,7 @@ from lightning_wsss.datasets.voc import VOCSegmentation
 from lightning_wsss.io import read_label_png
 from lightning_wsss.metrics import score_label_maps
 from lightning_wsss.serialization import safe_torch_load
-from lightning_wsss.tasks.boxsup import BoxSupTrainer
+from lightning_wsss.tasks.boxsup import BoxSupSegmenter
 
 
 def parse_rule(text: str) -> Tuple[float, float, Union[int, str, None]]:
@@ -32,9 +32,9 @@ def parse_rule(text: str) -> Tuple[float, float, Union[int, str, None]]:
     return float(margin), float(weight), band_value
 
 
-def load_task(stage: Path) -> BoxSupTrainer:
+def load_task(stage: Path) -> BoxSupSegmenter:
     checkpoint = safe_torch_load(stage / "checkpoints" / "final.ckpt", what="checkpoint")
-    task = BoxSupTrainer(**dict(checkpoint["hyper_parameters"]))
+    task = BoxSupSegmenter(**dict(checkpoint["hyper_parameters"]))
     task.load_state_dict(checkpoint["state_dict"])
     return task.eval()
 

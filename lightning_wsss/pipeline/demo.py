@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-import numpy as np
-
-from ..datasets.voc import VOCSegmentation
-from ..io import read_label_png
-from ..palette import colorize
 from .config import deep_merge
+from .galleries import demo_galleries
 from .pipelines import run_pipeline
-from .report import format_table, gallery, write_report
+from .report import format_table, write_report
 
 DEMO_DATA = {"num_train": 400, "num_val": 100, "size": 128, "seed": 0}
 
@@ -67,78 +61,6 @@ def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, 
     if quick:
         config = deep_merge(config, QUICK_OVERRIDES)
     return config
-
-
-def _heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    import matplotlib
-
-    colours = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255
-    return (0.5 * image + 0.5 * colours).astype(np.uint8)
-
-
-def demo_galleries(summary: Dict[str, Any], data_root: Path, num_images: int = 6) -> Dict[str, bytes]:
-    """Galleries: training images with CAMs and every supervision's pseudo labels; val images with predictions."""
-    from ..cam.evaluation import load_cams
-
-    entries = summary["supervision"]
-    galleries: Dict[str, bytes] = {}
-    train = VOCSegmentation(data_root, "train")
-    columns, rows, titles = ["image"], [], []
-    sources = []
-    if "image" in entries:
-        stages = entries["image"]["stages"]
-        cams_dir = Path(stages["cams"]["dir"]) / "cams"
-        columns += ["CAM", "CAM labels", "random walk"]
-        sources += [("cam", cams_dir), ("png", Path(stages["cams"]["dir"]) / "labels"),
-                    ("png", Path(stages["random_walk"]["dir"]) / "labels")]
-    if "box" in entries:
-        rounds_dir = Path(entries["box"]["stages"]["boxsup"]["dir"]) / "rounds"
-        last = max((p for p in rounds_dir.glob("round_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
-        columns += ["box init (round 0)", f"BoxSup {last.name}"]
-        sources += [("png", rounds_dir / "round_0"), ("png", last)]
-    columns.append("ground truth")
-    for image_id in train.ids[:num_images]:
-        sample = train.load(image_id)
-        row = [sample["image"]]
-        for kind, folder in sources:
-            if kind == "cam":
-                cams = load_cams(folder / f"{image_id}.npz")["cams"]
-                row.append(_heatmap(sample["image"], cams.max(0) if len(cams) else np.zeros(sample["image"].shape[:2])))
-            else:
-                row.append(colorize(read_label_png(folder / f"{image_id}.png")))
-        row.append(colorize(sample["mask"]))
-        rows.append(row)
-        titles.append(image_id)
-    galleries["Training images: CAMs and pseudo labels"] = gallery(columns, rows, titles)
-    val_columns = ["image"] + [f"{name} segmenter" for name in entries] + ["ground truth"]
-    val = VOCSegmentation(data_root, "val")
-    predictions = {name: predict_val(Path(entry["stages"]["segmenter"]["dir"]) / "checkpoints" / "final.ckpt",
-                                     val, val.ids[:num_images]) for name, entry in entries.items()}
-    val_rows = []
-    for k, image_id in enumerate(val.ids[:num_images]):
-        sample = val.load(image_id)
-        val_rows.append([sample["image"]] + [colorize(predictions[name][k]) for name in entries] + [colorize(sample["mask"])])
-    galleries["Validation images: predictions of each supervision's segmenter"] = gallery(val_columns, val_rows, val.ids[:num_images])
-    return galleries
-
-
-def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str]) -> List[np.ndarray]:
-    """Argmax predictions uint8 [H, W] of a segmenter checkpoint on a few images."""
-    import torch
-
-    from ..datamodules.transforms import apply_transform, eval_transform
-    from ..serialization import load_model_checkpoint
-    from ..tasks import DeepLabSegmenter
-
-    model = load_model_checkpoint(DeepLabSegmenter, checkpoint).eval()
-    transform = eval_transform()
-    out = []
-    with torch.no_grad():
-        for image_id in ids:
-            sample = apply_transform(transform, dataset.load(image_id))
-            logits = model.predict_logits(sample["image"][None])
-            out.append(logits[0].argmax(0).numpy().astype(np.uint8))
-    return out
 
 
 def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = None, num_val: Optional[int] = None,

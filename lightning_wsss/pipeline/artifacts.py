@@ -1,17 +1,18 @@
 """What pipeline stages hand each other: named artifacts, per image or whole.
 
 A stage declaration (:mod:`.registry`) lists the artifacts it reads and writes by name; the planner connects
-each read to the latest earlier stage that writes it. An artifact made of one file per image (``files``, a
-pattern relative to the stage folder) can be split across processes image by image; a whole artifact (a
-checkpoint) is written once.
+each read to the latest earlier stage that writes it. An artifact made of one file per image (``per_image``;
+``files`` says where, in terms of the writing stage's outputs) can be written by several processes, image by
+image; a whole one (a checkpoint) is written once. A stage of your own may write an artifact of its own:
+:func:`register_artifact` says what it is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict
 
-__all__ = ["Artifact", "ARTIFACTS", "register_artifact", "artifact"]
+__all__ = ["Artifact", "ARTIFACTS", "register_artifact"]
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,6 @@ def register_artifact(item: Artifact) -> Artifact:
         raise ValueError(f"artifact {item.name!r} is already registered differently: {known}")
     ARTIFACTS[item.name] = item
     return item
-
-
-def artifact(name: str) -> Optional[Artifact]:
-    """The registered artifact ``name`` (None when unknown)."""
-    return ARTIFACTS.get(name)
 
 
 for _item in (

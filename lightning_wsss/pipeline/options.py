@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Literal, Mapping, Optional, Se
 
 from .config import ConfigError, deep_merge, resolve_class
 
-__all__ = ["Where", "Check", "Typed", "OneOf", "Fields", "KeywordsOf", "ClassName", "Model", "Trainer", "Data",
+__all__ = ["Where", "Check", "OneOf", "Fields", "KeywordsOf", "ClassName", "Model", "Trainer", "Data",
            "check_value", "check_type", "describe", "unknown_key", "parameters"]
 
 
@@ -149,16 +149,6 @@ def check_fields(value: Any, schema: Mapping[str, Any], where: Where) -> None:
         if key not in schema:
             unknown_key(key, schema, where)
         check_value(item, schema[key], where.at(key))
-
-
-class Typed(Check):
-    """A value of a type annotation."""
-
-    def __init__(self, annotation: Any) -> None:
-        self.annotation = annotation
-
-    def __call__(self, value: Any, where: Where) -> None:
-        check_value(value, self.annotation, where)
 
 
 class OneOf(Check):

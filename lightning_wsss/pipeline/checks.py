@@ -22,7 +22,7 @@ from .options import Check, Data, Fields, OneOf, Trainer, Where, check_fields, c
 from .plan import Step, plan, presets
 from .registry import DECLARATION_KEY, STAGES
 
-__all__ = ["load_config", "check_config", "resolve", "TOP_LEVEL"]
+__all__ = ["load_config", "check_config", "TOP_LEVEL"]
 
 
 class Logger(Check):

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from ..errors import DataError
-from .checks import check_config, resolve
+from .checks import check_config
 from .config import deep_merge
+from .defaults import resolve
 from .plan import build_stages
 from .runner import PipelineContext, run_stages
 from .summary import seed_spread, summarize, summary_key, update_summary

@@ -9,7 +9,6 @@ CPU overrides for the runs; the parse test sees the configs unchanged.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import json
 import os
@@ -351,77 +350,44 @@ def test_synthetic_header_commands_run_as_written(tmp_path, monkeypatch, capsys)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline YAMLs
-def accepted_args(cls) -> set:
-    """Keyword names ``cls`` accepts, following ``**kwargs`` into the base classes (BoxSupSegmenter -> DeepLabSegmenter)."""
-    names = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters
-        names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            break
-    return names
+STAGE_HASHES = Path(__file__).with_name("experiment_stage_hashes.json")
+"""Every pipeline config's stage folders (root/stage/hash), as computed before stages were declared in a registry
+(a hybrid config's box images stubbed): a change here reruns the stages of earlier runs."""
 
 
-STAGE_DATAMODULE = {"classifier": "ImageLabelDataModule", "cams": "ImageLabelDataModule", "affinity": "PseudoMaskDataModule",
-                    "random_walk": "ImageLabelDataModule", "boxsup": "BoxDataModule"}
+@pytest.fixture
+def stub_box_images(monkeypatch):
+    """A hybrid config draws its box images from the data set, which a fresh clone does not have."""
+    from lightning_wsss.pipeline import hybrid
+
+    monkeypatch.setattr(hybrid, "box_ids", lambda config: ["stand_in_id"] if config.get("supervision") == "hybrid" else None)
+
+
+def stage_folders(config: dict) -> Dict[str, str]:
+    """``{stage: root/folder/hash}`` of a loaded config, as the runner places them."""
+    from lightning_wsss.pipeline.config import stage_hash
+    from lightning_wsss.pipeline.defaults import resolve
+    from lightning_wsss.pipeline.plan import build_stages
+
+    stages = build_stages(resolve(config))
+    folders = {s.name: s.folder or s.name for s in stages}
+    digests: Dict[str, str] = {}
+    for stage in stages:
+        digests[stage.name] = stage_hash(stage.config, {folders[n]: digests[n] for n in stage.upstream})
+    return {s.name: f"{s.root or '.'}/{folders[s.name]}/{digests[s.name]}" for s in stages}
 
 
 @pytest.mark.parametrize("path", pipeline_configs(), ids=rel)
-def test_pipeline_config_resolves_to_valid_stages(path, monkeypatch):
-    """load_config + build_stages(resolve(...)), then every setting of every stage is one its class accepts."""
-    import lightning as L
-
-    from lightning_wsss.pipeline import pipelines
-
-    # a hybrid config draws its box images from the data set, which a fresh clone does not have
-    monkeypatch.setattr(pipelines, "hybrid_box_ids", lambda config: ["stand_in_id"])
-
-    from lightning_wsss.boxes.initializers import INITIALIZERS
-    from lightning_wsss.pipeline.config import load_config, resolve_class
-    from lightning_wsss.pipeline.defaults import STAGES_BY_SUPERVISION
-    from lightning_wsss.pipeline.pipelines import build_stages, resolve, stage_names
-    from lightning_wsss.refine import affinity_labels
-    from lightning_wsss.tasks import AffinityRefiner, CAMClassifier
+def test_pipeline_config_resolves_to_valid_stages(path, stub_box_images):
+    """load_config checks every key and value against what the stages take (lightning_wsss.pipeline.checks:
+    Trainer, model and DataModule signatures, stage options); the stages then build, in the preset's order."""
+    from lightning_wsss.pipeline.checks import load_config
+    from lightning_wsss.pipeline.plan import presets
 
     config = load_config(path)
     assert config["supervision"] in path.stem or config.get("summary_key", "").split("_")[-1] in path.stem
-    assert config.get("logger", "csv") in ("csv", "wandb", "none")
-    stages = build_stages(resolve(config))
-    assert [s.name for s in stages if not s.name.startswith("seed_")] == STAGES_BY_SUPERVISION[config["supervision"]]
-    assert [s.name for s in stages] == stage_names(resolve(config))
-    trainer_args = set(inspect.signature(L.Trainer.__init__).parameters)
-    supervision = config["supervision"]
-    for stage in stages:
-        shared, own = stage.config["shared"], stage.config["stage"]
-        assert set(shared["trainer"] or {}) <= trainer_args
-        assert set(own.get("trainer") or {}) <= trainer_args, stage.name
-        if stage.name == "segmenter":
-            dm_name = {"image": "PseudoMaskDataModule", "box": "PseudoMaskDataModule", "full": "MaskDataModule",
-                       "hybrid": "HybridDataModule"}[supervision]
-        else:
-            dm_name = own.get("datamodule") or STAGE_DATAMODULE.get(stage.name)
-        if dm_name:
-            dm_args = accepted_args(resolve_class(dm_name, "data"))
-            assert set(shared["data"] or {}) | set(own.get("data") or {}) <= dm_args, stage.name
-        if "model" in own:
-            model_cls = resolve_class(own["model"]["class_path"], "model")
-            assert set(own["model"].get("init_args") or {}) <= accepted_args(model_cls) - {"num_classes"}, stage.name
-        if stage.name in ("cams", "seed_cams"):
-            assert set(own["cam"]) <= accepted_args(resolve_class(own.get("class_path", "CAMClassifier"), "model"))
-        if stage.name == "random_walk":
-            from lightning_wsss.pipeline.stages import walk_settings
-
-            assert set(walk_settings(own)) <= accepted_args(AffinityRefiner)  # walk.mode is AffinityRefiner's walk_mode
-        if stage.name == "affinity":
-            labels = dict(own["labels"])
-            fn = {"psa": affinity_labels.affinity_label_map_psa, "irn": affinity_labels.affinity_label_map_irn}[labels.pop("mode")]
-            assert set(labels) <= set(inspect.signature(fn).parameters)
-        if stage.name == "box_init":
-            assert set(own["initializers"]) <= set(INITIALIZERS)
-        if stage.name == "boxsup":
-            assert own["model"]["init_args"]["initializer"] in INITIALIZERS
+    folders = stage_folders(config)
+    assert [n for n in folders if not n.startswith("seed_")] == presets()[config["supervision"]]["order"]
     if path.parent.name in SHARED_ROOTS:
         assert config["dataset"]["root"] == SHARED_ROOTS[path.parent.name]
         dumped = yaml.safe_dump(config)
@@ -431,17 +397,28 @@ def test_pipeline_config_resolves_to_valid_stages(path, monkeypatch):
             assert (REPO / config["dataset"]["root"] / "ImageSets" / "Segmentation" / "train.txt").is_file()
 
 
+def test_pipeline_configs_keep_their_stage_hashes(stub_box_images):
+    """The stage folders of every pipeline config are those of earlier runs (complete stages are reused)."""
+    from lightning_wsss.pipeline.checks import load_config
+
+    expected = json.loads(STAGE_HASHES.read_text())
+    assert {rel(p): stage_folders(load_config(p)) for p in pipeline_configs()} == expected
+
+
 SHARED_ROOTS = {"horses": "../shared/data/weizmann-horse-voc", "camvid": "../shared/data/camvid-seq05vd"}
 
 
 def test_pipeline_check_can_fail(tmp_path):
-    """A pipeline YAML without dataset.root is refused by load_config (the loader the test relies on checks)."""
+    """A pipeline YAML without dataset.root, or with a key no stage takes, is refused by load_config."""
     from lightning_wsss.errors import DataError
-    from lightning_wsss.pipeline.config import load_config
+    from lightning_wsss.pipeline.checks import load_config
 
     bad = tmp_path / "pipeline_image.yaml"
     bad.write_text("supervision: image\ndataset: {name: x}\n")
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="dataset.root"):
+        load_config(bad)
+    bad.write_text("supervision: image\ndataset: {root: x}\nstages: {cams: {cam: {not_a_parameter: 1}}}\n")
+    with pytest.raises(DataError, match="stages.cams.cam.not_a_parameter: unknown key"):
         load_config(bad)
 
 

@@ -31,7 +31,9 @@ from lightning_wsss.datasets.coco import COCOSegmentation
 from lightning_wsss.errors import DataError
 from lightning_wsss.io import atomic_write, write_json_atomic, write_label_png, write_npz_atomic
 from lightning_wsss.metrics import SegmentationIoU
-from lightning_wsss.pipeline import pipelines as P
+from lightning_wsss.pipeline import summary as summary_module
+from lightning_wsss.pipeline.defaults import resolve
+from lightning_wsss.pipeline.plan import build_stages
 from lightning_wsss.pipeline.config import stage_hash
 from lightning_wsss.pipeline.runner import PipelineContext, Stage, run_stages
 from lightning_wsss.serialization import TRUST_ENV, UnsafePickleError, safe_torch_load
@@ -162,16 +164,16 @@ def test_cam_file_with_pickled_objects_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------------ 2. summary entries
 def test_concurrent_summary_updates_keep_every_entry(tiny_voc, tmp_path, monkeypatch):
     """Three pipelines finishing at once on one --out: each entry survives (the merge is under a lock)."""
-    write = P.write_json_atomic
+    write = summary_module.write_json_atomic
 
     def slow_write(path, obj, **kwargs):  # widen the window between reading and replacing summary.json
         threading.Event().wait(0.3)
         write(path, obj, **kwargs)
 
-    monkeypatch.setattr(P, "write_json_atomic", slow_write)
+    monkeypatch.setattr(summary_module, "write_json_atomic", slow_write)
     config = {"dataset": {"root": str(tiny_voc), "name": "tiny"}, "data": {}}
     keys = ["image", "image_sec", "image_cda"]
-    threads = [threading.Thread(target=P.update_summary, args=(tmp_path, config, {key: {"val_miou": 0.5}}))
+    threads = [threading.Thread(target=summary_module.update_summary, args=(tmp_path, config, {key: {"val_miou": 0.5}}))
                for key in keys]
     for thread in threads:
         thread.start()
@@ -422,7 +424,7 @@ def test_bad_ckpt_path_is_one_line(tiny_voc, tmp_path, capsys, monkeypatch, kind
 
 def test_stage_busy_is_one_line(tiny_voc, tmp_path, capsys):
     config_path = tiny_pipeline(tiny_voc, tmp_path)
-    stage = P.build_stages(P.resolve(yaml.safe_load(config_path.read_text())))[0]
+    stage = build_stages(resolve(yaml.safe_load(config_path.read_text())))[0]
     stage_dir = tmp_path / "out" / "full" / "segmenter" / stage_hash(stage.config, {})
     stage_dir.mkdir(parents=True)
     with open(stage_dir / ".lock", "a") as handle:  # another run holds the stage

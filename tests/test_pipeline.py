@@ -20,7 +20,7 @@ from lightning_wsss.pipeline import run_pipeline
 from lightning_wsss.pipeline.costs import annotation_hours
 from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
 from lightning_wsss.pipeline.config import deep_merge
-from lightning_wsss.pipeline.pipelines import seed_spread
+from lightning_wsss.pipeline.summary import seed_spread
 from lightning_wsss.pipeline.report import format_table, write_report
 
 
@@ -136,7 +136,7 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("supervision: pixels\ndataset: {root: x}\n")
     assert main(["pipeline", str(path)]) == 2
-    assert "bad.yaml: 'supervision' must be one of" in capsys.readouterr().err
+    assert "bad.yaml: supervision: 'pixels' is not one of image, box, full, hybrid" in capsys.readouterr().err
 
 
 def test_a_stage_run_by_another_process_is_refused(tmp_path):

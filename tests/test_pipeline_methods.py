@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lightning_wsss.pipeline import run_pipeline
-from lightning_wsss.pipeline.config import deep_merge, load_config
+from lightning_wsss.pipeline.checks import load_config
+from lightning_wsss.pipeline.config import deep_merge
 from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
 from test_pipeline import quiet, tiny_synthetic  # noqa: F401  (fixture)
 

@@ -22,7 +22,7 @@ from lightning_wsss.datasets.synthetic import make_synthetic
 from lightning_wsss.pipeline import stages as S
 from lightning_wsss.pipeline import training
 from lightning_wsss.pipeline.config import deep_merge
-from lightning_wsss.pipeline.pipelines import resolve
+from lightning_wsss.pipeline.defaults import resolve
 from lightning_wsss.pipeline.runner import PipelineContext
 from lightning_wsss.serialization import safe_torch_load
 
@@ -96,7 +96,7 @@ def assert_resume_is_exact(monkeypatch, tmp_path: Path, root: Path, stage, kill:
 
 def segmenter_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any]:
     cfg = {"model": {"class_path": "DeepLabSegmenter", "init_args": ENCODER}, "trainer": {"max_epochs": 2}}
-    return S.segmenter_stage_for("ground_truth")(ctx, stage_dir, {}, cfg)
+    return S.segmenter_stage(ctx, stage_dir, {}, cfg)
 
 
 def affinity_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any]:
@@ -119,7 +119,7 @@ def boxsup_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any]:
 def self_training_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any]:
     cfg = {"model": {"class_path": "SelfTrainingSegmenter", "init_args": {**ENCODER, "rounds": 2, "round_epochs": 1}},
            "trainer": {"max_epochs": 3}}
-    return S.segmenter_stage_for("ground_truth")(ctx, stage_dir, {}, cfg)
+    return S.segmenter_stage(ctx, stage_dir, {}, cfg)
 
 
 def erasing_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any]:
@@ -158,7 +158,7 @@ def cda_classifier_stage(ctx: PipelineContext, stage_dir: Path) -> Dict[str, Any
     seed classifier's CAM labels)."""
     cfg = {"model": {"class_path": "CAMClassifier", "init_args": BACKBONE}, "trainer": {"max_epochs": 2},
            "datamodule": "CDADataModule", "data": {"paste_prob": 0.7, "min_object_area": 16}}
-    upstream = {"seed_cams": _Outputs({"labels_dir": str(Path(ctx.config["dataset"]["root"]) / "SegmentationClass")})}
+    upstream = {"labels": _Outputs({"labels_dir": str(Path(ctx.config["dataset"]["root"]) / "SegmentationClass")})}
     return S.classifier_stage(ctx, stage_dir, upstream, cfg)
 
 

@@ -61,7 +61,7 @@ def _miou_lines(out: str) -> list:
 
 def test_segmenter_fit(tiny_voc, tmp_path):
     from lightning_wsss.datamodules import MaskDataModule
-    from lightning_wsss.pipeline.demo import predict_val
+    from lightning_wsss.pipeline.predictions import predict_val
     from lightning_wsss.tasks import DeepLabSegmenter
 
     torch.manual_seed(0)

@@ -128,7 +128,7 @@ def pipeline(argv: List[str]) -> int:
                         help="stop after this stage (e.g. cams); prints its folder and metrics, writes no summary entry")
     args = parser.parse_args(argv)
     quiet_lightning()
-    from ..pipeline.config import load_config
+    from ..pipeline.checks import load_config
     from ..pipeline.pipelines import run_pipeline
     from ..pipeline.report import format_table
 
@@ -170,12 +170,12 @@ def demo(argv: List[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     quiet_lightning()
-    from ..pipeline.demo import CURVE_FRACTIONS, METHOD_OVERRIDES, run_demo
+    from ..pipeline.demo import CURVE_FRACTIONS, METHODS, run_demo
 
-    methods = () if args.methods is None else (tuple(args.methods) or tuple(METHOD_OVERRIDES))
-    unknown = [m for m in methods if m not in METHOD_OVERRIDES]
+    methods = () if args.methods is None else (tuple(args.methods) or tuple(METHODS))
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        parser.error(f"unknown method(s) {unknown}; choose from {sorted(METHOD_OVERRIDES)}")
+        parser.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
 
     curve = () if args.curve is None else (tuple(args.curve) or CURVE_FRACTIONS)
     run_demo(args.out, data=args.data, num_train=args.num_train, num_val=args.num_val, size=args.size,

@@ -1,4 +1,4 @@
-"""Pipeline configuration: loading, merging of shared and per-stage settings, and stage hashing."""
+"""Pipeline configuration: reading YAML, merging of shared and per-stage settings, stage hashing, class imports."""
 
 from __future__ import annotations
 
@@ -14,7 +14,20 @@ import yaml
 from ..errors import DataError, PathLike
 from ..io import read_text_file
 
-SUPERVISIONS = ("image", "box", "full", "hybrid")
+class ConfigError(DataError):
+    """A pipeline config mistake: the file (when known), the key path and what is wrong, on one line."""
+
+    def __init__(self, path: PathLike, key: str, problem: str) -> None:
+        self.key = key
+        self.key_problem = problem
+        super().__init__(path, f"{key}: {problem}" if key else problem)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.key, self.key_problem))
+
+    def in_file(self, path: PathLike) -> "ConfigError":
+        """The same error naming ``path``."""
+        return type(self)(path, self.key, self.key_problem)
 
 
 def deep_merge(base: Mapping[str, Any], override: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -28,16 +41,18 @@ def deep_merge(base: Mapping[str, Any], override: Optional[Mapping[str, Any]]) -
     return out
 
 
-def load_config(path: PathLike) -> Dict[str, Any]:
+def read_config(path: PathLike) -> Dict[str, Any]:
     """Read a pipeline YAML; a ``base`` key names a config (relative path) it extends (mappings merge).
 
+    Unchecked: :func:`~lightning_wsss.pipeline.checks.load_config` reads and checks.
+
     Raises:
-        DataError: the file is missing, not YAML, or lacks ``supervision``/``dataset.root``.
+        DataError: the file (or a base) is missing or not a YAML mapping, or the ``base`` chain loops.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "pipeline config is missing")
-    config = _read_yaml(path)
+    config = read_yaml(path)
     seen = [path.resolve()]
     while config.get("base"):  # `base: pipeline_image.yaml`: start from that file (relative to this one), override it
         base_path = (path.parent / config.pop("base")).resolve()
@@ -46,13 +61,12 @@ def load_config(path: PathLike) -> Dict[str, Any]:
         seen.append(base_path)
         if not base_path.is_file():
             raise DataError(path, f"base config {base_path} is missing")
-        config = deep_merge(_read_yaml(base_path), config)
+        config = deep_merge(read_yaml(base_path), config)
         path = base_path
-    validate_config(config, seen[0])
     return config
 
 
-def _read_yaml(path: Path) -> Dict[str, Any]:
+def read_yaml(path: Path) -> Dict[str, Any]:
     try:
         config = yaml.safe_load(read_text_file(path, "pipeline config")) or {}
     except yaml.YAMLError as exc:
@@ -60,15 +74,6 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise DataError(path, "a pipeline config must be a mapping")
     return config
-
-
-def validate_config(config: Mapping[str, Any], path: PathLike = None) -> None:
-    """Check the keys every pipeline needs."""
-    supervision = config.get("supervision")
-    if supervision not in SUPERVISIONS:
-        raise DataError(path, f"'supervision' must be one of {SUPERVISIONS}, got {supervision!r}")
-    if not (config.get("dataset") or {}).get("root"):
-        raise DataError(path, "'dataset.root' is required")
 
 
 def stage_hash(stage_config: Mapping[str, Any], upstream: Mapping[str, str]) -> str:
@@ -87,11 +92,18 @@ SHORT_NAMES = {
 }
 
 
+def import_object(path: str) -> Any:
+    """The object a dotted path names (``my_package.stages.majority_filter``)."""
+    module, _, attr = path.rpartition(".")
+    if not module:
+        raise ImportError(f"{path!r} is not an import path (package.module.name)")
+    return getattr(importlib.import_module(module), attr)
+
+
 def resolve_class(name: str, kind: str):
     """Import ``name``: a full ``module.Class`` path, or a short class name of the suite (``CAMClassifier``)."""
     if "." in name:
-        module, _, attr = name.rpartition(".")
-        return getattr(importlib.import_module(module), attr)
+        return import_object(name)
     module = importlib.import_module(SHORT_NAMES[kind])
     if not hasattr(module, name):
         raise ValueError(f"unknown {kind} class {name!r} in {SHORT_NAMES[kind]}")

@@ -6,7 +6,9 @@ COCO configs in ``experiments/`` replace the models with ResNet-50 / DeepLabV3+ 
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Mapping
+
+from .config import deep_merge
 
 TINY_BACKBONE = "test_resnet"  # timm's 0.4 M-parameter ResNet: trains on 2 CPU cores in seconds per epoch
 TINY_ENCODER = "tu-test_resnet"
@@ -71,9 +73,12 @@ DEFAULTS: Dict[str, Any] = {
     },
 }
 
-STAGES_BY_SUPERVISION = {
-    "image": ["classifier", "cams", "affinity", "random_walk", "segmenter"],
-    "box": ["box_init", "boxsup", "segmenter"],
-    "full": ["segmenter"],
-    "hybrid": ["classifier", "cams", "affinity", "random_walk", "box_init", "hybrid_labels", "segmenter"],
-}
+
+def resolve(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The config with the defaults filled in (a stage section naming a ``declaration`` of its own replaces the
+    built-in stage of that name, and takes none of its defaults)."""
+    resolved = deep_merge(DEFAULTS, config)
+    for name, section in (config.get("stages") or {}).items():
+        if isinstance(section, Mapping) and section.get("declaration") is not None:
+            resolved["stages"][name] = deep_merge({}, section)
+    return resolved

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-import numpy as np
-
-from ..datasets.voc import VOCSegmentation
-from ..io import read_label_png
-from ..palette import colorize
+from ..errors import DataError
 from .config import deep_merge
+from .galleries import demo_galleries
 from .pipelines import run_pipeline
-from .report import format_table, gallery, write_report
+from .report import format_table, write_report
 
 DEMO_DATA = {"num_train": 400, "num_val": 100, "size": 128, "seed": 0}
 
@@ -34,22 +29,36 @@ QUICK_OVERRIDES: Dict[str, Any] = {
 
 CURVE_FRACTIONS = (0.0, 0.1, 0.3, 1.0)
 
-# ``wsss demo --methods``: the methods beyond the baselines on the demo data, as overrides of the image pipeline
-# (the same settings as experiments/synthetic/pipeline_<method>.yaml); each shares the baseline's stages it does
-# not change (CDA's seed classifier is the baseline classifier; SEC and self-training reuse everything up to the
-# random walk).
-METHOD_OVERRIDES: Dict[str, Dict[str, Any]] = {
-    "image_erasing": {"stages": {"classifier": {"model": {"class_path": "ErasingCAMClassifier", "init_args": {
-        "erase_rounds": 2, "first_round_epochs": 12, "round_epochs": 3, "erase_threshold": 0.5}},
-        "trainer": {"max_epochs": 18}}}},
-    "image_cda": {"stages": {"classifier": {"datamodule": "CDADataModule", "data": {
-        "paste_prob": 0.5, "max_objects": 1, "object_scale": [0.7, 1.3], "min_object_area": 64}}}},
-    "image_sec": {"stages": {"segmenter": {"labels_from": "affinity", "model": {"class_path": "SECSegmenter", "init_args": {
-        "seed_weight": 1.0, "expand_weight": 1.0, "constrain_weight": 1.0, "loss_stride": 8,
-        "gwrp_reference_pixels": 1681}}}}},
-    "image_selftrain": {"stages": {"segmenter": {"model": {"class_path": "SelfTrainingSegmenter", "init_args": {
-        "rounds": 2, "round_epochs": 4, "portion": 0.5, "portion_step": 0.1, "max_portion": 0.8, "mrkld_weight": 0.1}}}}},
-}
+# ``wsss demo --methods``: the methods beyond the baselines, each the image pipeline with the settings of its
+# experiments/synthetic/pipeline_<method>.yaml (the file's own keys, on the demo's data); each shares the baseline's
+# stages it does not change (CDA's seed classifier is the baseline classifier; SEC and self-training reuse
+# everything up to the random walk).
+METHODS: Dict[str, str] = {"image_erasing": "pipeline_erasing.yaml", "image_cda": "pipeline_cda.yaml",
+                           "image_sec": "pipeline_sec.yaml", "image_selftrain": "pipeline_selftrain.yaml"}
+
+METHOD_CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "synthetic"
+"""Where the method configs are: the source checkout's ``experiments/synthetic``."""
+
+NOT_METHOD_KEYS = ("base", "name", "out")
+"""The keys of a method config that are about its own run, not the method (the demo has its data and folder)."""
+
+
+def method_overrides(method: str, folder: Path = METHOD_CONFIGS) -> Dict[str, Any]:
+    """The settings a method config adds to the image pipeline it is based on (its own keys, not its base's).
+
+    Raises:
+        DataError: the file is missing (the method configs come with the source checkout) or not a mapping.
+    """
+    from .config import read_yaml
+
+    path = Path(folder) / METHODS[method]
+    if not path.is_file():
+        raise DataError(path, f"the config of demo method {method} is missing (wsss demo --methods reads "
+                              "experiments/synthetic/ of a source checkout)")
+    overrides = {k: v for k, v in read_yaml(path).items() if k not in NOT_METHOD_KEYS}
+    if overrides.get("summary_key", method) != method:
+        raise DataError(path, f"summary_key {overrides['summary_key']!r} differs from the demo's name {method!r}")
+    return overrides
 
 
 def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, size: int = 128,
@@ -69,76 +78,10 @@ def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, 
     return config
 
 
-def _heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    import matplotlib
-
-    colours = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255
-    return (0.5 * image + 0.5 * colours).astype(np.uint8)
-
-
-def demo_galleries(summary: Dict[str, Any], data_root: Path, num_images: int = 6) -> Dict[str, bytes]:
-    """Galleries: training images with CAMs and every supervision's pseudo labels; val images with predictions."""
-    from ..cam.evaluation import load_cams
-
-    entries = summary["supervision"]
-    galleries: Dict[str, bytes] = {}
-    train = VOCSegmentation(data_root, "train")
-    columns, rows, titles = ["image"], [], []
-    sources = []
-    if "image" in entries:
-        stages = entries["image"]["stages"]
-        cams_dir = Path(stages["cams"]["dir"]) / "cams"
-        columns += ["CAM", "CAM labels", "random walk"]
-        sources += [("cam", cams_dir), ("png", Path(stages["cams"]["dir"]) / "labels"),
-                    ("png", Path(stages["random_walk"]["dir"]) / "labels")]
-    if "box" in entries:
-        rounds_dir = Path(entries["box"]["stages"]["boxsup"]["dir"]) / "rounds"
-        last = max((p for p in rounds_dir.glob("round_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
-        columns += ["box init (round 0)", f"BoxSup {last.name}"]
-        sources += [("png", rounds_dir / "round_0"), ("png", last)]
-    columns.append("ground truth")
-    for image_id in train.ids[:num_images]:
-        sample = train.load(image_id)
-        row = [sample["image"]]
-        for kind, folder in sources:
-            if kind == "cam":
-                cams = load_cams(folder / f"{image_id}.npz")["cams"]
-                row.append(_heatmap(sample["image"], cams.max(0) if len(cams) else np.zeros(sample["image"].shape[:2])))
-            else:
-                row.append(colorize(read_label_png(folder / f"{image_id}.png")))
-        row.append(colorize(sample["mask"]))
-        rows.append(row)
-        titles.append(image_id)
-    galleries["Training images: CAMs and pseudo labels"] = gallery(columns, rows, titles)
-    val_columns = ["image"] + [f"{name} segmenter" for name in entries] + ["ground truth"]
-    val = VOCSegmentation(data_root, "val")
-    predictions = {name: predict_val(Path(entry["stages"]["segmenter"]["dir"]) / "checkpoints" / "final.ckpt",
-                                     val, val.ids[:num_images]) for name, entry in entries.items()}
-    val_rows = []
-    for k, image_id in enumerate(val.ids[:num_images]):
-        sample = val.load(image_id)
-        val_rows.append([sample["image"]] + [colorize(predictions[name][k]) for name in entries] + [colorize(sample["mask"])])
-    galleries["Validation images: predictions of each supervision's segmenter"] = gallery(val_columns, val_rows, val.ids[:num_images])
-    return galleries
-
-
-def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str]) -> List[np.ndarray]:
-    """Argmax predictions uint8 [H, W] of a segmenter checkpoint on a few images."""
-    import torch
-
-    from ..datamodules.transforms import apply_transform, eval_transform
-    from ..serialization import load_model_checkpoint
-    from ..tasks import DeepLabSegmenter
-
-    model = load_model_checkpoint(DeepLabSegmenter, checkpoint).eval()
-    transform = eval_transform()
-    out = []
-    with torch.no_grad():
-        for image_id in ids:
-            sample = apply_transform(transform, dataset.load(image_id))
-            logits = model.predict_logits(sample["image"][None])
-            out.append(logits[0].argmax(0).numpy().astype(np.uint8))
-    return out
+def method_config(data_root: Path, method: str, quick: bool, progress: bool, size: int = 128) -> Dict[str, Any]:
+    """The pipeline config of a demo method: the demo's image pipeline with the method's settings."""
+    config = deep_merge(demo_config(data_root, "image", quick, progress, size), method_overrides(method))
+    return deep_merge(config, {"name": f"demo-{method}", "summary_key": method})
 
 
 def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = None, num_val: Optional[int] = None,
@@ -149,7 +92,7 @@ def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = No
 
     ``curve``: box fractions of ``hybrid`` runs added after the supervisions (``wsss demo --curve`` runs
     :data:`CURVE_FRACTIONS`); they share their image-label stages, and the report plots their val mIoU
-    against annotation hours. ``methods``: keys of :data:`METHOD_OVERRIDES` run as image pipelines.
+    against annotation hours. ``methods``: keys of :data:`METHODS` run as image pipelines.
     ``segmenter_seeds``: every run also trains its final segmenter with these seeds (the seed-to-seed spread of
     its val mIoU goes to the summary and the table).
 
@@ -174,8 +117,7 @@ def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = No
                                segmenter_seeds=segmenter_seeds)
     for method in methods:
         print(f"\n=== {method} ===")
-        config = deep_merge(demo_config(data_root, "image", quick, progress, params["size"]), METHOD_OVERRIDES[method])
-        summary = run_pipeline(deep_merge(config, {"name": f"demo-{method}", "summary_key": method}), out_dir,
+        summary = run_pipeline(method_config(data_root, method, quick, progress, params["size"]), out_dir,
                                segmenter_seeds=segmenter_seeds)
     for fraction in curve:
         print(f"\n=== hybrid supervision, box fraction {fraction:g} ===")

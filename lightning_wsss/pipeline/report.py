@@ -56,8 +56,9 @@ def supervision_order(name: str, entry: Mapping[str, Any]):
 
 
 def final_pseudo_key(supervision: str, entry: Mapping[str, Any]) -> Optional[str]:
-    """The pseudo labels the segmenter trained on: ``random_walk`` (image), the union (hybrid), the last
-    BoxSup round (box); the last self-training round when there is one."""
+    """The pseudo labels the segmenter trained on: the last stage's before it (image: ``random_walk``, or a stage
+    a config inserts after it), the union (hybrid), the last BoxSup round (box); the last self-training round
+    when there is one."""
     keys = list(entry.get("pseudo_miou", {}))
     if entry.get("trained_on") not in (None, "random_walk"):  # e.g. SEC on the affinity seeds (partial labels)
         return "cam" if entry["trained_on"] == "cams" else None
@@ -66,8 +67,8 @@ def final_pseudo_key(supervision: str, entry: Mapping[str, Any]) -> Optional[str
         return selftrain[-1]
     if "hybrid" in keys:
         return "hybrid"
-    if supervision.startswith("image") and "random_walk" in keys:
-        return "random_walk"
+    if supervision.startswith("image") and keys:  # the last stage before the segmenter: the random walk, or a
+        return keys[-1]                             # post-processing stage of the config's order after it
     rounds = sorted((k for k in keys if k.startswith("boxsup_round_")), key=lambda k: int(k.rsplit("_", 1)[1]))
     return rounds[-1] if rounds else (keys[-1] if keys else None)
 

@@ -45,7 +45,9 @@ class Stage:
         name: folder name under the output directory.
         config: the stage's resolved config (hashed).
         run: ``(ctx, stage_dir, upstream results, config) -> {"outputs": {...}, "metrics": {...}}``.
-        upstream: names of the stages whose results it reads.
+        upstream: names of the stages whose results it reads (their hashes join its own).
+        inputs: what ``run`` gets: key -> the name of the stage whose result it is (the artifacts it reads, see
+            :mod:`.registry`); by default each upstream stage under its own name. Sets ``upstream`` when given.
     """
 
     name: str
@@ -58,6 +60,13 @@ class Stage:
     root: Optional[str] = None
     """A folder relative to the pipeline's own (``../image``) holding this stage: a hybrid pipeline keeps its
     image-label stages with the image pipeline's, so the two share them."""
+    inputs: Optional[Mapping[str, str]] = None
+
+    def __post_init__(self) -> None:
+        if self.inputs is None:
+            self.inputs = {name: name for name in self.upstream}
+        else:
+            self.upstream = tuple(dict.fromkeys(self.inputs.values()))
 
 
 class PipelineContext:
@@ -149,7 +158,8 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
             with stage_lock(stage_dir):
                 write_json_atomic(stage_dir / "config.json", {"config": stage.config, "upstream": upstream})
                 start = time.perf_counter()
-                produced = stage.run(ctx, stage_dir, {name: ctx.results[name] for name in stage.upstream}, stage.config)
+                upstream_results = {key: ctx.results[name] for key, name in stage.inputs.items()}
+                produced = stage.run(ctx, stage_dir, upstream_results, stage.config)
                 result = StageResult(stage.name, digest, str(stage_dir), produced.get("outputs", {}),
                                      produced.get("metrics", {}), time.perf_counter() - start)
                 write_json_atomic(marker, stage_marker(result, stage_dir, ctx.out_dir.parent))

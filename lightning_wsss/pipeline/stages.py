@@ -1,4 +1,9 @@
-"""The stages of the three supervision pipelines, and the default stage configs (CPU-sized)."""
+"""The functions of the built-in pipeline stages (declared in :mod:`.builtin`).
+
+Each takes ``(ctx, stage_dir, upstream, cfg)``: ``upstream`` maps the artifacts it reads (``cams``, ``labels``,
+``classifier``...) to the results of the stages that wrote them, ``cfg`` is its stage config. It returns
+``{"outputs": {...}, "metrics": {...}}``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from ..io import write_label_png
 from ..metrics import evaluate_reader
 from ..serialization import load_model_checkpoint
 from .config import deep_merge
-from .runner import PipelineContext, Stage, StageResult
+from .runner import PipelineContext, StageResult
 from .training import fit_model, make_datamodule, predict_to_dir, validate_model
 
 
@@ -30,7 +35,7 @@ def _subset_reader(ctx: PipelineContext, ids: List[str]):
     return make_datamodule(ctx, "WSSSDataModule", {"train_ids": list(ids)}).build_reader("fit")
 
 
-def _pseudo_miou(ctx: PipelineContext, labels_dir: Path, dataset=None) -> float:
+def pseudo_miou(ctx: PipelineContext, labels_dir: Path, dataset=None) -> float:
     """mIoU of a folder of pseudo labels against the ground truth of ``dataset`` (default: the training split;
     a subset reader scores those images only); NaN without masks or images."""
     dataset = split_reader(ctx) if dataset is None else dataset
@@ -49,10 +54,11 @@ def count_boxes(dataset) -> int:
 # ---------------------------------------------------------------------- image labels
 def classifier_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                      cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Train the CAM classifier on image-level labels."""
+    """Train the CAM classifier on image-level labels (a DataModule that pastes objects, CDA's, cuts them out
+    along the ``labels`` it reads)."""
     data = dict(cfg.get("data") or {})
-    if "seed_cams" in upstream:  # CDA: objects are cut out along the seed classifier's CAM labels
-        data["object_mask_dir"] = upstream["seed_cams"].outputs["labels_dir"]
+    if "labels" in upstream:
+        data["object_mask_dir"] = upstream["labels"].outputs["labels_dir"]
     dm = make_datamodule(ctx, cfg.get("datamodule", "ImageLabelDataModule"), data)
     _, ckpt = fit_model(ctx, stage_dir, "classifier", cfg["model"], dm, cfg.get("trainer"))
     return {"outputs": {"checkpoint": str(ckpt), "class_path": cfg["model"].get("class_path", "CAMClassifier")}}
@@ -67,7 +73,7 @@ def cams_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageR
     """
     from .config import resolve_class
 
-    classifier = upstream.get("classifier") or upstream["seed_classifier"]
+    classifier = upstream["classifier"]
     model_cls = resolve_class(cfg.get("class_path") or classifier.outputs.get("class_path", "CAMClassifier"), "model")
     model = load_model_checkpoint(model_cls, classifier.outputs["checkpoint"])
     for key, value in (cfg.get("cam") or {}).items():
@@ -77,7 +83,7 @@ def cams_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageR
     if cfg.get("restrict_to_boxes"):
         restrict_saved_cams(ctx, stage_dir, cfg["restrict_to_boxes"], model)
     return {"outputs": {"cams_dir": str(stage_dir / "cams"), "labels_dir": str(stage_dir / "labels")},
-            "metrics": {"pseudo_miou": _pseudo_miou(ctx, stage_dir / "labels")}}
+            "metrics": {"pseudo_miou": pseudo_miou(ctx, stage_dir / "labels")}}
 
 
 def restrict_saved_cams(ctx: PipelineContext, stage_dir: Path, image_ids: List[str], model) -> None:
@@ -105,43 +111,50 @@ def restrict_saved_cams(ctx: PipelineContext, stage_dir: Path, image_ids: List[s
 
 
 # ---------------------------------------------------------------------- segmenter
-def segmenter_stage_for(source: str, output: str = "labels_dir"):
-    """A segmenter stage training on ``source``'s ``output`` folder (``ground_truth``: the masks; ``hybrid_labels``:
-    :class:`HybridDataModule` over its box and image-label folders); it reports the final val mIoU.
+def training_datamodule(inputs: Mapping[str, str]) -> str:
+    """The DataModule a segmenter trains with, from the stages that wrote what it reads (artifact -> stage):
+    the ground-truth masks without labels, :class:`HybridDataModule` over box and image-label masks when the
+    labels come with their ``label_parts``, else the pseudo masks."""
+    labels = inputs.get("labels") or inputs.get("affinity_labels")
+    if labels is None:
+        return "MaskDataModule"
+    return "HybridDataModule" if inputs.get("label_parts") == labels else "PseudoMaskDataModule"
 
-    A model with relabelling rounds (``SelfTrainingSegmenter``) writes them under ``stage_dir/rounds`` and each
-    round's pseudo-label mIoU joins the metrics as ``selftrain_round_<k>``.
-    """
 
-    def run(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult], cfg: Dict[str, Any]) -> Dict[str, Any]:
-        if source == "ground_truth":
-            dm = make_datamodule(ctx, "MaskDataModule", cfg.get("data"))
-        elif source == "hybrid_labels":
-            parts = upstream[source].outputs
-            dm = make_datamodule(ctx, "HybridDataModule", deep_merge(
-                {"box_mask_dir": parts["box_mask_dir"], "image_mask_dir": parts["image_mask_dir"],
-                 "box_ids": parts["box_ids"]}, cfg.get("data")))
-        else:
-            labels = upstream[source].outputs[output]
-            dm = make_datamodule(ctx, "PseudoMaskDataModule", deep_merge({"pseudo_mask_dir": labels}, cfg.get("data")))
-        from .config import resolve_class
-        from ..tasks.self_training import SelfTrainingSegmenter
+def stage_init_args(model_cls, stage_dir: Path) -> Dict[str, Any]:
+    """What a task asks its stage to add to its init arguments (``stage_init_args``: a rounds task's ``out_dir``)."""
+    hook = getattr(model_cls, "stage_init_args", None)
+    return dict(hook(stage_dir)) if callable(hook) else {}
 
-        rounds_dir = stage_dir / "rounds"
-        self_training = issubclass(resolve_class(cfg["model"].get("class_path", "DeepLabSegmenter"), "model"),
-                                   SelfTrainingSegmenter)
-        model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"),
-                                extra_init={"out_dir": str(rounds_dir)} if self_training else None, seed=cfg.get("seed"))
-        metrics = validate_model(ctx, stage_dir, "segmenter", model, dm, cfg.get("trainer"))
-        result = {"val_miou": metrics["val/miou"]}
-        if self_training:
-            import json
 
-            rounds = json.loads((rounds_dir / "rounds.json").read_text())
-            result.update({f"selftrain_{k}": (float("nan") if v is None else float(v)) for k, v in rounds.items()})
-        return {"outputs": {"checkpoint": str(ckpt)}, "metrics": result}
+def task_metrics(model) -> Dict[str, float]:
+    """The metrics a task reports for the summary (``summary_metrics``: a rounds task's round mIoUs)."""
+    hook = getattr(model, "summary_metrics", None)
+    return dict(hook()) if callable(hook) else {}
 
-    return run
+
+def segmenter_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
+                    cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Train the segmenter on the labels it reads (:func:`training_datamodule`); it reports the final val mIoU
+    and the task's own metrics (:func:`task_metrics`: a self-training segmenter's rounds)."""
+    from .config import resolve_class
+
+    kind = training_datamodule({name: result.name for name, result in upstream.items()})
+    if kind == "HybridDataModule":
+        parts = upstream["label_parts"].outputs
+        data = {"box_mask_dir": parts["box_mask_dir"], "image_mask_dir": parts["image_mask_dir"], "box_ids": parts["box_ids"]}
+    elif kind == "PseudoMaskDataModule":
+        labels = upstream["labels"].outputs["labels_dir"] if "labels" in upstream else \
+            upstream["affinity_labels"].outputs["affinity_labels_dir"]
+        data = {"pseudo_mask_dir": labels}
+    else:
+        data = {}
+    dm = make_datamodule(ctx, kind, deep_merge(data, cfg.get("data")) if data else cfg.get("data"))
+    model_cls = resolve_class(cfg["model"].get("class_path", "DeepLabSegmenter"), "model")
+    model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"),
+                            extra_init=stage_init_args(model_cls, stage_dir) or None, seed=cfg.get("seed"))
+    metrics = validate_model(ctx, stage_dir, "segmenter", model, dm, cfg.get("trainer"))
+    return {"outputs": {"checkpoint": str(ckpt)}, "metrics": {"val_miou": metrics["val/miou"], **task_metrics(model)}}
 
 
 # ---------------------------------------------------------------------- hybrid
@@ -155,8 +168,8 @@ def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[st
     from ..io import atomic_write
 
     box_ids = list(cfg["box_ids"])
-    box_dir = Path(upstream["box_init"].outputs[f"{cfg['box_source']}_dir"])
-    image_dir = Path(upstream["random_walk"].outputs["labels_dir"])
+    box_dir = Path(upstream["box_masks"].outputs[f"{cfg['box_source']}_dir"])
+    image_dir = Path(upstream["labels"].outputs["labels_dir"])
     dataset = split_reader(ctx)
     chosen = set(box_ids)
     for image_id in dataset.ids:
@@ -167,11 +180,11 @@ def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[st
                 shutil.copyfileobj(src, handle)
     image_ids = [i for i in dataset.ids if i not in chosen]
     # the box part's score is box_init's; here the union and the image-label part
-    metrics = {"hybrid": _pseudo_miou(ctx, stage_dir / "labels", dataset),
-               "image_random_walk": _pseudo_miou(ctx, image_dir, _subset_reader(ctx, image_ids)) if image_ids else float("nan")}
+    metrics = {"hybrid": pseudo_miou(ctx, stage_dir / "labels", dataset),
+               "image_random_walk": pseudo_miou(ctx, image_dir, _subset_reader(ctx, image_ids)) if image_ids else float("nan")}
     return {"outputs": {"labels_dir": str(stage_dir / "labels"), "box_mask_dir": str(box_dir),
                         "image_mask_dir": str(image_dir), "box_ids": box_ids,
-                        "num_boxes": int(upstream["box_init"].outputs["num_boxes"])},
+                        "num_boxes": int(upstream["box_masks"].outputs["num_boxes"])},
             "metrics": metrics}
 
 
@@ -221,7 +234,7 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
         bar.close()
         folder.mkdir(parents=True, exist_ok=True)
         outputs[f"{name}_dir"] = str(folder)
-        metrics[name] = _pseudo_miou(ctx, folder, dataset)
+        metrics[name] = pseudo_miou(ctx, folder, dataset)
     outputs["num_boxes"] = count_boxes(dataset)
     return {"outputs": outputs, "metrics": metrics}
 
@@ -317,26 +330,26 @@ def random_walk_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str,
     """
     from .config import resolve_class
 
-    affinity = upstream["affinity"]
-    model_cls = resolve_class(affinity.outputs.get("class_path") or "AffinityRefiner", "model")
-    model = load_model_checkpoint(model_cls, affinity.outputs["checkpoint"],
+    refiner = upstream["refiner"]
+    model_cls = resolve_class(refiner.outputs.get("class_path") or "AffinityRefiner", "model")
+    model = load_model_checkpoint(model_cls, refiner.outputs["checkpoint"],
                                   cams_dir=upstream["cams"].outputs["cams_dir"], **walk_settings(cfg))
     dm = make_datamodule(ctx, "ImageLabelDataModule", deep_merge({"predict_split": _train_split(ctx)}, cfg.get("data")))
     predict_to_dir(ctx, stage_dir, "random_walk", model, dm, cfg.get("trainer"))
     return {"outputs": {"labels_dir": str(stage_dir / "labels")},
-            "metrics": {"pseudo_miou": _pseudo_miou(ctx, stage_dir / "labels")}}
+            "metrics": {"pseudo_miou": pseudo_miou(ctx, stage_dir / "labels")}}
 
 
 def boxsup_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                  cfg: Dict[str, Any]) -> Dict[str, Any]:
     """BoxSup rounds from the chosen initializer; the last round's masks are the pseudo labels."""
-    import json
+    from ..tasks.rounds import round_dir
+    from .config import resolve_class
 
     dm = make_datamodule(ctx, "BoxDataModule", cfg.get("data"))
-    rounds_dir = stage_dir / "rounds"
-    _, ckpt = fit_model(ctx, stage_dir, "boxsup", cfg["model"], dm, cfg.get("trainer"),
-                        extra_init={"out_dir": str(rounds_dir)})
-    rounds = json.loads((rounds_dir / "rounds.json").read_text())
-    last = max(rounds, key=lambda k: int(k.split("_")[1]))
-    metrics = {f"boxsup_{key}": (float("nan") if value is None else float(value)) for key, value in rounds.items()}
-    return {"outputs": {"checkpoint": str(ckpt), "labels_dir": str(rounds_dir / last)}, "metrics": metrics}
+    model_cls = resolve_class(cfg["model"].get("class_path", "BoxSupSegmenter"), "model")
+    model, ckpt = fit_model(ctx, stage_dir, "boxsup", cfg["model"], dm, cfg.get("trainer"),
+                            extra_init=stage_init_args(model_cls, stage_dir))
+    last = max(int(key.split("_")[1]) for key in model.read_rounds())
+    return {"outputs": {"checkpoint": str(ckpt), "labels_dir": str(round_dir(model.out_dir, last))},
+            "metrics": task_metrics(model)}

@@ -103,6 +103,18 @@ class RoundsMixin:
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
 
+    # ------------------------------------------------------------------ pipeline hooks
+    @classmethod
+    def stage_init_args(cls, stage_dir) -> Dict[str, Any]:
+        """The arguments a pipeline stage adds to the configured ones: the rounds live in ``stage_dir/rounds``."""
+        return {"out_dir": str(Path(stage_dir) / "rounds")}
+
+    def summary_metrics(self) -> Dict[str, float]:
+        """Each round's pseudo-label mIoU for the pipeline summary: ``<round_log_prefix>_round_<k>`` (NaN
+        without ground truth), from ``rounds.json``."""
+        return {f"{self.round_log_prefix}_{key}": float("nan") if value is None else float(value)
+                for key, value in self.read_rounds().items()}
+
     # ------------------------------------------------------------------ data
     def training_reader(self):
         """The raw reader of the datamodule's training split (ValueError without one)."""

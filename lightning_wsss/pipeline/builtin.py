@@ -1,0 +1,232 @@
+"""The built-in stages, one declaration each: function, artifacts read and written, DataModule, options and
+summary keys. The supervision presets (``presets.yaml``) list them in order."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from . import stages as S
+from .config import deep_merge, resolve_class
+from .options import (Check, ClassName, Data, Fields, KeywordsOf, Model, OneOf, Trainer, Where, check_fields,
+                      check_keywords, check_mapping, parameters)
+from .registry import StageSpec, lookup, register_stage
+
+__all__ = ["classifier_reads", "affinity_reads", "segmenter_reads"]
+
+# ---------------------------------------------------------------------------------------------- option checks
+TRAINER, DATA = Trainer(), Data()
+
+
+class ListOf(Check):
+    """A list whose items pass ``item``."""
+
+    def __init__(self, item: Check) -> None:
+        self.item = item
+
+    def __call__(self, value: Any, where: Where) -> None:
+        if not isinstance(value, list):
+            where.fail(f"expected a list, got {value!r}")
+        for index, item in enumerate(value):
+            self.item(item, where.at(index))
+
+
+def _initializers() -> List[str]:
+    from ..boxes.initializers import INITIALIZERS
+
+    return sorted(INITIALIZERS)
+
+
+class Initializer(Check):
+    """A box initializer's name."""
+
+    def __call__(self, value: Any, where: Where) -> None:
+        OneOf(_initializers())(value, where)
+
+
+class InitializerKwargs(Check):
+    """``{initializer: {keyword: value}}`` for the box initializers."""
+
+    def __call__(self, value: Any, where: Where) -> None:
+        from ..boxes.initializers import INITIALIZERS
+
+        for name, kwargs in check_mapping(value, where).items():
+            Initializer()(name, where.at(name))
+            check_keywords(kwargs, INITIALIZERS[name], where.at(name), skip=("image", "boxes", "box_labels", "source"))
+
+
+class AffinityLabels(Check):
+    """``labels: {mode: psa | irn, crf_params: {...}, ...}``: the confident-label function's keyword arguments."""
+
+    def __call__(self, value: Any, where: Where) -> None:
+        from ..refine import affinity_labels
+        from ..refine.crf import CRFParams
+
+        labels = dict(check_mapping(value, where))
+        mode = labels.pop("mode", "psa")
+        OneOf(("psa", "irn"))(mode, where.at("mode"))
+        check_keywords(labels.pop("crf_params", None), CRFParams, where.at("crf_params"))
+        function = {"psa": affinity_labels.affinity_label_map_psa, "irn": affinity_labels.affinity_label_map_irn}[mode]
+        check_keywords(labels, function, where, skip=("image", "cams_fg", "class_ids", "num_classes", "params"))
+
+
+def _section_model(config: Mapping[str, Any], stage: Optional[str], default: str) -> str:
+    section = (config.get("stages") or {}).get(stage or "") or {}
+    return (section.get("model") or {}).get("class_path", default)
+
+
+def _cam_class(where: Where):
+    """The CAM method the ``cam`` settings go to: the stage's ``class_path``, else the classifier's model."""
+    name = where.section.get("class_path") or _section_model(where.config, where.inputs.get("classifier"), "CAMClassifier")
+    try:
+        return resolve_class(name, "model")
+    except Exception:  # reported at class_path
+        return resolve_class("CAMClassifier", "model")
+
+
+class Walk(Check):
+    """``walk: {mode, beta, log_t, ...}``: the refiner's walk arguments (``mode`` is its ``walk_mode``)."""
+
+    def __call__(self, value: Any, where: Where) -> None:
+        name = _section_model(where.config, where.inputs.get("refiner"), "AffinityRefiner")
+        try:
+            refiner = resolve_class(name, "model")
+        except Exception:  # reported at the refiner's class_path
+            refiner = resolve_class("AffinityRefiner", "model")
+        keywords = dict(parameters(refiner) or {})
+        keywords["mode"] = keywords.pop("walk_mode", str)
+        check_fields(value, keywords, where)
+
+
+SCHEDULE = Fields({"epochs": Optional[int], "min_steps": Optional[int], "max_steps": Optional[int]})
+
+# ---------------------------------------------------------------------------------------------- image labels
+def _object_masks(datamodule: str) -> bool:
+    """Whether a DataModule pastes objects cut out along CAM labels (it takes ``object_mask_dir``: CDA)."""
+    try:
+        return "object_mask_dir" in (parameters(resolve_class(datamodule, "data")) or {})
+    except Exception:  # an unknown class is reported at its key
+        return False
+
+
+def classifier_reads(section: Mapping[str, Any], config: Mapping[str, Any]) -> Sequence[str]:
+    """A classifier that pastes objects (CDA) reads the CAM labels of a seed classifier."""
+    return ("labels",) if _object_masks(section.get("datamodule", "ImageLabelDataModule")) else ()
+
+
+def seed_classifier_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The plain CAM classifier of the ``classifier`` settings (CDA's seed: the same stage and hash as an image
+    pipeline's classifier with those settings)."""
+    stage_cfg = deep_merge(config["stages"]["classifier"], {"model": {"class_path": "CAMClassifier"}})
+    stage_cfg.pop("datamodule", None)
+    stage_cfg.pop("data", None)
+    return stage_cfg
+
+
+def seed_cams_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``cams`` settings (the seed classifier's CAMs are made as the main ones)."""
+    return dict(config["stages"].get("cams") or {})
+
+
+def cams_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Hybrid supervision with ``hybrid.restrict_cams_to_boxes``: the box images' CAMs are kept inside their boxes."""
+    from .hybrid import box_ids
+
+    ids = box_ids(config)
+    if ids is not None and (config.get("hybrid") or {}).get("restrict_cams_to_boxes", False):
+        section["restrict_to_boxes"] = ids
+    return section
+
+
+CAM_OPTIONS = {"cam": KeywordsOf(_cam_class, skip=("num_classes",)), "class_path": ClassName("model"),
+               "trainer": TRAINER, "data": DATA}
+
+# ---------------------------------------------------------------------------------------------- refinement
+def affinity_reads(section: Mapping[str, Any], config: Mapping[str, Any]) -> Sequence[str]:
+    """The CAMs, and the classifier when its backbone starts AffinityNet (``init_from: classifier``)."""
+    return ("cams", "classifier") if section.get("init_from") == "classifier" else ("cams",)
+
+
+# ---------------------------------------------------------------------------------------------- boxes
+def boxsup_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """BoxSup draws its candidate order with the pipeline's seed."""
+    section["model"] = deep_merge(section.get("model") or {}, {"init_args": {"seed": config.get("seed", 0)}})
+    return section
+
+
+def box_init_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Hybrid supervision: masks for the box images only."""
+    from .hybrid import box_ids
+
+    ids = box_ids(config)
+    if ids is not None:
+        section["ids"] = ids
+    return section
+
+
+def hybrid_labels_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The box images and the initializer whose masks they get."""
+    from .hybrid import box_ids, box_source
+
+    section.update(box_ids=box_ids(config) or [], box_source=box_source(config))
+    return section
+
+
+# ---------------------------------------------------------------------------------------------- segmenter
+def segmenter_reads(section: Mapping[str, Any], config: Mapping[str, Any]) -> Sequence[str]:
+    """What the segmenter trains on: the latest labels (with their box / image parts in hybrid supervision),
+    the ground truth under full supervision, or ``labels_from``: that stage's labels (or confident affinity
+    labels)."""
+    source = section.get("labels_from")
+    if source is None:
+        return () if config.get("supervision") == "full" else ("labels", "label_parts?")
+    try:
+        writes = lookup(source, (config.get("stages") or {}).get(source)).writes
+    except Exception:  # not a stage: the planner says so
+        writes = ()
+    return (f"{'affinity_labels' if 'affinity_labels' in writes and 'labels' not in writes else 'labels'}@{source}",)
+
+
+def segmenter_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """``labels_from: random_walk`` is the default: it stays out of the hash, so earlier runs stay valid."""
+    if section.get("labels_from") == "random_walk":
+        section.pop("labels_from")
+    return section
+
+
+def _segmenter_datamodule(section: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
+    return S.training_datamodule(inputs)
+
+
+# ---------------------------------------------------------------------------------------------- declarations
+for _spec in (
+    StageSpec("classifier", S.classifier_stage, reads=classifier_reads, writes=("classifier",),
+              datamodule=lambda section, inputs: section.get("datamodule", "ImageLabelDataModule"),
+              options={"model": Model("CAMClassifier"), "trainer": TRAINER, "data": DATA, "datamodule": ClassName("data")}),
+    StageSpec("seed_classifier", S.classifier_stage, writes=("classifier",), datamodule="ImageLabelDataModule",
+              configure=seed_classifier_config, folder="classifier"),
+    StageSpec("cams", S.cams_stage, reads=("classifier",), writes=("cams", "labels"), datamodule="ImageLabelDataModule",
+              summary={"pseudo_miou": "cam"}, options=CAM_OPTIONS, configure=cams_config),
+    StageSpec("seed_cams", S.cams_stage, reads=("classifier",), writes=("cams", "labels"),
+              datamodule="ImageLabelDataModule", summary={"pseudo_miou": "seed_cam"}, configure=seed_cams_config,
+              folder="cams"),
+    StageSpec("affinity", S.affinity_stage, reads=affinity_reads, writes=("refiner", "affinity_labels"),
+              datamodule="PseudoMaskDataModule",
+              options={"labels": AffinityLabels(), "init_from": OneOf(S.INIT_FROM, allow_none=True),
+                       "schedule": SCHEDULE, "model": Model("AffinityRefiner"), "trainer": TRAINER, "data": DATA}),
+    StageSpec("random_walk", S.random_walk_stage, reads=("cams", "refiner"), writes=("labels",),
+              datamodule="ImageLabelDataModule", summary={"pseudo_miou": "random_walk"},
+              options={"walk": Walk(), "trainer": TRAINER, "data": DATA}),
+    StageSpec("box_init", S.box_init_stage, writes=("box_masks",), summary={"*": "*"}, configure=box_init_config,
+              options={"initializers": ListOf(Initializer()), "kwargs": InitializerKwargs(),
+                       "processes": Optional[int], "ids": Optional[List[str]]}),
+    StageSpec("boxsup", S.boxsup_stage, writes=("labels", "segmenter"), datamodule="BoxDataModule",
+              summary={"*": "*"}, configure=boxsup_config,
+              options={"model": Model("BoxSupSegmenter"), "trainer": TRAINER, "data": DATA}),
+    StageSpec("hybrid_labels", S.hybrid_labels_stage, reads=("labels", "box_masks"), writes=("labels", "label_parts"),
+              summary={"*": "*"}, configure=hybrid_labels_config),
+    StageSpec("segmenter", S.segmenter_stage, reads=segmenter_reads, writes=("segmenter",),
+              datamodule=_segmenter_datamodule, summary={"*_round_*": "*"}, configure=segmenter_config,
+              options={"model": Model("DeepLabSegmenter"), "trainer": TRAINER, "data": DATA,
+                       "labels_from": Optional[str], "seed": Optional[int]}),
+):
+    register_stage(_spec)

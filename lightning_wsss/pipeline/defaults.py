@@ -52,14 +52,12 @@ DEFAULTS: Dict[str, Any] = {
         "box_init": {"initializers": ["filled", "grabcut", "crf"]},
         # BoxSup: a box's mask changes only when a candidate's cost is lower by more than replace_margin; the
         # network's cross-entropy leaves out the pixels within output_stride / 2 of the candidates' boundaries
-        # (ce_ignore_band, the class default) and weighs 1 instead of BoxSup's 3 (tools/boxsup_rules.py on the demo's
-        # round-0 network: round 1 86.55 with weight 3 and no band, 92.12 with the band, 93.87 at weight 1); the pool
+        # (ce_ignore_band, the class default; the demo also weighs that term 1, see demo.py); the pool
         # holds the previous and initializer's masks, the proposals' (the filled box included), optionally the
         # network's CRF-refined prediction (crf_candidate) and GrabCut re-run from its mask (grabcut_candidate)
         "boxsup": {
             "model": {"class_path": "BoxSupSegmenter", "init_args": {
                 "initializer": "grabcut", "proposals": ["crf", "filled"], "crf_candidate": False, "round_epochs": 6,
-                "ce_weight": 1.0,
                 "replace_margin": 0.1, "grabcut_candidate": False,
                 "arch": "deeplabv3plus", "encoder": TINY_ENCODER, "output_stride": 16, "decoder_channels": 64,
                 "lr": 0.05}},

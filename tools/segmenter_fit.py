@@ -19,7 +19,8 @@ import numpy as np
 
 from lightning_wsss.datasets import open_split
 from lightning_wsss.io import read_label_png
-from lightning_wsss.metrics import format_iou_table, score_label_maps
+from lightning_wsss.metrics import score_label_maps
+from lightning_wsss.tables import format_iou_table
 from lightning_wsss.pipeline.demo import predict_val
 
 

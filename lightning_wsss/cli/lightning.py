@@ -108,7 +108,8 @@ def data_error_in_chain(exc: BaseException) -> Optional[DataError]:
     return None
 
 
-def _import(class_path: str):
+def import_class(class_path: str):
+    """The class a dotted path names (``package.module.Class``)."""
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -119,7 +120,7 @@ def related_classes(first: str, second: str) -> bool:
     if first == second:
         return True
     try:
-        a, b = _import(first), _import(second)
+        a, b = import_class(first), import_class(second)
     except (ImportError, AttributeError, ValueError):
         return True
     return issubclass(a, b) or issubclass(b, a)
@@ -133,9 +134,9 @@ def checked_init_args(ckpt_path: str, class_path: Optional[str], hparams: Dict[s
     """
     if not class_path:
         raise DataError(ckpt_path, "the checkpoint does not name its model class; configure --model")
-    model_cls = _import(class_path)
+    model_cls = import_class(class_path)
     name = model_cls.__name__
-    accepted, open_kwargs = set(), False
+    accepted = set()
     for cls in model_cls.__mro__:
         if "__init__" in vars(cls):
             parameters = inspect.signature(cls.__init__).parameters.values()

@@ -101,33 +101,6 @@ def parse_voc_xml(path: PathLike, class_to_index: Dict[str, int]) -> ObjectAnnot
     )
 
 
-def validate_boxes(boxes: np.ndarray, height: int, width: int, path: PathLike, tolerance: float = 1.0) -> np.ndarray:
-    """Check that boxes have positive area and lie inside a (height, width) image.
-
-    Boxes that overshoot the border by at most ``tolerance`` pixels (rounding in annotation tools) are clipped.
-
-    Returns:
-        float32 [N, 4] clipped boxes.
-
-    Raises:
-        DataError: a box with zero area or outside the image, naming ``path``.
-    """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    for x0, y0, x1, y1 in boxes:
-        if x1 <= x0 or y1 <= y0:
-            raise DataError(path, f"box {(float(x0), float(y0), float(x1), float(y1))} has zero or negative area")
-        if x0 < -tolerance or y0 < -tolerance or x1 > width + tolerance or y1 > height + tolerance:
-            raise DataError(
-                path,
-                f"box {(float(x0), float(y0), float(x1), float(y1))} (0-based x_min, y_min, x_max, y_max) lies outside "
-                f"the {width}x{height} image",
-            )
-    clipped = boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    return clipped
-
-
 @dataclass(frozen=True)
 class SplitEntry:
     """One line of a split list: the image id and, in the ``train_aug`` form, explicit relative paths."""

@@ -19,6 +19,8 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
+from ..images import check_rgb_image
+
 IGNORE_INDEX = 255
 PROB_CLIP = 1e-5
 
@@ -78,20 +80,6 @@ def _unary_from_labels() -> Any:
     return unary_from_labels
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must have shape [H, W, 3], got {tuple(image.shape)}")
-    if image.dtype != np.uint8:
-        if np.issubdtype(image.dtype, np.floating) and image.size and image.max() <= 1.0:
-            raise ValueError(
-                "image must be uint8 RGB in 0..255, got a float image with max <= 1 "
-                f"(dtype {image.dtype}); convert it with (image * 255).astype(np.uint8)"
-            )
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image)
-
-
 def _run_crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
     """Mean-field inference. ``unary``: float32 [C, H*W] energies. Returns float32 [C, H, W]."""
     dcrf = _densecrf_module()
@@ -124,7 +112,7 @@ def crf_from_probs(
     Returns:
         float32 array [C, H, W]: CRF marginals (sum to 1 over C at every pixel).
     """
-    image = _check_image(image)
+    image = check_rgb_image(image)
     probs = np.asarray(probs)
     if probs.ndim != 3:
         raise ValueError(f"probs must have shape [C, H, W], got {tuple(probs.shape)}")
@@ -164,7 +152,7 @@ def crf_from_labels(
     Returns:
         float32 array [C, H, W]: CRF marginals.
     """
-    image = _check_image(image)
+    image = check_rgb_image(image)
     labels = np.asarray(labels)
     if labels.shape != image.shape[:2]:
         raise ValueError(

@@ -13,7 +13,7 @@ from lightning_wsss.cli.main import main
 from lightning_wsss.cli.registry import COMMANDS, command
 
 EXPECTED = {"fit", "validate", "test", "predict", "pipeline", "demo", "compare", "make-synthetic", "evaluate",
-            "evaluate-cams", "sweep-walk", "affinity-labels"}
+            "evaluate-cams", "sweep-walk", "affinity-labels", "boxes-from-masks", "predict-box-crops"}
 REPO = Path(__file__).resolve().parents[1]
 
 

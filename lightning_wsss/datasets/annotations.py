@@ -1,4 +1,4 @@
-"""Parsing of PASCAL VOC XML annotations and split lists (pure functions, no image I/O)."""
+"""PASCAL VOC XML annotations (parsed and written) and split lists (pure functions, no image I/O)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,52 @@ def parse_voc_xml(path: PathLike, class_to_index: Dict[str, int]) -> ObjectAnnot
         difficult=np.asarray(difficult, dtype=bool),
         size=size,
     )
+
+
+def _voc_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def voc_xml(
+    image_id: str,
+    size: Tuple[int, int],
+    names: Sequence[str],
+    boxes: np.ndarray,
+    truncated: Optional[Sequence[bool]] = None,
+    folder: str = "",
+) -> bytes:
+    """The VOC annotation XML of one image, as :func:`parse_voc_xml` reads it back.
+
+    Args:
+        image_id: the id (``<filename>`` is ``<id>.jpg``).
+        size: (height, width) of the image.
+        names: class name of each object.
+        boxes: [N, 4] (x_min, y_min, x_max, y_max) in 0-based pixel-edge coordinates; written 1-based inclusive
+            (``xmin = x_min + 1``, ``xmax = x_max``).
+        truncated: per object, whether the image border cuts it (default: none is).
+        folder: the ``<folder>`` text.
+    """
+    height, width = size
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    sz = ET.SubElement(root, "size")
+    ET.SubElement(sz, "width").text = str(width)
+    ET.SubElement(sz, "height").text = str(height)
+    ET.SubElement(sz, "depth").text = "3"
+    ET.SubElement(root, "segmented").text = "1"
+    flags = [False] * len(names) if truncated is None else truncated
+    for name, (x0, y0, x1, y1), cut in zip(names, boxes, flags):
+        node = ET.SubElement(root, "object")
+        ET.SubElement(node, "name").text = name
+        ET.SubElement(node, "pose").text = "Unspecified"
+        ET.SubElement(node, "truncated").text = str(int(cut))
+        ET.SubElement(node, "difficult").text = "0"
+        bb = ET.SubElement(node, "bndbox")
+        for tag, val in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
+            ET.SubElement(bb, tag).text = _voc_number(val)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8") + b"\n"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 Configs use ``class_path``/``init_args`` or short class names (``model: CAMClassifier``); the model's
 ``num_classes`` is linked to the DataModule's, so a config names the classes once (in the data set).
 The resolved config is saved next to the logs with ``overwrite=True`` so W&B and the config saver coexist.
+When stdout is not a terminal (SLURM, ``nohup``, CI), the progress bar is off by default and each training epoch
+prints one line (:class:`~lightning_wsss.callbacks.epoch_log.EpochLog`); ``WSSS_PROGRESS=bar|lines`` overrides.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import sys
 from typing import Any, Dict, List, Optional
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from ..callbacks.progress import progress_callbacks, stdout_is_terminal
 from ..errors import DataError
 from ..serialization import allow_safe_globals, weights_only_kwargs
 
@@ -160,12 +164,16 @@ def _register_classes() -> None:
 def run_lightning_cli(argv: Optional[List[str]] = None) -> WSSSLightningCLI:
     """Run the LightningCLI with ``argv`` (e.g. ``["fit", "--config", "experiments/x.yaml"]``)."""
     _register_classes()
+    if argv is not None and list(argv) == sys.argv[1:]:
+        argv = None  # the command line itself: LightningCLI reads it (and does not warn that args were given twice)
+    tty = stdout_is_terminal()
     return WSSSLightningCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"enable_progress_bar": tty, "callbacks": progress_callbacks(tty)},
         args=argv,
         auto_configure_optimizers=False,
     )

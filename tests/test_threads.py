@@ -86,3 +86,18 @@ def test_datamodule_loaders_use_the_worker_init(tiny_voc):
     assert with_workers.train_dataloader().worker_init_fn is worker_init
     without = ImageLabelDataModule(str(tiny_voc), batch_size=2, crop_size=32, num_workers=0)
     assert without.train_dataloader().worker_init_fn is None  # Lightning may add its own
+
+
+def test_wsss_fit_applies_the_policy(clean_env, tiny_voc, tmp_path):
+    """``wsss fit`` with 1 DataLoader worker on 8 owned cores trains with 7 torch threads."""
+    from pathlib import Path
+
+    from lightning_wsss.cli.lightning import run_lightning_cli
+
+    clean_env.chdir(Path(__file__).resolve().parents[1])
+    cli = run_lightning_cli(["fit", "--config", "experiments/synthetic/cam.yaml", f"--data.init_args.root={tiny_voc}",
+                             "--data.init_args.num_workers=1", "--data.init_args.batch_size=2",
+                             "--data.init_args.crop_size=32", "--trainer.fast_dev_run=1", "--trainer.logger=false",
+                             "--trainer.callbacks=null", f"--trainer.default_root_dir={tmp_path}",
+                             "--model.init_args.cam_scales=[1.0]"])
+    assert cli.datamodule.num_workers == 1 and torch.get_num_threads() == 7

@@ -5,6 +5,8 @@ Configs use ``class_path``/``init_args`` or short class names (``model: CAMClass
 The resolved config is saved next to the logs with ``overwrite=True`` so W&B and the config saver coexist.
 When stdout is not a terminal (SLURM, ``nohup``, CI), the progress bar is off by default and each training epoch
 prints one line (:class:`~lightning_wsss.callbacks.epoch_log.EpochLog`); ``WSSS_PROGRESS=bar|lines`` overrides.
+Torch's threads follow :mod:`lightning_wsss.threads` (the owned cores minus the DataLoader workers;
+``WSSS_THREADS`` or ``OMP_NUM_THREADS`` override).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 from ..callbacks.progress import progress_callbacks, stdout_is_terminal
 from ..errors import DataError
 from ..serialization import allow_safe_globals, weights_only_kwargs
+from ..threads import apply_thread_policy
 
 
 class WSSSLightningCLI(LightningCLI):
@@ -89,6 +92,8 @@ class WSSSLightningCLI(LightningCLI):
         if expected is not None and actual is not None and int(expected) != int(actual):
             raise DataError(self.config[self.subcommand].get("ckpt_path"),
                             f"checkpoint has {expected} classes but the data set has {actual}")
+        if self.subcommand:  # the run's thread policy: the owned cores minus the DataLoader workers
+            apply_thread_policy(int(getattr(self.datamodule, "num_workers", 0) or 0))
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> Dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)

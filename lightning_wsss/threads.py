@@ -3,8 +3,10 @@
 Every process of a run computes with some library's thread pool: torch's intra-op threads in the training
 process, OpenCV's (through albumentations) in each DataLoader worker, and whatever a pool worker (the CRF) loads.
 Left at their defaults each pool takes every core, and a process that shares its cores with another busy one
-slows down far more than its share: a classifier trained at 0.17 it/s with two torch threads next to one busy
-process and at 2.06 it/s with one (``benchmarks/threads.py`` measures this). The policy:
+slows down far more than its share: the issue that asked for this policy saw a CamVid classifier train at
+0.17 it/s with two torch threads next to one busy process and at 2.06 it/s with one, and
+``benchmarks/threads.py`` measures the same collapse on the synthetic classifier (README, "Benchmarks").
+The policy:
 
 * a process owns the cores of its CPU affinity (``taskset``, a SLURM allocation), divided among the ranks that
   share them (``SLURM_CPUS_PER_TASK`` when SLURM states it, else ``LOCAL_WORLD_SIZE`` under torchrun);

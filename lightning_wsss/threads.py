@@ -68,6 +68,13 @@ def intra_op_threads(num_workers: int = 0, cores: Optional[int] = None) -> int:
     return max(1, owned - max(0, int(num_workers)))
 
 
+def _set_opencv_threads(threads: int) -> None:
+    """OpenCV's threads; one thread is ``setNumThreads(0)`` (run sequentially): ``setNumThreads(1)`` hangs in a forked
+    worker whose parent had run OpenCV's thread pool (OpenCV 5, pthreads backend)."""
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(0 if threads <= 1 else threads)
+
+
 def apply_thread_policy(num_workers: int = 0) -> int:
     """Set torch's intra-op threads and OpenCV's threads of this process by :func:`intra_op_threads`.
 
@@ -77,8 +84,7 @@ def apply_thread_policy(num_workers: int = 0) -> int:
     threads = intra_op_threads(num_workers)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
-    if "cv2" in sys.modules:
-        sys.modules["cv2"].setNumThreads(threads)
+    _set_opencv_threads(threads)
     return threads
 
 
@@ -86,8 +92,7 @@ def limit_worker_threads() -> None:
     """One thread for torch and OpenCV in this process (a DataLoader or pool worker)."""
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-    if "cv2" in sys.modules:
-        sys.modules["cv2"].setNumThreads(1)
+    _set_opencv_threads(1)
 
 
 def worker_init(worker_id: int) -> None:

@@ -68,6 +68,7 @@ class ThreadProbe(Dataset):
         return torch.get_num_threads(), cv2.getNumThreads(), float(np.random.rand())
 
 
+@pytest.mark.timeout(120)
 def test_workers_run_one_thread_and_keep_lightnings_seeding(monkeypatch):
     from lightning.fabric.utilities.seed import pl_worker_init_function
 
@@ -79,6 +80,18 @@ def test_workers_run_one_thread_and_keep_lightnings_seeding(monkeypatch):
     lightnings = list(DataLoader(ThreadProbe(), num_workers=2, batch_size=None, worker_init_fn=pl_worker_init_function))
     assert [(t, c) for t, c, _ in ours] == [(1, 1), (1, 1)]
     assert [r for _, _, r in ours] == [r for _, _, r in lightnings]  # the same worker seeds as Lightning's own
+
+
+@pytest.mark.timeout(120)
+def test_workers_do_not_hang_after_the_parent_ran_opencvs_pool():
+    """``cv2.setNumThreads(1)`` in a forked worker hung now and then (2 of 12 forks) when the parent had just run
+    OpenCV's thread pool; the policy asks for 0 (sequential), which never did (0 of 40)."""
+    cv2.setNumThreads(2)
+    image = np.random.default_rng(0).random((1500, 1500, 3), dtype=np.float32)
+    for _ in range(6):
+        for _ in range(3):
+            cv2.resize(image, (1000, 1000))  # the pool's threads are busy right before the workers fork
+        assert len(list(DataLoader(ThreadProbe(), num_workers=2, batch_size=None, worker_init_fn=worker_init))) == 2
 
 
 def test_datamodule_loaders_use_the_worker_init(tiny_voc):

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -131,13 +131,6 @@ def write_label_png(path: PathLike, label: np.ndarray, palette: Optional[np.ndar
     write_bytes_atomic(path, buf.getvalue())
 
 
-def write_npy_atomic(path: PathLike, array: np.ndarray) -> None:
-    """Save one array as ``.npy`` atomically."""
-    buf = io.BytesIO()
-    np.save(buf, array)
-    write_bytes_atomic(path, buf.getvalue())
-
-
 def write_npz_atomic(path: PathLike, **arrays: np.ndarray) -> None:
     """Save several named arrays as an uncompressed ``.npz`` atomically."""
     buf = io.BytesIO()
@@ -231,11 +224,6 @@ def read_label_png(path: PathLike) -> np.ndarray:
     return arr
 
 
-def existing_complete(path: PathLike) -> bool:
-    """Whether an artifact exists (atomic writes guarantee that an existing file is complete)."""
-    return Path(path).is_file()
-
-
 __all__ = [
     "atomic_write",
     "current_umask",
@@ -244,10 +232,8 @@ __all__ = [
     "write_bytes_atomic",
     "write_json_atomic",
     "write_label_png",
-    "write_npy_atomic",
     "write_npz_atomic",
     "read_image",
     "read_text_file",
     "read_label_png",
-    "existing_complete",
 ]

@@ -10,7 +10,7 @@ lower recall instead of silently vanishing from the score.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -158,19 +158,3 @@ def label_pairs(pred_dir: PathLike, dataset, split: str = "") -> Iterator[Tuple[
                 f"{target.shape[1]}x{target.shape[0]}"
             )
         yield pred, target
-
-
-def format_iou_table(result: Dict[str, object], title: str = "") -> str:
-    """Render the result of :func:`score_label_maps` as a plain-text table (IoU in percent)."""
-    lines: List[str] = []
-    if title:
-        lines.append(title)
-    per_class: Dict[str, Optional[float]] = result["per_class"]  # type: ignore[assignment]
-    width = max([len("class")] + [len(name) for name in per_class])
-    lines.append(f"{'class':<{width}}  IoU (%)")
-    lines.append("-" * (width + 9))
-    for name, value in per_class.items():
-        lines.append(f"{name:<{width}}  {'   n/a' if value is None else f'{100 * value:6.2f}'}")
-    lines.append("-" * (width + 9))
-    lines.append(f"{'mIoU':<{width}}  {100 * float(result['miou']):6.2f}   ({result['num_images']} images)")
-    return "\n".join(lines)

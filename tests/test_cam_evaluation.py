@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import write_tiny_voc
-from lightning_wsss.cam.evaluation import cams_to_label_map, evaluate_cam_thresholds
+from lightning_wsss.cam.threshold_sweep import cams_to_label_map, evaluate_cam_thresholds
 from lightning_wsss.cli.main import main
 from lightning_wsss.io import read_label_png, write_npz_atomic
 

@@ -12,7 +12,8 @@ import timm
 import torch
 
 from lightning_wsss.callbacks import ArtifactWriter
-from lightning_wsss.cam.evaluation import cams_to_label_map, load_cams
+from lightning_wsss.cam.files import load_cams
+from lightning_wsss.cam.threshold_sweep import cams_to_label_map
 from lightning_wsss.cli.main import main
 from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.errors import DataError

@@ -131,7 +131,7 @@ def test_crf_labels_needs_exactly_one_input():
         crf_labels(image, labels=truth)  # num_classes missing
 
 
-@pytest.mark.parametrize("mp_context", [None, "spawn"])
+@pytest.mark.parametrize("mp_context", [None, "spawn", "forkserver"])
 def test_batch_crf_equals_serial(mp_context):
     scenes = [two_region_scene(16 + i, 20, seed=i) for i in range(4)]
     images = [s[0] for s in scenes]
@@ -151,3 +151,31 @@ def test_batch_crf_length_mismatch():
     image, truth = two_region_scene(8, 8)
     with pytest.raises(ValueError, match="2 images"):
         batch_crf([image, image], [noisy_probs(truth, 2, 0.5)], processes=0)
+
+
+def test_batch_crf_pool_checks_inputs_first_and_leaves_no_file(tmp_path, monkeypatch):
+    """A bad pair fails in the caller before any worker starts; the shared files are removed either way."""
+    from lightning_wsss.refine import shared_arrays
+
+    monkeypatch.setattr(shared_arrays, "shared_folder", lambda nbytes: str(tmp_path))
+    image, truth = two_region_scene(8, 8)
+    with pytest.raises(ValueError, match="spatial shape"):
+        batch_crf([image, image], [noisy_probs(truth, 2, 0.5), np.full((2, 8, 9), 0.5, np.float32)], processes=2)
+    out = batch_crf([image, image], [noisy_probs(truth, 2, 0.5, seed=s) for s in (0, 1)], processes=2)
+    assert len(out) == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_shared_arrays_round_trip():
+    from lightning_wsss.refine.shared_arrays import SharedArrays
+
+    arrays = SharedArrays.create([((2, 3), "uint8"), ((5,), "float32"), ((0, 4), "float32")])
+    try:
+        arrays.view(0)[...] = np.arange(6, dtype=np.uint8).reshape(2, 3)
+        other = SharedArrays.attach(arrays.layout)  # as a worker maps it
+        other.view(1)[...] = 0.5
+        assert other.view(0).tolist() == [[0, 1, 2], [3, 4, 5]]
+        copies = arrays.copies([1, 2])
+        assert copies[0].tolist() == [0.5] * 5 and copies[1].shape == (0, 4)
+        assert all(offset % 64 == 0 for offset, _, _ in arrays.layout.entries)
+    finally:
+        arrays.unlink()

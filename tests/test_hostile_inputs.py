@@ -152,7 +152,7 @@ def test_checkpoint_that_runs_code_is_refused_on_resume(tmp_path, tiny_voc):
 
 
 def test_cam_file_with_pickled_objects_is_refused(tmp_path):
-    from lightning_wsss.cam.evaluation import load_cams
+    from lightning_wsss.cam.files import load_cams
 
     path = tmp_path / "img_0.npz"
     np.savez(path, cams=np.array([RunsCode(tmp_path / "pwned")], dtype=object), keys=np.array([1]))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lightning_wsss.cam.box_restriction import restrict_cams_to_boxes
-from lightning_wsss.cam.evaluation import load_cams
+from lightning_wsss.cam.files import load_cams
 from lightning_wsss.datamodules import HybridDataModule, select_box_images
 from lightning_wsss.datasets.voc import VOCSegmentation
 from lightning_wsss.errors import DataError

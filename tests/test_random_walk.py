@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_wsss.cam import add_background
 from lightning_wsss.refine.affinity_labels import neighbor_offsets
 from lightning_wsss.refine.random_walk import (
-    add_background,
     affinity_from_features,
     apply_transition,
     irn_scores,
@@ -176,7 +176,7 @@ def test_irn_walk_matches_dense_foreground_only_walk(method, normalize):
 def test_psa_and_irn_walks_differ_only_in_the_background(method):
     """psa walks (1 - max)^alpha with the classes; irn never walks a background, so its classes are the walk's."""
     cams, aff, offsets = random_inputs(b=1, c=2, h=6, w=6, radius=3, seed=4)
-    psa = random_walk(add_background(cams, 16.0), aff, offsets, beta=8.0, t=3, method=method)
+    psa = random_walk(add_background(cams, "power", alpha=16.0), aff, offsets, beta=8.0, t=3, method=method)
     irn = irn_walk(cams, aff, offsets, beta=8.0, t=3, bg_threshold=0.25, method=method)
     walked_fg = psa[:, 1:]
     torch.testing.assert_close(irn[:, 1:], walked_fg / walked_fg.amax(dim=(2, 3), keepdim=True))
@@ -221,13 +221,14 @@ def test_random_walk_rejects_mismatched_inputs():
         random_walk(cams, aff, offsets, method="dense")
 
 
-def test_add_background():
+def test_add_background_power_mode_is_psa_background():
     cams = torch.rand(2, 3, 4, 5)
-    out = add_background(cams, alpha=16)
+    out = add_background(cams, "power", alpha=16)
     assert out.shape == (2, 4, 4, 5)
     expected = (1 - cams.numpy().max(1)) ** 16
     np.testing.assert_allclose(out[:, 0].numpy(), expected, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(out[:, 1:], cams)
+    assert add_background(cams[:, :0], "power", alpha=16).eq(1).all()  # no class present: all background
 
 
 @pytest.mark.parametrize("method", METHODS)

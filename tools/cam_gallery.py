@@ -15,7 +15,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from lightning_wsss.cam.evaluation import load_cams
+from lightning_wsss.cam.files import load_cams
 from lightning_wsss.datasets import open_split
 from lightning_wsss.palette import colorize
 

@@ -17,7 +17,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from lightning_wsss.cam.evaluation import load_cams
+from lightning_wsss.cam.files import load_cams
 from lightning_wsss.datasets import open_split
 
 

@@ -16,18 +16,13 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, List, Sequence, Tuple
 
-import numpy as np
 import torch
 
-from lightning_wsss.cam import add_background, cams_to_label
+from lightning_wsss.cam.threshold_sweep import DEFAULT_THRESHOLDS, ThresholdSweep
 from lightning_wsss.datamodules import ImageLabelDataModule
-from lightning_wsss.metrics import SegmentationIoU
 from lightning_wsss.pipeline.config import resolve_class
 from lightning_wsss.serialization import load_model_checkpoint
 from lightning_wsss.tasks.classifier import present_class_ids
-
-THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
-
 
 def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
     """``"LPCAMClassifier:a=1,b=0.5"`` -> ``("LPCAMClassifier", {"a": 1.0, "b": 0.5})`` (values as floats)."""
@@ -37,18 +32,18 @@ def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
 
 
 def best_threshold_miou(model, batches: Sequence[Dict[str, Any]]) -> Tuple[float, float]:
-    """(best mIoU, its threshold) of ``model.compute_cams`` over ``batches`` (batch size 1)."""
-    metrics = [SegmentationIoU(model.num_classes) for _ in THRESHOLDS]
+    """(best mIoU, its threshold) of ``model.compute_cams`` over ``batches`` (batch size 1), scored by the library's
+    threshold sweep (as ``wsss evaluate-cams`` scores CAM files)."""
+    sweep = ThresholdSweep(model.num_classes, DEFAULT_THRESHOLDS)
     for batch in batches:
         ids = present_class_ids(batch["labels"])
         cams = model.compute_cams(batch["image"], ids)
         height, width = batch["size"][0].tolist()
-        for threshold, metric in zip(THRESHOLDS, metrics):
-            labels = cams_to_label(add_background(cams, bg_threshold=float(threshold)), ids)
-            metric.update(labels[:, :height, :width], batch["mask"][:, :height, :width])
-    values = [float(m.compute()) for m in metrics]
-    best = int(np.nanargmax(values))
-    return values[best], float(THRESHOLDS[best])
+        present = ids[0] >= 0
+        sweep.add(cams[0, present, :height, :width].float().numpy(), ids[0, present].numpy(),
+                  batch["mask"][0, :height, :width].numpy())
+    result = sweep.result()
+    return result["best_miou"], result["best_threshold"]
 
 
 def main() -> None:

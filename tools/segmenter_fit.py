@@ -19,8 +19,9 @@ import numpy as np
 
 from lightning_wsss.datasets import open_split
 from lightning_wsss.io import read_label_png
-from lightning_wsss.metrics import format_iou_table, score_label_maps
+from lightning_wsss.metrics import score_label_maps
 from lightning_wsss.pipeline.predictions import predict_val
+from lightning_wsss.tables import format_iou_table
 
 
 def fit_scores(checkpoint: Path, labels: Path, root: Path, split: str = "train", images: int = 200) -> Dict[str, dict]:

@@ -2,17 +2,19 @@
 
 * :mod:`.initializers`: boxes -> pseudo mask (``filled``, ``inner`` (SDI Box^i), ``crf``, ``grabcut``,
   ``intersection``), registry :data:`INITIALIZERS` and :func:`make_box_mask`.
-* :mod:`.from_mask`: boxes of the connected components of a label map.
+* :mod:`.from_mask`: boxes of the connected components of a label map; VOC annotations from a split's masks.
 * :mod:`.tightness`: BBTP tightness-prior MIL loss and a pairwise smoothness loss.
 * :mod:`.scoring`: BoxSup candidate costs and selection.
 * :mod:`.crop_inference`: segment box crops at higher resolution and paste them back.
+* :mod:`.crop_prediction`: the same over a data set, written as label PNGs.
 
 Box convention: float ``(x_min, y_min, x_max, y_max)`` in 0-based pixel-edge coordinates; a box covers pixel
 columns ``floor(x_min) .. ceil(x_max) - 1`` (see :func:`box_pixel_range`).
 """
 
 from .crop_inference import box_crop_inference, context_region
-from .from_mask import boxes_from_mask
+from .crop_prediction import predict_box_crops
+from .from_mask import boxes_from_mask, write_box_annotations
 from .initializers import (
     INITIALIZERS,
     box_pixel_range,
@@ -56,10 +58,12 @@ __all__ = [
     "overlap_cost",
     "pairwise_smoothness_loss",
     "paint_order",
+    "predict_box_crops",
     "plausible_fill",
     "scaled_crf_params",
     "score_candidates",
     "select_candidate",
     "tightness_prior_loss",
     "validate_boxes",
+    "write_box_annotations",
 ]

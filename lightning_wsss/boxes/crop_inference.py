@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .initializers import box_pixel_range, validate_boxes
+from ..datasets.boxes import validate_boxes
+from .initializers import box_pixel_range
 
 __all__ = ["box_crop_inference", "context_region"]
 

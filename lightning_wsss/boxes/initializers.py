@@ -32,7 +32,9 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataError, PathLike
+from ..datasets.boxes import validate_boxes
+from ..errors import PathLike
+from ..images import check_rgb_image
 
 IGNORE = 255
 
@@ -70,56 +72,6 @@ def box_pixel_range(box: Sequence[float]) -> Tuple[int, int, int, int]:
     return math.floor(x_min), math.floor(y_min), math.ceil(x_max), math.ceil(y_max)
 
 
-def validate_boxes(
-    image_hw: Tuple[int, int],
-    boxes,
-    box_labels=None,
-    source: Optional[PathLike] = None,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Check boxes (and labels) against an image size.
-
-    Args:
-        image_hw: ``(H, W)`` of the image the boxes belong to.
-        boxes: array-like / tensor [N, 4] (``N`` may be 0).
-        box_labels: array-like / tensor [N] of class indices in ``1..254``; ``None`` skips the label check.
-        source: file name / id named in error messages.
-
-    Returns:
-        ``(boxes float64 [N, 4], labels int64 [N])`` as numpy arrays (labels all ones when ``box_labels`` is None).
-
-    Raises:
-        DataError: wrong shape, non-finite or degenerate box, box outside the image, bad label.
-    """
-    height, width = int(image_hw[0]), int(image_hw[1])
-    arr = _to_numpy(boxes).astype(np.float64)
-    if arr.size == 0:
-        arr = arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise DataError(source, f"boxes must have shape [N, 4], got {list(arr.shape)}")
-    n = arr.shape[0]
-    if box_labels is None:
-        labels = np.ones(n, dtype=np.int64)
-    else:
-        labels = _to_numpy(box_labels).reshape(-1)
-        if labels.shape[0] != n:
-            raise DataError(source, f"{n} boxes but {labels.shape[0]} box labels")
-        if labels.size and not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise DataError(source, f"box labels must be integers, got {labels.tolist()}")
-        labels = labels.astype(np.int64)
-    for i, (box, label) in enumerate(zip(arr, labels)):
-        desc = f"box {i} ({', '.join(f'{v:g}' for v in box)})"
-        if not np.all(np.isfinite(box)):
-            raise DataError(source, f"{desc} has non-finite coordinates")
-        x_min, y_min, x_max, y_max = box
-        if x_max <= x_min or y_max <= y_min:
-            raise DataError(source, f"{desc} has zero or negative area (need x_min < x_max and y_min < y_max)")
-        if x_min < 0 or y_min < 0 or x_max > width or y_max > height:
-            raise DataError(source, f"{desc} reaches outside the {width}x{height} (WxH) image")
-        if not 1 <= int(label) <= 254:
-            raise DataError(source, f"{desc} has class {int(label)}; box classes must be in 1..254")
-    return arr, labels
-
-
 def paint_order(boxes: np.ndarray) -> np.ndarray:
     """Indices of ``boxes`` [N, 4] sorted by decreasing pixel area (stable: ties keep input order).
 
@@ -131,21 +83,8 @@ def paint_order(boxes: np.ndarray) -> np.ndarray:
     return np.argsort(-areas, kind="stable")
 
 
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _check_image(image, source: Optional[PathLike]) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise DataError(source, f"image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
-    return image
-
-
 def _prepare(image, boxes, box_labels, source):
-    image = _check_image(image, source)
+    image = check_rgb_image(image, source)
     boxes_np, labels_np = validate_boxes(image.shape[:2], boxes, box_labels, source)
     return image, boxes_np, labels_np
 

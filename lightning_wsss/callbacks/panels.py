@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ..datamodules.plotting import denormalize
+from ..datamodules.transforms import denormalize
 from ..datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 

@@ -3,6 +3,10 @@
 Configs use ``class_path``/``init_args`` or short class names (``model: CAMClassifier``); the model's
 ``num_classes`` is linked to the DataModule's, so a config names the classes once (in the data set).
 The resolved config is saved next to the logs with ``overwrite=True`` so W&B and the config saver coexist.
+When stdout is not a terminal (SLURM, ``nohup``, CI), the progress bar is off by default and each training epoch
+prints one line (:class:`~lightning_wsss.callbacks.epoch_log.EpochLog`); ``WSSS_PROGRESS=bar|lines`` overrides.
+Torch's threads follow :mod:`lightning_wsss.threads` (the owned cores minus the DataLoader workers;
+``WSSS_THREADS`` or ``OMP_NUM_THREADS`` override).
 """
 
 from __future__ import annotations
@@ -10,13 +14,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import sys
 from typing import Any, Dict, List, Optional
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from ..callbacks.progress import progress_callbacks, stdout_is_terminal
 from ..errors import DataError
 from ..serialization import allow_safe_globals, weights_only_kwargs
+from ..threads import apply_thread_policy
 
 
 class WSSSLightningCLI(LightningCLI):
@@ -86,6 +93,8 @@ class WSSSLightningCLI(LightningCLI):
         if expected is not None and actual is not None and int(expected) != int(actual):
             raise DataError(self.config[self.subcommand].get("ckpt_path"),
                             f"checkpoint has {expected} classes but the data set has {actual}")
+        if self.subcommand:  # the run's thread policy: the owned cores minus the DataLoader workers
+            apply_thread_policy(int(getattr(self.datamodule, "num_workers", 0) or 0))
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> Dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -109,7 +118,8 @@ def data_error_in_chain(exc: BaseException) -> Optional[DataError]:
     return None
 
 
-def _import(class_path: str):
+def import_class(class_path: str):
+    """The class a dotted path names (``package.module.Class``)."""
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -120,7 +130,7 @@ def related_classes(first: str, second: str) -> bool:
     if first == second:
         return True
     try:
-        a, b = _import(first), _import(second)
+        a, b = import_class(first), import_class(second)
     except (ImportError, AttributeError, ValueError):
         return True
     return issubclass(a, b) or issubclass(b, a)
@@ -134,9 +144,9 @@ def checked_init_args(ckpt_path: str, class_path: Optional[str], hparams: Dict[s
     """
     if not class_path:
         raise DataError(ckpt_path, "the checkpoint does not name its model class; configure --model")
-    model_cls = _import(class_path)
+    model_cls = import_class(class_path)
     name = model_cls.__name__
-    accepted, open_kwargs = set(), False
+    accepted = set()
     for cls in model_cls.__mro__:
         if "__init__" in vars(cls):
             parameters = inspect.signature(cls.__init__).parameters.values()
@@ -162,12 +172,16 @@ def run_lightning_cli(argv: Optional[List[str]] = None) -> WSSSLightningCLI:
     _register_classes()
     from ..tasks.base import WSSSTask
 
+    if argv is not None and list(argv) == sys.argv[1:]:
+        argv = None  # the command line itself: LightningCLI reads it (and does not warn that args were given twice)
+    tty = stdout_is_terminal()
     return WSSSLightningCLI(
         WSSSTask,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"enable_progress_bar": tty, "callbacks": progress_callbacks(tty)},
         args=argv,
         auto_configure_optimizers=False,
     )

@@ -16,6 +16,7 @@ from ..datasets.classes import VOC_CLASSES, read_class_names
 from ..datasets.coco import COCOSegmentation
 from ..datasets.voc import VOCSegmentation
 from ..errors import DataError
+from ..threads import worker_init
 from .collate import collate_samples
 from .sampling import EpochShuffleSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, apply_transform, eval_transform, train_transform
@@ -221,6 +222,7 @@ class WSSSDataModule(L.LightningDataModule):
             collate_fn=functools.partial(collate_samples, size_divisor=self.size_divisor),
             drop_last=drop_last,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init if self.num_workers > 0 else None,  # one OpenCV / torch thread per worker
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -7,13 +7,9 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from ..palette import voc_palette
+from .transforms import denormalize
 
-
-def denormalize(image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Invert normalisation of a float image [3, H, W]; returns uint8 [H, W, 3]."""
-    array = np.asarray(image, dtype=np.float32).transpose(1, 2, 0)
-    array = array * np.asarray(std, dtype=np.float32) + np.asarray(mean, dtype=np.float32)
-    return (array.clip(0, 1) * 255).round().astype(np.uint8)
+__all__ = ["denormalize", "overlay", "plot_sample"]  # denormalize: its old import path
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:

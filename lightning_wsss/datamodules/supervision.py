@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from ..datasets.base import SegmentationDataset, check_label_values
 from ..errors import DataError

@@ -2,7 +2,8 @@
 
 Training: random rescale, pad (image with the mean colour, masks with 255), random crop, horizontal flip,
 optional colour jitter, normalisation. Validation, test and prediction: normalisation only (no randomness;
-images keep their size, batches are padded by the collate function).
+images keep their size, batches are padded by the collate function). :func:`denormalize` inverts the
+normalisation for drawing and for the CRF, which needs the original colours.
 """
 
 from __future__ import annotations
@@ -82,3 +83,10 @@ def apply_transform(transform: A.Compose, sample: Dict[str, Any]) -> Dict[str, A
         if key in out:
             result[key] = torch.from_numpy(np.array(out[key], dtype=np.int64))
     return result
+
+
+def denormalize(image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Invert normalisation of a float image [3, H, W]; returns uint8 [H, W, 3]."""
+    array = np.asarray(image, dtype=np.float32).transpose(1, 2, 0)
+    array = array * np.asarray(std, dtype=np.float32) + np.asarray(mean, dtype=np.float32)
+    return (array.clip(0, 1) * 255).round().astype(np.uint8)

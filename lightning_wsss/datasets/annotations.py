@@ -1,4 +1,4 @@
-"""Parsing of PASCAL VOC XML annotations and split lists (pure functions, no image I/O)."""
+"""PASCAL VOC XML annotations (parsed and written) and split lists (pure functions, no image I/O)."""
 
 from __future__ import annotations
 
@@ -101,31 +101,50 @@ def parse_voc_xml(path: PathLike, class_to_index: Dict[str, int]) -> ObjectAnnot
     )
 
 
-def validate_boxes(boxes: np.ndarray, height: int, width: int, path: PathLike, tolerance: float = 1.0) -> np.ndarray:
-    """Check that boxes have positive area and lie inside a (height, width) image.
+def _voc_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
-    Boxes that overshoot the border by at most ``tolerance`` pixels (rounding in annotation tools) are clipped.
 
-    Returns:
-        float32 [N, 4] clipped boxes.
+def voc_xml(
+    image_id: str,
+    size: Tuple[int, int],
+    names: Sequence[str],
+    boxes: np.ndarray,
+    truncated: Optional[Sequence[bool]] = None,
+    folder: str = "",
+) -> bytes:
+    """The VOC annotation XML of one image, as :func:`parse_voc_xml` reads it back.
 
-    Raises:
-        DataError: a box with zero area or outside the image, naming ``path``.
+    Args:
+        image_id: the id (``<filename>`` is ``<id>.jpg``).
+        size: (height, width) of the image.
+        names: class name of each object.
+        boxes: [N, 4] (x_min, y_min, x_max, y_max) in 0-based pixel-edge coordinates; written 1-based inclusive
+            (``xmin = x_min + 1``, ``xmax = x_max``).
+        truncated: per object, whether the image border cuts it (default: none is).
+        folder: the ``<folder>`` text.
     """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    for x0, y0, x1, y1 in boxes:
-        if x1 <= x0 or y1 <= y0:
-            raise DataError(path, f"box {(float(x0), float(y0), float(x1), float(y1))} has zero or negative area")
-        if x0 < -tolerance or y0 < -tolerance or x1 > width + tolerance or y1 > height + tolerance:
-            raise DataError(
-                path,
-                f"box {(float(x0), float(y0), float(x1), float(y1))} (0-based x_min, y_min, x_max, y_max) lies outside "
-                f"the {width}x{height} image",
-            )
-    clipped = boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    return clipped
+    height, width = size
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    sz = ET.SubElement(root, "size")
+    ET.SubElement(sz, "width").text = str(width)
+    ET.SubElement(sz, "height").text = str(height)
+    ET.SubElement(sz, "depth").text = "3"
+    ET.SubElement(root, "segmented").text = "1"
+    flags = [False] * len(names) if truncated is None else truncated
+    for name, (x0, y0, x1, y1), cut in zip(names, boxes, flags):
+        node = ET.SubElement(root, "object")
+        ET.SubElement(node, "name").text = name
+        ET.SubElement(node, "pose").text = "Unspecified"
+        ET.SubElement(node, "truncated").text = str(int(cut))
+        ET.SubElement(node, "difficult").text = "0"
+        bb = ET.SubElement(node, "bndbox")
+        for tag, val in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
+            ET.SubElement(bb, tag).text = _voc_number(val)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8") + b"\n"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DataError, PathLike
 from ..io import read_image, read_text_file
-from .annotations import validate_boxes
+from .boxes import validate_boxes
 from .base import Sample, SegmentationDataset, labels_from_classes
 
 
@@ -166,7 +166,8 @@ class COCOSegmentation(SegmentationDataset):
             x, y, w, h = (float(v) for v in ann["bbox"])
             boxes.append((x, y, x + w, y + h))
             box_labels.append(index)
-        boxes_array = validate_boxes(np.asarray(boxes, dtype=np.float32), height, width, self.annotation_file)
+        boxes_array = validate_boxes((height, width), np.asarray(boxes, dtype=np.float32), source=self.annotation_file,
+                                     tolerance=1.0)[0].astype(np.float32)
         box_labels_array = np.asarray(box_labels, dtype=np.int64)
         return {
             "id": image_id,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -37,6 +36,7 @@ from PIL import Image
 from ..errors import DataError, PathLike
 from ..io import write_bytes_atomic, write_json_atomic, write_label_png
 from ..palette import voc_palette
+from .annotations import voc_xml as annotation_xml
 
 SYNTHETIC_CLASSES: Tuple[str, ...] = ("background", "alpha", "beta", "gamma", "delta", "epsilon", "zeta")
 """Class names, background first; label value = index."""
@@ -531,27 +531,9 @@ def sample_id(index: int) -> str:
 
 def voc_xml(sample: SyntheticSample, image_id: str) -> bytes:
     """The VOC annotation XML of a sample (boxes 1-based inclusive: xmin = first column + 1, xmax = last + 1)."""
-    h, w = sample.label.shape
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "synthetic"
-    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
-    sz = ET.SubElement(root, "size")
-    ET.SubElement(sz, "width").text = str(w)
-    ET.SubElement(sz, "height").text = str(h)
-    ET.SubElement(sz, "depth").text = "3"
-    ET.SubElement(root, "segmented").text = "1"
-    for obj in sample.objects:
-        node = ET.SubElement(root, "object")
-        ET.SubElement(node, "name").text = obj.name
-        ET.SubElement(node, "pose").text = "Unspecified"
-        ET.SubElement(node, "truncated").text = str(int(obj.truncated))
-        ET.SubElement(node, "difficult").text = "0"
-        bb = ET.SubElement(node, "bndbox")
-        x0, y0, x1, y1 = obj.box
-        for tag, val in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
-            ET.SubElement(bb, tag).text = str(val)
-    ET.indent(root)
-    return ET.tostring(root, encoding="utf-8") + b"\n"
+    objects = sample.objects
+    return annotation_xml(image_id, sample.label.shape, [o.name for o in objects], [o.box for o in objects],
+                          [o.truncated for o in objects], folder="synthetic")
 
 
 @lru_cache(maxsize=1)

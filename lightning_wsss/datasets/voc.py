@@ -9,7 +9,8 @@ import numpy as np
 
 from ..errors import DataError, PathLike
 from ..io import read_image, read_label_png
-from .annotations import ObjectAnnotations, SplitEntry, class_index_map, parse_voc_xml, read_split, validate_boxes
+from .annotations import ObjectAnnotations, SplitEntry, class_index_map, parse_voc_xml, read_split
+from .boxes import validate_boxes
 from .base import Sample, SegmentationDataset, check_mask, labels_from_classes
 from .classes import VOC_CLASSES, read_class_names, validate_class_names
 
@@ -147,7 +148,7 @@ class VOCSegmentation(SegmentationDataset):
                     f"declared size {annotations.size[1]}x{annotations.size[0]} differs from the image's "
                     f"{image.shape[1]}x{image.shape[0]}",
                 )
-            boxes = validate_boxes(annotations.boxes, image.shape[0], image.shape[1], xml_path)
+            boxes = validate_boxes(image.shape[:2], annotations.boxes, source=xml_path, tolerance=1.0)[0].astype(np.float32)
             keep = ~annotations.difficult if self.skip_difficult_boxes else np.ones(len(boxes), dtype=bool)
             labels = labels_from_classes(annotations.labels, self.num_classes)
             box_labels, difficult = annotations.labels[keep], annotations.difficult[keep]

@@ -19,7 +19,6 @@ from lightning_wsss.refine.crf import (
 )
 from lightning_wsss.refine.random_walk import (
     Transition,
-    add_background,
     affinity_from_features,
     apply_transition,
     propagate_to_labels,
@@ -46,6 +45,5 @@ __all__ = [
     "transition_matrix",
     "apply_transition",
     "random_walk",
-    "add_background",
     "propagate_to_labels",
 ]

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cam.evaluation import load_cams
+from ..cam.files import load_cams
 from ..datasets.base import SegmentationDataset
 from ..io import write_label_png
 from .affinity_labels import affinity_label_map_irn, affinity_label_map_psa

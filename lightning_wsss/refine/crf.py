@@ -19,6 +19,9 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
+from ..images import check_rgb_image
+from .shared_arrays import Layout, SharedArrays
+
 IGNORE_INDEX = 255
 PROB_CLIP = 1e-5
 
@@ -78,20 +81,6 @@ def _unary_from_labels() -> Any:
     return unary_from_labels
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must have shape [H, W, 3], got {tuple(image.shape)}")
-    if image.dtype != np.uint8:
-        if np.issubdtype(image.dtype, np.floating) and image.size and image.max() <= 1.0:
-            raise ValueError(
-                "image must be uint8 RGB in 0..255, got a float image with max <= 1 "
-                f"(dtype {image.dtype}); convert it with (image * 255).astype(np.uint8)"
-            )
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image)
-
-
 def _run_crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
     """Mean-field inference. ``unary``: float32 [C, H*W] energies. Returns float32 [C, H, W]."""
     dcrf = _densecrf_module()
@@ -110,6 +99,22 @@ def _run_crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndar
     return np.asarray(q, dtype=np.float32).reshape(n_labels, h, w)
 
 
+def _check_probs(image: np.ndarray, probs: np.ndarray):
+    """``(uint8 image [H, W, 3], probs [C, H, W])`` after checking that they fit (ValueError otherwise)."""
+    image = check_rgb_image(image)
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"probs must have shape [C, H, W], got {tuple(probs.shape)}")
+    if probs.shape[1:] != image.shape[:2]:
+        raise ValueError(
+            f"probs spatial shape {tuple(probs.shape[1:])} (probs {tuple(probs.shape)}) does not "
+            f"match image {tuple(image.shape)}"
+        )
+    if probs.shape[0] < 2:
+        raise ValueError(f"probs needs at least 2 classes, got {tuple(probs.shape)}")
+    return image, probs
+
+
 def crf_from_probs(
     image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams()
 ) -> np.ndarray:
@@ -124,17 +129,7 @@ def crf_from_probs(
     Returns:
         float32 array [C, H, W]: CRF marginals (sum to 1 over C at every pixel).
     """
-    image = _check_image(image)
-    probs = np.asarray(probs)
-    if probs.ndim != 3:
-        raise ValueError(f"probs must have shape [C, H, W], got {tuple(probs.shape)}")
-    if probs.shape[1:] != image.shape[:2]:
-        raise ValueError(
-            f"probs spatial shape {tuple(probs.shape[1:])} (probs {tuple(probs.shape)}) does not "
-            f"match image {tuple(image.shape)}"
-        )
-    if probs.shape[0] < 2:
-        raise ValueError(f"probs needs at least 2 classes, got {tuple(probs.shape)}")
+    image, probs = _check_probs(image, probs)
     p = np.clip(probs.astype(np.float32, copy=False), PROB_CLIP, 1.0)
     unary = -np.log(p).reshape(probs.shape[0], -1)
     return _run_crf(image, np.ascontiguousarray(unary, dtype=np.float32), params)
@@ -164,7 +159,7 @@ def crf_from_labels(
     Returns:
         float32 array [C, H, W]: CRF marginals.
     """
-    image = _check_image(image)
+    image = check_rgb_image(image)
     labels = np.asarray(labels)
     if labels.shape != image.shape[:2]:
         raise ValueError(
@@ -214,10 +209,22 @@ def crf_labels(
     return np.argmax(q, axis=0).astype(np.uint8)
 
 
-def _crf_worker(args: tuple) -> np.ndarray:
-    """Top-level (picklable, spawn-safe) pool worker: ``(image, probs, params)`` -> marginals."""
-    image, probs, params = args
-    return crf_from_probs(image, probs, params)
+_WORKER: dict = {}
+"""A pool worker's state: the mapped input and output arrays and the CRF parameters."""
+
+
+def _attach_worker(inputs: Layout, outputs: Layout, params: CRFParams) -> None:
+    """Pool initializer: one thread per worker for the libraries it may use, then map the batch's arrays."""
+    from ..threads import limit_worker_threads
+
+    limit_worker_threads()
+    _WORKER.update(inputs=SharedArrays.attach(inputs), outputs=SharedArrays.attach(outputs), params=params)
+
+
+def _crf_job(index: int) -> None:
+    """Pool job: the CRF of image ``index``, read from and written to the mapped arrays (nothing pickled)."""
+    inputs, outputs = _WORKER["inputs"], _WORKER["outputs"]
+    outputs.view(index)[...] = crf_from_probs(inputs.view(2 * index), inputs.view(2 * index + 1), _WORKER["params"])
 
 
 def batch_crf(
@@ -228,6 +235,11 @@ def batch_crf(
     mp_context: Optional[str] = None,
 ) -> List[np.ndarray]:
     """Run :func:`crf_from_probs` over many images, in a process pool.
+
+    The images, probabilities and marginals travel through one memory-mapped file
+    (:class:`~lightning_wsss.refine.shared_arrays.SharedArrays`), not through the pool's pipes, and every worker
+    runs with one thread (:func:`~lightning_wsss.threads.limit_worker_threads`); ``benchmarks/crf.py`` measures
+    the pool against serial.
 
     Args:
         images: sequence of uint8 images [H_i, W_i, 3].
@@ -240,20 +252,29 @@ def batch_crf(
             top-level function, so every start method works.
 
     Returns:
-        list of float32 arrays [C_i, H_i, W_i], in input order.
+        list of float32 arrays [C_i, H_i, W_i], in input order (the same values as serial).
     """
-    images = list(images)
-    probs = list(probs)
+    images, probs = list(images), list(probs)
     if len(images) != len(probs):
         raise ValueError(f"got {len(images)} images but {len(probs)} probability maps")
     if processes is not None and processes < 0:
         raise ValueError(f"processes must be >= 0 or None, got {processes}")
-    jobs = [(img, p, params) for img, p in zip(images, probs)]
-    n_proc = (os.cpu_count() or 1) if processes is None else processes
-    n_proc = min(n_proc, len(jobs))
+    n_proc = min((os.cpu_count() or 1) if processes is None else processes, len(images))
     if n_proc <= 1:
-        return [_crf_worker(job) for job in jobs]
-    ctx = multiprocessing.get_context(mp_context)
-    chunksize = max(1, len(jobs) // (4 * n_proc))
-    with ctx.Pool(processes=n_proc) as pool:
-        return pool.map(_crf_worker, jobs, chunksize=chunksize)
+        return [crf_from_probs(image, p, params) for image, p in zip(images, probs)]
+    pairs = [_check_probs(image, p) for image, p in zip(images, probs)]
+    inputs = SharedArrays.create([spec for image, p in pairs for spec in ((image.shape, "uint8"), (p.shape, "float32"))])
+    outputs = SharedArrays.create([(p.shape, "float32") for _, p in pairs])
+    try:
+        for index, (image, p) in enumerate(pairs):
+            inputs.view(2 * index)[...] = image
+            inputs.view(2 * index + 1)[...] = p  # crf_from_probs casts to float32 first, so this changes nothing
+        ctx = multiprocessing.get_context(mp_context)
+        if ctx.get_start_method() == "forkserver":  # the server imports this module once, not every worker
+            ctx.set_forkserver_preload([__name__])
+        with ctx.Pool(n_proc, initializer=_attach_worker, initargs=(inputs.layout, outputs.layout, params)) as pool:
+            pool.map(_crf_job, range(len(pairs)), chunksize=max(1, len(pairs) // (4 * n_proc)))
+        return outputs.copies(range(len(pairs)))
+    finally:
+        inputs.unlink()
+        outputs.unlink()

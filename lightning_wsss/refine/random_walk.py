@@ -35,7 +35,6 @@ __all__ = [
     "walk_snapshots",
     "irn_scores",
     "irn_walk",
-    "add_background",
     "propagate_to_labels",
     "neighbor_offsets",
 ]
@@ -333,22 +332,6 @@ def irn_walk(
         return irn_scores(cams_fg, bg_threshold, normalize)
     walked = random_walk(cams_fg, aff, offsets, beta=beta, t=t, log_t=log_t, method=method)
     return irn_scores(walked, bg_threshold, normalize)
-
-
-def add_background(cams_fg: torch.Tensor, alpha: float = 16.0) -> torch.Tensor:
-    """Prepend PSA's background score ``(1 - max_k cam_k) ** alpha``.
-
-    Args:
-        cams_fg: float tensor [B, K, h, w] in [0, 1] (absent classes all zero).
-
-    Returns:
-        float tensor [B, K+1, h, w] with background at channel 0.
-    """
-    if cams_fg.shape[1] == 0:
-        bg = torch.ones_like(cams_fg[:, :1].expand(-1, 1, -1, -1))
-    else:
-        bg = (1 - cams_fg.amax(dim=1, keepdim=True).clamp(0, 1)).pow(alpha)
-    return torch.cat([bg, cams_fg], dim=1)
 
 
 def propagate_to_labels(

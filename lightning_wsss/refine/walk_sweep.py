@@ -109,7 +109,7 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
     """
     from tqdm.auto import tqdm
 
-    from ..cam.evaluation import load_cams
+    from ..cam.files import load_cams
     from ..datamodules import ImageLabelDataModule
     from ..metrics import iou_table
 

@@ -332,7 +332,7 @@ class AffinityRefiner(WSSSTask):
 
     def crf_refine(self, batch: Dict[str, Any], index: int, probs: Tensor) -> Tensor:
         """Dense-CRF of normalised walked scores [1, C, H, W] on the denormalised image."""
-        from ..datamodules.plotting import denormalize
+        from ..datamodules.transforms import denormalize
         from ..refine.crf import crf_from_probs
 
         height, width = probs.shape[-2:]

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..datamodules.plotting import denormalize
+from ..datamodules.transforms import denormalize
 from ..datasets.classes import IGNORE_INDEX
 from ..refine.crf import CRFParams, crf_from_probs
 from .segmenter import DeepLabSegmenter

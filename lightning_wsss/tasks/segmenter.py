@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..callbacks.writers import Artifact
-from ..datamodules.plotting import denormalize
+from ..datamodules.transforms import denormalize
 from ..datasets.classes import IGNORE_INDEX
 from ..metrics import SegmentationIoU
 from ..models.deeplab import build_deeplab

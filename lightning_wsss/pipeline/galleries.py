@@ -26,7 +26,7 @@ def _heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 def demo_galleries(summary: Dict[str, Any], data_root: Path, num_images: int = 6) -> Dict[str, bytes]:
     """Galleries: training images with CAMs and every supervision's pseudo labels; val images with predictions."""
-    from ..cam.evaluation import load_cams
+    from ..cam.files import load_cams
 
     entries = summary["supervision"]
     galleries: Dict[str, bytes] = {}

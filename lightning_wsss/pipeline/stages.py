@@ -94,7 +94,7 @@ def restrict_saved_cams(ctx: PipelineContext, stage_dir: Path, image_ids: List[s
     import torch
 
     from ..cam.box_restriction import restrict_cams_to_boxes
-    from ..cam.evaluation import load_cams
+    from ..cam.files import load_cams
     from ..cam.multiscale import cams_to_label
     from ..io import write_npz_atomic
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..callbacks.writers import Artifact
-from ..cam.evaluation import load_cams
+from ..cam.files import load_cams
 from ..models.affinity import AffinityNet
 from ..models.backbones import build_backbone
 from ..errors import DataError

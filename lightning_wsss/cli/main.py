@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -96,16 +97,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         return COMMANDS[command](rest)
     except DataError as exc:
-        print(f"wsss {command}: data error: {exc}", file=sys.stderr)
+        print(f"{_who(command)}: data error: {exc}", file=sys.stderr)
         return 2
     except StageBusyError as exc:
-        print(f"wsss {command}: error: {exc}", file=sys.stderr)
+        print(f"{_who(command)}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in FILE_SYSTEM_ERRORS:
             raise
-        print(f"wsss {command}: error: {file_system_error(exc)}", file=sys.stderr)
+        print(f"{_who(command)}: error: {file_system_error(exc)}", file=sys.stderr)
         return 2
+
+
+def _who(command: str) -> str:
+    """``wsss <command>``, and ``(rank r of n)`` in one of several processes torchrun or srun started."""
+    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        size = os.environ.get(size_key, "")
+        if size.isdigit() and int(size) > 1:
+            return f"wsss {command} (rank {os.environ.get(rank_key, '?')} of {size})"
+    return f"wsss {command}"
 
 
 FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,

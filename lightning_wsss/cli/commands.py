@@ -178,9 +178,13 @@ def demo(argv: List[str]) -> int:
     parser.add_argument("--segmenter-seeds", nargs="+", type=int, default=(), metavar="SEED",
                         help=SEGMENTER_SEEDS_HELP)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="supervision types run side by side as separate processes, each with cores/jobs threads "
+                             "and its log in OUT/logs (same figures; default 0: one per core, at most one per "
+                             "supervision type; 1: one after the other in this process, with progress bars)")
     args = parser.parse_args(argv)
     quiet_lightning()
-    from ..pipeline.demo import CURVE_FRACTIONS, METHODS, run_demo
+    from ..pipeline.demo import CURVE_FRACTIONS, METHODS, default_jobs, run_demo
 
     methods = () if args.methods is None else (tuple(args.methods) or tuple(METHODS))
     unknown = [m for m in methods if m not in METHODS]
@@ -190,7 +194,8 @@ def demo(argv: List[str]) -> int:
     curve = () if args.curve is None else (tuple(args.curve) or CURVE_FRACTIONS)
     run_demo(args.out, data=args.data, num_train=args.num_train, num_val=args.num_val, size=args.size,
              supervisions=args.supervision, quick=args.quick, progress=not args.no_progress, curve=curve,
-             methods=methods, segmenter_seeds=args.segmenter_seeds)
+             methods=methods, segmenter_seeds=args.segmenter_seeds,
+             jobs=args.jobs or default_jobs(len(args.supervision)))
     return 0
 
 

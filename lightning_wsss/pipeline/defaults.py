@@ -32,14 +32,13 @@ DEFAULTS: Dict[str, Any] = {
         "cams": {"cam": {"cam_method": "cam", "cam_scales": [1.0, 0.5, 1.5, 2.0], "cam_flip": True,
                          "bg_mode": "constant", "bg_threshold": 0.15}},
         # AffinityNet starts from the trained classifier's backbone (init_from: classifier | imagenet | none), trains
-        # at least min_steps optimiser steps (6 epochs of 400 images are 150; on the demo the same-region / cross-
-        # boundary ratio of val/aff_same to val/aff_cross stops growing after about 250: 14.6 at step 250, 12.5 at
-        # 500, README "Refinement"), with colour jitter, and validates on
+        # at least min_steps optimiser steps (6 epochs of 400 images are 150; the demo takes 250, see demo.py), with
+        # colour jitter, and validates on
         # the val masks every epoch: val/aff_same vs val/aff_cross say whether its affinities separate objects
         "affinity": {
             "labels": {"mode": "psa", "alpha_low": 4, "alpha_high": 32},
             "init_from": "classifier",
-            "schedule": {"min_steps": 250},
+            "schedule": {"min_steps": 500},
             "data": {"color_jitter": 0.3},
             "model": {"class_path": "AffinityRefiner", "init_args": {
                 "backbone": TINY_BACKBONE, "output_stride": 16, "feature_levels": [1, 2, 3], "embed_dim": 32, "lr": 0.05, "radius": 5}},
@@ -53,14 +52,12 @@ DEFAULTS: Dict[str, Any] = {
         "box_init": {"initializers": ["filled", "grabcut", "crf"]},
         # BoxSup: a box's mask changes only when a candidate's cost is lower by more than replace_margin; the
         # network's cross-entropy leaves out the pixels within output_stride / 2 of the candidates' boundaries
-        # (ce_ignore_band, the class default) and weighs 1 instead of BoxSup's 3 (tools/boxsup_rules.py on the demo's
-        # round-0 network: round 1 86.55 with weight 3 and no band, 92.12 with the band, 93.87 at weight 1); the pool
+        # (ce_ignore_band, the class default; the demo also weighs that term 1, see demo.py); the pool
         # holds the previous and initializer's masks, the proposals' (the filled box included), optionally the
         # network's CRF-refined prediction (crf_candidate) and GrabCut re-run from its mask (grabcut_candidate)
         "boxsup": {
             "model": {"class_path": "BoxSupSegmenter", "init_args": {
                 "initializer": "grabcut", "proposals": ["crf", "filled"], "crf_candidate": False, "round_epochs": 6,
-                "ce_weight": 1.0,
                 "replace_margin": 0.1, "grabcut_candidate": False,
                 "arch": "deeplabv3plus", "encoder": TINY_ENCODER, "output_stride": 16, "decoder_channels": 64,
                 "lr": 0.05}},

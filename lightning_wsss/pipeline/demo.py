@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -9,10 +10,19 @@ from typing import Any, Dict, Optional, Sequence
 from ..errors import DataError
 from .config import deep_merge
 from .galleries import demo_galleries
+from .parallel_runs import run_in_processes
 from .pipelines import run_pipeline
 from .report import format_table, write_report
+from .summary import read_summary
 
 DEMO_DATA = {"num_train": 400, "num_val": 100, "size": 128, "seed": 0}
+
+DEMO_STAGES: Dict[str, Any] = {"affinity": {"schedule": {"min_steps": 250}},
+                               "boxsup": {"model": {"init_args": {"ce_weight": 1.0}}}}
+"""The demo's own stage settings. AffinityNet: 250 steps, not 500: on the demo the ratio of val/aff_same to
+val/aff_cross stops growing there (14.6 at step 250, 12.5 at step 500; README "Refinement"). BoxSup: the network's
+cross-entropy weighs 1, not BoxSup's 3 (tools/boxsup_rules.py on the demo's round-0 network: round 1 86.55 with
+weight 3 and every pixel, 92.12 with the boundary band, 93.87 with the band at weight 1; README "Boxes")."""
 
 QUICK_OVERRIDES: Dict[str, Any] = {
     "data": {"batch_size": 4, "eval_batch_size": 4, "crop_size": 64},
@@ -69,7 +79,7 @@ def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, 
     """
     config: Dict[str, Any] = {"name": f"demo-{supervision}", "supervision": supervision,
                               "dataset": {"root": str(data_root), "name": "synthetic"}, "progress_bar": progress,
-                              "data": {"crop_size": min(size, 112)}}
+                              "data": {"crop_size": min(size, 112)}, "stages": DEMO_STAGES}
     if box_fraction is not None:
         config.update(supervision="hybrid", name=f"demo-hybrid-{box_fraction:g}", summary_key=f"hybrid_{box_fraction:g}",
                       hybrid={"box_fraction": float(box_fraction)})
@@ -84,17 +94,23 @@ def method_config(data_root: Path, method: str, quick: bool, progress: bool, siz
     return deep_merge(config, {"name": f"demo-{method}", "summary_key": method})
 
 
+def default_jobs(num_runs: int) -> int:
+    """``wsss demo``'s parallel runs: one per core, at most ``num_runs``."""
+    return max(1, min(num_runs, os.cpu_count() or 1))
+
+
 def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = None, num_val: Optional[int] = None,
              size: Optional[int] = None, supervisions: Sequence[str] = ("image", "box", "full"), quick: bool = False,
              progress: bool = True, curve: Sequence[float] = (), methods: Sequence[str] = (),
-             segmenter_seeds: Sequence[int] = ()) -> Dict[str, Any]:
+             segmenter_seeds: Sequence[int] = (), jobs: int = 1) -> Dict[str, Any]:
     """Generate the synthetic set if needed, run the pipelines, print the table, write the report.
 
     ``curve``: box fractions of ``hybrid`` runs added after the supervisions (``wsss demo --curve`` runs
     :data:`CURVE_FRACTIONS`); they share their image-label stages, and the report plots their val mIoU
     against annotation hours. ``methods``: keys of :data:`METHODS` run as image pipelines.
     ``segmenter_seeds``: every run also trains its final segmenter with these seeds (the seed-to-seed spread of
-    its val mIoU goes to the summary and the table).
+    its val mIoU goes to the summary and the table). ``jobs`` > 1: the supervision types run side by side as
+    separate ``wsss pipeline`` processes (:mod:`.parallel_runs`; same figures, logs under ``out/logs``).
 
     Returns:
         the summary dict (also in ``out/summary.json``).
@@ -111,6 +127,12 @@ def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = No
     make_synthetic(data_root, **params)
     print(f"synthetic data: {data_root} ({params['num_train']} train / {params['num_val']} val, {params['size']} px)")
     summary: Dict[str, Any] = {}
+    if jobs > 1 and len(supervisions) > 1:
+        runs = [(supervision, demo_config(data_root, supervision, quick, False, params["size"]))
+                for supervision in supervisions]
+        run_in_processes(runs, out_dir, jobs, segmenter_seeds)
+        summary = read_summary(out_dir / "summary.json")
+        supervisions = ()
     for supervision in supervisions:
         print(f"\n=== {supervision} supervision ===")
         summary = run_pipeline(demo_config(data_root, supervision, quick, progress, params["size"]), out_dir,

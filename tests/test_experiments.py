@@ -97,6 +97,24 @@ def test_cluster_configs_use_gpu_ddp_settings(path):
     assert "/path/to/resnet50.pth" in path.read_text()  # the offline form is shown
 
 
+@pytest.mark.parametrize("path", [p for p in pipeline_configs() if p.parent.name in ("voc2012", "coco2014")], ids=rel)
+def test_cluster_pipelines_are_sized_for_8_gpus(path):
+    """8 processes x the per-process batch = the recipes' global batch (16; psa's affinity 8, irn's 32), with the
+    rule for other GPU counts beside them (in the file or its base)."""
+    from lightning_wsss.pipeline.checks import load_config
+
+    config = load_config(path)
+    trainer = config["trainer"]
+    assert (trainer["devices"], trainer["strategy"], trainer["sync_batchnorm"]) == (8, "ddp", True)
+    assert 8 * config["data"]["batch_size"] == 16
+    affinity = ((config.get("stages") or {}).get("affinity") or {}).get("data", {}).get("batch_size")
+    if affinity is not None:
+        assert 8 * affinity == (32 if path.stem.endswith("irn") else 8)
+    sized = (path.with_name("pipeline_image.yaml") if path.stem.endswith("irn") else path).read_text()
+    assert "On G GPUs set batch_size to 16 / G" in sized.replace("\n# ", " ")
+    assert "torchrun --nproc_per_node 8 -m lightning_wsss pipeline" in "\n".join(header_lines(path))
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 def print_config(argv: Sequence[str]) -> tuple:
     """Run ``wsss fit ... --print_config`` in-process; returns (exit code, printed text)."""

@@ -5,7 +5,8 @@ checkpoints, summary.json from rank 0, a data error on one rank ending both, the
 Each run is a subprocess (``python -m torch.distributed.run --standalone --nproc_per_node 2 -m lightning_wsss
 pipeline ...``) on a 9 + 3 image synthetic set (odd on purpose: the ranks get 5 and 4 training images, 2 and 1 val
 images). ``eval_batch_size: 1`` makes predictions independent of how the images are shared out (a batch pads its
-images to the largest), so the files of both runs are byte-identical.
+images to the largest), so the files of both runs are byte-identical; ``batch_size: 2`` gives every rank several
+steps per epoch (DDP finds parameters without gradients at the second one).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def odd_synthetic(tmp_path_factory) -> Path:
 def write_config(root: Path, supervision: str, path: Path, **overrides) -> Path:
     config = deep_merge(QUICK_OVERRIDES, {
         "name": f"ddp-{supervision}", "supervision": supervision, "progress_bar": False, "logger": "none",
-        "dataset": {"root": str(root), "name": "synthetic"}, "data": {"eval_batch_size": 1}})
+        "dataset": {"root": str(root), "name": "synthetic"}, "data": {"batch_size": 2, "eval_batch_size": 1}})
     path.write_text(yaml.safe_dump(deep_merge(config, overrides)))
     return path
 
@@ -137,17 +138,17 @@ def entry(out: Path, supervision: str) -> Dict:
 # ----------------------------------------------------------------------------------------------- image labels
 @pytest.fixture(scope="module")
 def image_runs(odd_synthetic, tmp_path_factory) -> Dict[str, object]:
-    """A 2-process image pipeline killed while its classifier trains, resumed by 1 process; then its later stages
-    run again by 2 processes from the same checkpoints."""
+    """A 2-process image pipeline (classifier and AffinityNet trained under DDP) killed while its segmenter trains,
+    resumed by 1 process; then its prediction and CPU stages run again by 2 processes from the same checkpoints."""
     base = tmp_path_factory.mktemp("ddp_image")
     config = write_config(odd_synthetic, "image", base / "image.yaml",
-                          stages={"classifier": {"trainer": {"max_epochs": 3}}})
+                          stages={"classifier": {"trainer": {"max_epochs": 2}}, "segmenter": {"trainer": {"max_epochs": 3}}})
     one = base / "one"
     proc = start(config, one, processes=2)
     deadline = time.time() + RUN_TIMEOUT_S
-    while not list(one.glob("image/classifier/*/checkpoints/last.ckpt")):
+    while not list(one.glob("image/segmenter/*/checkpoints/last.ckpt")):
         assert proc.poll() is None, finish(proc)[-4000:]
-        assert time.time() < deadline, "no classifier checkpoint"
+        assert time.time() < deadline, "no segmenter checkpoint"
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
     killed_log = finish(proc)
@@ -163,9 +164,11 @@ def image_runs(odd_synthetic, tmp_path_factory) -> Dict[str, object]:
 
 
 def test_a_killed_two_process_pipeline_resumes_with_one(image_runs):
-    assert image_runs["killed"] == {"summary": False, "markers": []}  # killed inside its first stage
+    killed = image_runs["killed"]  # inside its last stage, the four before it complete
+    assert killed == {"summary": False, "markers": ["affinity", "cams", "classifier", "random_walk"]}
     log = image_runs["resumed"]
-    assert "[classifier] resuming from" in log and "summary:" in log
+    assert "[segmenter] resuming from" in log and "summary:" in log
+    assert all(f"[{stage}] complete" in log for stage in killed["markers"])
     markers = sorted(p.parent.parent.name for p in (image_runs["one"] / "image").glob("*/*/stage.json"))
     assert markers == ["affinity", "cams", "classifier", "random_walk", "segmenter"]
     assert not list((image_runs["one"] / "image").glob("*/*/checkpoints/.*.tmp"))

@@ -82,6 +82,9 @@ def test_trainer_settings_follow_the_world_not_the_config():
     assert (train["devices"], train["num_nodes"], train["strategy"]) == (4, 2, "ddp")
     keep = world_trainer_settings({"strategy": "ddp_find_unused_parameters_true"}, world, spans_world=True)
     assert keep["strategy"] == "ddp_find_unused_parameters_true"
+    for strategy in (None, "ddp"):  # a task whose parameters may miss a gradient (ReCAM's head before its epoch)
+        found = world_trainer_settings({"strategy": strategy}, world, spans_world=True, find_unused=True)
+        assert found["strategy"] == "ddp_find_unused_parameters_true"
     own = world_trainer_settings(config, world, spans_world=False)  # prediction, validation: this rank's device
     assert (own["devices"], own["num_nodes"], own["strategy"], own["max_epochs"]) == (1, 1, "auto", 3)
     assert "sync_batchnorm" not in own

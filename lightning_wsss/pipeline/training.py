@@ -71,16 +71,19 @@ def _rank_device(cfg: Mapping[str, Any], world: World) -> Any:
     return [world.local_rank] if on_gpu else 1
 
 
-def world_trainer_settings(cfg: Mapping[str, Any], world: World, spans_world: bool) -> Dict[str, Any]:
+def world_trainer_settings(cfg: Mapping[str, Any], world: World, spans_world: bool,
+                           find_unused: bool = False) -> Dict[str, Any]:
     """Trainer settings placing it in the run's processes, whatever ``devices`` the config states.
 
     ``spans_world`` (training): DDP over every rank (``devices`` per node, ``num_nodes`` from the launcher; one
-    process: one device). Otherwise (prediction, validation on a rank's share): this rank's device alone.
+    process: one device); ``find_unused``: a task whose parameters may miss gradients in a step
+    (``ddp_find_unused_parameters``). Otherwise (prediction, validation on a rank's share): this rank's device.
     """
     out = dict(cfg)
     if spans_world and world.size > 1:
         out.update(devices=world.local_size, num_nodes=world.num_nodes)
-        out["strategy"] = out["strategy"] if _is_ddp(out.get("strategy")) else "ddp"
+        if not _is_ddp(out.get("strategy")) or (find_unused and out["strategy"] == "ddp"):
+            out["strategy"] = "ddp_find_unused_parameters_true" if find_unused else "ddp"
         return out
     out.update(devices=_rank_device(out, world) if world.size > 1 else 1, num_nodes=1)
     if _is_ddp(out.get("strategy")):
@@ -91,10 +94,12 @@ def world_trainer_settings(cfg: Mapping[str, Any], world: World, spans_world: bo
 
 
 def make_trainer(ctx: PipelineContext, stage_dir: Path, stage_name: str, trainer_cfg: Optional[Mapping[str, Any]],
-                 callbacks: List[L.Callback], logger: bool = True, spans_world: bool = True) -> L.Trainer:
+                 callbacks: List[L.Callback], logger: bool = True, spans_world: bool = True,
+                 find_unused: bool = False) -> L.Trainer:
     """A Trainer with the pipeline's shared trainer settings overridden by the stage's, spanning the run's
     processes (``spans_world``) or on this rank's device (:func:`world_trainer_settings`)."""
-    cfg = world_trainer_settings(deep_merge(ctx.config.get("trainer") or {}, trainer_cfg), ctx.world, spans_world)
+    cfg = world_trainer_settings(deep_merge(ctx.config.get("trainer") or {}, trainer_cfg), ctx.world, spans_world,
+                                 find_unused)
     cfg.setdefault("enable_model_summary", False)
     cfg.setdefault("enable_checkpointing", False)  # LastCheckpoint writes last.ckpt atomically instead
     cfg.setdefault("enable_progress_bar", bool(ctx.config.get("progress_bar", True)))
@@ -165,7 +170,8 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     last = stage_dir / "checkpoints" / "last.ckpt"
     resume = ctx.world.broadcast(_resume_from(last) if ctx.world.is_zero else None)
     callbacks = [LastCheckpoint(str(stage_dir / "checkpoints")), EpochSeed(seed)]
-    trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks)
+    trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks,
+                           find_unused=bool(getattr(model_cls, "ddp_find_unused_parameters", False)))
     if resume:
         ctx.log(f"[{stage_name}] resuming from {last}")
     with allow_safe_globals():

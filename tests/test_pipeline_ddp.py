@@ -31,6 +31,8 @@ from lightning_wsss.datasets.synthetic import make_synthetic
 from lightning_wsss.pipeline.config import deep_merge
 from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
 
+from conftest import lock_held_elsewhere
+
 RUN_TIMEOUT_S = 300
 LAUNCH_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                     "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK", "PL_GLOBAL_SEED")
@@ -142,7 +144,8 @@ def image_runs(odd_synthetic, tmp_path_factory) -> Dict[str, object]:
     resumed by 1 process; then its prediction and CPU stages run again by 2 processes from the same checkpoints."""
     base = tmp_path_factory.mktemp("ddp_image")
     config = write_config(odd_synthetic, "image", base / "image.yaml",
-                          stages={"classifier": {"trainer": {"max_epochs": 2}}, "segmenter": {"trainer": {"max_epochs": 3}}})
+                          stages={"classifier": {"trainer": {"max_epochs": 2}},
+                                  "segmenter": {"trainer": {"max_epochs": 3}}})
     one = base / "one"
     proc = start(config, one, processes=2)
     deadline = time.time() + RUN_TIMEOUT_S
@@ -312,18 +315,9 @@ def test_a_stage_held_by_another_job_stops_every_rank(odd_synthetic, tmp_path):
     config = write_config(odd_synthetic, "box", tmp_path / "box.yaml")
     first = build_stages(resolve(load_config(config)))[0]
     stage_dir = tmp_path / "out" / "box" / first.name / stage_hash(first.config, {})
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, sys, time, pathlib\n"
-        "p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True)\n"
-        "h = open(p / '.lock', 'a'); fcntl.flock(h.fileno(), fcntl.LOCK_EX); print('locked', flush=True)\n"
-        "time.sleep(300)\n"), str(stage_dir)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(stage_dir):
         proc = start(config, tmp_path / "out", processes=2)
         output = finish(proc)
-    finally:
-        holder.kill()
-        holder.wait()
     assert proc.returncode != 0
     busy = f"error: {stage_dir} is being run by another process"
     assert f"wsss pipeline (rank 0 of 2): {busy}" in output  # rank 1 stops with it or reports it

@@ -66,7 +66,8 @@ def _seed_runs(resolved: Mapping[str, Any], out_dir: Path, log: Callable[[str], 
     return seed_spread(scores)
 
 
-def _write_summary(world: World, out_dir: Path, resolved: Mapping[str, Any], entries: Mapping[str, Any]) -> Dict[str, Any]:
+def _write_summary(world: World, out_dir: Path, resolved: Mapping[str, Any],
+                   entries: Mapping[str, Any]) -> Dict[str, Any]:
     """Rank 0 merges the entries into ``summary.json`` once every rank is done; every rank gets the summary."""
     world.barrier()
     return world.broadcast(update_summary(out_dir, resolved, entries) if world.is_zero else None)

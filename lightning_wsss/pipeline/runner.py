@@ -183,20 +183,27 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
         digest = stage_hash(stage.config, upstream)
         stage_dir = ctx.out_dir / (stage.root or ".") / folders[stage.name] / digest
         marker = stage_dir / "stage.json"
-        done = ctx.world.broadcast(read_stage_marker(marker, stage.name) if ctx.world.is_zero and marker.is_file() else None)
+        done = ctx.world.broadcast(_complete(marker, stage.name) if ctx.world.is_zero else None)
         if done is not None:
             result = done
             ctx.log(f"[{stage.name}] complete ({digest}), reusing {stage_dir}")
         else:
             ctx.log(f"[{stage.name}] running ({digest}) in {stage_dir}")
             result = run_stage(ctx, stage, digest, stage_dir, upstream)
-            metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.metrics.items())
+            metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in result.metrics.items())
             ctx.log(f"[{stage.name}] done in {result.wall_s:.1f}s {metrics}")
         ctx.results[stage.name] = result
     return ctx.results
 
 
-def run_stage(ctx: PipelineContext, stage: Stage, digest: str, stage_dir: Path, upstream: Dict[str, str]) -> StageResult:
+def _complete(marker: Path, name: str) -> Optional[StageResult]:
+    """The result of a complete stage (its ``stage.json``), None for one to run."""
+    return read_stage_marker(marker, name) if marker.is_file() else None
+
+
+def run_stage(ctx: PipelineContext, stage: Stage, digest: str, stage_dir: Path,
+              upstream: Dict[str, str]) -> StageResult:
     """Run one incomplete stage on every rank under the job's lock; rank 0 writes its folder's ``config.json`` and
     ``stage.json`` and hands its result to the others."""
     world = ctx.world

@@ -247,7 +247,8 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
         kwargs = (cfg.get("kwargs") or {}).get(name, {})
         jobs = [(i, name, kwargs, folder / f"{i}.png") for i in ctx.world.share(dataset.ids)
                 if not (folder / f"{i}.png").is_file()]
-        _run_box_jobs(jobs, dataset, processes, tqdm(total=len(jobs), desc=f"box masks ({name})", disable=not _progress(ctx)))
+        bar = tqdm(total=len(jobs), desc=f"box masks ({name})", disable=not _progress(ctx))
+        _run_box_jobs(jobs, dataset, processes, bar)
         log_shares(ctx, "box_init", f"{name} masks", len(jobs))
         folder.mkdir(parents=True, exist_ok=True)
         outputs[f"{name}_dir"] = str(folder)

@@ -162,7 +162,7 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     init_args = dict(model_cfg.get("init_args") or {})
     init_args.update(extra_init or {})
     final = stage_dir / "checkpoints" / "final.ckpt"
-    if ctx.world.broadcast(final.is_file()):  # the stage-local arguments (out_dir) follow the folder, not the checkpoint
+    if ctx.world.broadcast(final.is_file()):  # stage-local arguments (out_dir) follow the folder, not the checkpoint
         return load_model_checkpoint(model_cls, final, **(extra_init or {})), final
     seed = stage_seed(ctx.config, seed)
     L.seed_everything(seed, workers=True, verbose=False)  # weights init included

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shlex
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -450,7 +451,10 @@ def test_cluster_script_is_valid_bash(script):
     text = script.read_text()
     assert text.startswith("#!/bin/bash")
     if script.name.startswith("slurm_"):
-        assert "#SBATCH --nodes" in text and "srun wsss" in text
+        assert "#SBATCH --nodes" in text and "#SBATCH --ntasks-per-node" in text
+        assert re.search(r"^srun( --[\w=-]+)* wsss ", text, re.MULTILINE)
+    if script.name == "slurm_pipeline.sh":  # one task per GPU; a task dying silently stops the others
+        assert "srun --kill-on-bad-exit=1 wsss pipeline" in text
 
 
 def test_torchrun_script_launches_the_module_entry_point():

@@ -14,6 +14,7 @@ others fails with a timeout instead of hanging.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -22,8 +23,7 @@ from typing import Any, Iterator, List, Optional, Sequence, TypeVar
 
 import torch
 
-__all__ = ["Launch", "World", "detect_launch", "join_world", "leave_world", "world_session",
-           "cores_of_rank", "SINGLE"]
+__all__ = ["Launch", "World", "detect_launch", "join_world", "world_session", "cores_of_rank", "SINGLE"]
 
 T = TypeVar("T")
 TIMEOUT_ENV = "WSSS_DIST_TIMEOUT"
@@ -126,11 +126,13 @@ def _backend() -> str:
 
 _JOINED: Optional[World] = None
 _OPENED_GROUP = False
+_ENDED_WELL = False
 
 
 def join_world(launch: Optional[Launch] = None) -> World:
     """This process's world: the launcher's (the default process group opened, or reused when a Trainer opened it,
-    and a gloo group for the pipeline's collectives), else :data:`SINGLE`. Joined once per process."""
+    and a gloo group for the pipeline's collectives), else :data:`SINGLE`. Joined once per process; the group
+    this opens is closed when the process exits after runs that ended well."""
     global _JOINED, _OPENED_GROUP
     if _JOINED is not None:
         return _JOINED
@@ -142,31 +144,27 @@ def join_world(launch: Optional[Launch] = None) -> World:
         os.environ.setdefault("MASTER_PORT", str(launch.port))
         torch.distributed.init_process_group(_backend(), rank=launch.rank, world_size=launch.size, timeout=_timeout())
         _OPENED_GROUP = True
+        atexit.register(_close_group)
     group = torch.distributed.new_group(backend="gloo", timeout=_timeout())
     _JOINED = World(launch.rank, launch.size, launch.local_rank, launch.local_size, group)
     return _JOINED
 
 
-def leave_world(world: World) -> None:
-    """After a last barrier, close the process group this module opened (nothing for one process)."""
-    global _JOINED, _OPENED_GROUP
-    if world.size == 1 or world is not _JOINED:
-        return
-    world.barrier()
-    if _OPENED_GROUP and torch.distributed.is_initialized():
+def _close_group() -> None:
+    """At exit: close the process group this module opened, unless a run failed (the other ranks may be gone)."""
+    if _OPENED_GROUP and _ENDED_WELL and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    _JOINED, _OPENED_GROUP = None, False
 
 
 @contextlib.contextmanager
 def world_session() -> Iterator[World]:
-    """Join the world for a block; the outermost block leaves it when it ends normally (after an error the process
-    is ending, and the other ranks may be gone: no last barrier)."""
-    outermost = _JOINED is None
+    """The world for one run (a block); when the block ends normally every rank waits for the others there."""
+    global _ENDED_WELL
+    _ENDED_WELL = False
     world = join_world()
     yield world
-    if outermost:
-        leave_world(world)
+    world.barrier()
+    _ENDED_WELL = True
 
 
 def cores_of_rank(world: World) -> int:

@@ -17,6 +17,12 @@ from ``on_train_epoch_start`` to ``on_train_epoch_end`` (validation and checkpoi
 a warm-up and is dropped, the median of the others is reported. With ``--repeats 2`` the configurations are
 run twice in alternation and the medians pooled, so a load change hits every configuration. The load average
 is printed before and after: on a shared machine the numbers are only comparable within one run.
+
+``--pipeline image|box``: a whole tiny pipeline (``wsss pipeline``) on the same synthetic set, once in one process
+and once under ``torchrun --nproc_per_node 2`` (each process 1 thread), each in a fresh output folder; prints the
+wall time of the command (start-up included) and of each stage (``summary.json``), with the load average:
+
+    python benchmarks/ddp.py --pipeline image [--images 64] [--size 64] [--epochs 2] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -98,8 +104,77 @@ def _run_config(args: argparse.Namespace, root: Path, devices: int, threads: int
     return json.loads(result.read_text())
 
 
+# ----------------------------------------------------------------------------------------------- whole pipeline
+PIPELINE_CONFIGS: Tuple[Tuple[str, int], ...] = (("1 process", 1), ("2 processes", 2))
+
+
+def _pipeline_config(root: Path, supervision: str, epochs: int, path: Path) -> Path:
+    """A tiny pipeline YAML: the demo's stages with ``epochs`` per training stage, no logger, no bars."""
+    import yaml
+
+    trainer = {"trainer": {"max_epochs": epochs}}
+    config = {"name": f"bench-{supervision}", "supervision": supervision, "progress_bar": False, "logger": "none",
+              "dataset": {"root": str(root), "name": "synthetic"},
+              "data": {"batch_size": 8, "eval_batch_size": 1, "crop_size": 64},
+              "stages": {"classifier": trainer, "affinity": {**trainer, "schedule": {"min_steps": 0}},
+                         "cams": {"cam": {"cam_scales": [1.0]}}, "box_init": {"initializers": ["filled", "grabcut"]},
+                         "boxsup": {"trainer": {"max_epochs": 2 * epochs},
+                                    "model": {"init_args": {"round_epochs": epochs, "crf_candidate": False}}},
+                         "segmenter": trainer}}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run_pipeline(config: Path, out: Path, processes: int) -> Dict:
+    """Run ``wsss pipeline`` with ``processes`` processes; returns its wall time and its stages' wall times."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    cmd = (launcher if processes > 1 else [sys.executable]) + ["-m", "lightning_wsss", "pipeline", str(config),
+                                                                "--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"pipeline failed ({processes} processes):\n{proc.stdout[-4000:]}")
+    entry = next(iter(json.loads((out / "summary.json").read_text())["supervision"].values()))
+    return {"wall_s": wall, "stages": {name: stage["wall_s"] for name, stage in entry["stages"].items()}}
+
+
+def _print_load(when: str) -> None:
+    load = os.getloadavg()
+    print(f"load average {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
+
+
+def pipeline_main(args: argparse.Namespace) -> None:
+    """Time a whole tiny pipeline with 1 and 2 processes on the same data (see the module docstring)."""
+    from lightning_wsss.datasets.synthetic import make_synthetic
+
+    _print_load("before")
+    runs: Dict[str, List[Dict]] = {name: [] for name, _ in PIPELINE_CONFIGS}
+    with tempfile.TemporaryDirectory(prefix="wsss_ddp_pipeline_") as tmp:
+        root = make_synthetic(Path(tmp) / "data", num_train=args.images, num_val=max(2, args.images // 8),
+                              size=args.size, seed=0)
+        config = _pipeline_config(root, args.pipeline, args.epochs, Path(tmp) / "pipeline.yaml")
+        for repeat in range(args.repeats):
+            for name, processes in PIPELINE_CONFIGS:
+                runs[name].append(_run_pipeline(config, Path(tmp) / f"out_{repeat}_{processes}", processes))
+    _print_load("after")
+    print(f"{args.pipeline} pipeline, {args.images} training images of {args.size}x{args.size}, {args.epochs} epoch(s) "
+          f"per training stage, batch 8 per process, 1 thread per process, {args.repeats} repeat(s) (medians)")
+    stages = list(runs[PIPELINE_CONFIGS[0][0]][0]["stages"])
+    print(f"{'configuration':<14}{'command s':>10}{'stages s':>10}" + "".join(f"{s:>13}" for s in stages))
+    for name, _ in PIPELINE_CONFIGS:
+        wall = statistics.median(r["wall_s"] for r in runs[name])
+        per_stage = [statistics.median(r["stages"][s] for r in runs[name]) for s in stages]
+        print(f"{name:<14}{wall:>10.1f}{sum(per_stage):>10.1f}" + "".join(f"{t:>13.1f}" for t in per_stage))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", choices=["image", "box"], default=None,
+                        help="time a whole tiny pipeline with 1 and 2 processes instead of one task's epochs")
     parser.add_argument("--task", choices=["cam", "seg"], default="cam")
     parser.add_argument("--images", type=int, default=64, help="training images")
     parser.add_argument("--size", type=int, default=64, help="image side and crop size")
@@ -114,6 +189,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         _worker(args)
+        return
+    if args.pipeline:
+        pipeline_main(args)
         return
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is a warm-up)")

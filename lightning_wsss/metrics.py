@@ -10,7 +10,7 @@ lower recall instead of silently vanishing from the score.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,19 +63,28 @@ def iou_table(per_class: torch.Tensor, class_names: Sequence[str]) -> Dict[str, 
     return {name: (None if torch.isnan(v) else float(v)) for name, v in zip(class_names, per_class)}
 
 
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a tensor over processes (each scoring its share of the images); the identity in one process."""
+
+
 def score_label_maps(
-    pairs, num_classes: int, class_names: Optional[Sequence[str]] = None
+    pairs, num_classes: int, class_names: Optional[Sequence[str]] = None, reduce: Optional[Reduce] = None
 ) -> Dict[str, object]:
     """Score an iterable of ``(pred uint8 [H, W], target uint8 [H, W])`` pairs.
+
+    ``reduce``: the pairs are this process's share; the confusion matrix and the image count are summed over the
+    processes with it before the IoU is computed, so each image counts once whatever the shares.
 
     Returns:
         ``{"miou": float in [0, 1], "per_class": {name: iou or None}, "num_images": int}``.
     """
-    metric = SegmentationIoU(num_classes, reduction="none", validate_args=False)
+    metric = SegmentationIoU(num_classes, reduction="none", validate_args=False, sync_on_compute=False)
     count = 0
     for pred, target in pairs:
         metric.update(torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(target)))
         count += 1
+    if reduce is not None:
+        count = _reduce_confusion(metric, count, reduce)
     if count == 0:
         raise DataError(None, "nothing to evaluate: no images")
     per_class = metric.compute()
@@ -85,6 +94,16 @@ def score_label_maps(
         "per_class": iou_table(per_class, names),
         "num_images": count,
     }
+
+
+def _reduce_confusion(metric: SegmentationIoU, count: int, reduce: Reduce) -> int:
+    """Replace ``metric``'s confusion matrix by its sum over processes; returns the summed image count."""
+    local = metric.confmat
+    summed = reduce(torch.cat([local.flatten(), torch.tensor([count], dtype=local.dtype)]))
+    metric.confmat = summed[:-1].reshape(local.shape).to(local.device)
+    if count == 0:  # this process's share was empty: its metric holds the others' counts now
+        metric._update_count = 1
+    return int(summed[-1])
 
 
 def evaluate_folder(
@@ -110,8 +129,12 @@ def evaluate_folder(
     return evaluate_reader(pred_dir, dataset, split)
 
 
-def evaluate_reader(pred_dir: PathLike, dataset, split: str = "") -> Dict[str, object]:
+def evaluate_reader(pred_dir: PathLike, dataset, split: str = "", ids: Optional[Sequence[str]] = None,
+                    reduce: Optional[Reduce] = None) -> Dict[str, object]:
     """Score ``<pred_dir>/<id>.png`` for every image of a reader (VOC layout or COCO) against its masks.
+
+    ``ids`` and ``reduce``: this process scores ``ids`` only (its share) and sums the confusion matrix over the
+    processes (see :func:`score_label_maps`).
 
     Returns:
         the dict of :func:`score_label_maps`.
@@ -119,12 +142,14 @@ def evaluate_reader(pred_dir: PathLike, dataset, split: str = "") -> Dict[str, o
     Raises:
         DataError: a prediction is missing or its size differs from the ground truth.
     """
-    return score_label_maps(label_pairs(pred_dir, dataset, split), dataset.num_classes, dataset.class_names)
+    return score_label_maps(label_pairs(pred_dir, dataset, split, ids), dataset.num_classes, dataset.class_names,
+                            reduce=reduce)
 
 
-def label_pairs(pred_dir: PathLike, dataset, split: str = "") -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+def label_pairs(pred_dir: PathLike, dataset, split: str = "",
+                ids: Optional[Sequence[str]] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield ``(label map uint8 [H, W] from <pred_dir>/<id>.png, ground-truth mask uint8 [H, W])`` for every image
-    of a reader, in its order.
+    of a reader (or ``ids`` of it), in its order.
 
     Raises:
         DataError: the folder or a label map is missing, an image has no mask, or the sizes differ.
@@ -144,7 +169,7 @@ def label_pairs(pred_dir: PathLike, dataset, split: str = "") -> Iterator[Tuple[
             return dataset.load(image_id)["mask"]
         return check_label_values(read_label_png(path), num_classes, path, "mask")
 
-    for image_id in dataset.ids:
+    for image_id in dataset.ids if ids is None else ids:
         pred_path = pred_dir / f"{image_id}.png"
         if not pred_path.is_file():
             raise DataError(pred_path, f"prediction for {image_id!r} of split {split!r} is missing")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -101,3 +104,19 @@ def write_tiny_voc(root: Path, num_images: int = 6, size: int = 48, splits: Dict
 def tiny_voc(tmp_path: Path) -> Path:
     """A 6-image VOC-layout data set (4 train, 2 val) with classes background/red/green/tv-monitor."""
     return write_tiny_voc(tmp_path / "tiny_voc")
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(stage_dir: Path, seconds: int = 300) -> Iterator[None]:
+    """Another process holds the stage lock of ``stage_dir`` (``flock`` on its ``.lock``) during the block."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time, pathlib\n"
+        "p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True)\n"
+        "h = open(p / '.lock', 'a'); fcntl.flock(h.fileno(), fcntl.LOCK_EX); print('locked', flush=True)\n"
+        f"time.sleep({int(seconds)})\n"), str(stage_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

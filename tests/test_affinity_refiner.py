@@ -151,3 +151,14 @@ def test_backbone_init_from_a_classifier_checkpoint(tmp_path):
 
     with pytest.raises(DataError, match="bad.ckpt"):
         model.init_backbone(str(bad))
+
+
+@pytest.mark.parametrize("levels, frozen", [([1, 2, 3], {"layer4"}), ([2, 3, 4], set())])
+def test_every_trainable_parameter_reaches_the_embedding(levels, frozen):
+    """The backbone levels after the last fused one are frozen (DDP refuses trainable parameters without
+    gradients); all the others get one."""
+    model = AffinityRefiner(num_classes=4, backbone="test_resnet", feature_levels=levels, embed_dim=16)
+    model.embed(torch.rand(1, 3, 64, 64)).sum().backward()
+    names = {n for n, p in model.net.backbone.named_parameters() if not p.requires_grad}
+    assert {n.split(".")[0] for n in names} == frozen
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

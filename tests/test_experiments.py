@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shlex
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -95,6 +96,24 @@ def test_cluster_configs_use_gpu_ddp_settings(path):
     assert init.get("weights", init.get("encoder_weights")) == "imagenet"
     assert init["output_stride"] == 16
     assert "/path/to/resnet50.pth" in path.read_text()  # the offline form is shown
+
+
+@pytest.mark.parametrize("path", [p for p in pipeline_configs() if p.parent.name in ("voc2012", "coco2014")], ids=rel)
+def test_cluster_pipelines_are_sized_for_8_gpus(path):
+    """8 processes x the per-process batch = the recipes' global batch (16; psa's affinity 8, irn's 32), with the
+    rule for other GPU counts beside them (in the file or its base)."""
+    from lightning_wsss.pipeline.checks import load_config
+
+    config = load_config(path)
+    trainer = config["trainer"]
+    assert (trainer["devices"], trainer["strategy"], trainer["sync_batchnorm"]) == (8, "ddp", True)
+    assert 8 * config["data"]["batch_size"] == 16
+    affinity = ((config.get("stages") or {}).get("affinity") or {}).get("data", {}).get("batch_size")
+    if affinity is not None:
+        assert 8 * affinity == (32 if path.stem.endswith("irn") else 8)
+    sized = (path.with_name("pipeline_image.yaml") if path.stem.endswith("irn") else path).read_text()
+    assert "On G GPUs set batch_size to 16 / G" in sized.replace("\n# ", " ")
+    assert "torchrun --nproc_per_node 8 -m lightning_wsss pipeline" in "\n".join(header_lines(path))
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -432,7 +451,10 @@ def test_cluster_script_is_valid_bash(script):
     text = script.read_text()
     assert text.startswith("#!/bin/bash")
     if script.name.startswith("slurm_"):
-        assert "#SBATCH --nodes" in text and "srun wsss" in text
+        assert "#SBATCH --nodes" in text and "#SBATCH --ntasks-per-node" in text
+        assert re.search(r"^srun( --[\w=-]+)* wsss ", text, re.MULTILINE)
+    if script.name == "slurm_pipeline.sh":  # one task per GPU; a task dying silently stops the others
+        assert "srun --kill-on-bad-exit=1 wsss pipeline" in text
 
 
 def test_torchrun_script_launches_the_module_entry_point():

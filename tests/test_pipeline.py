@@ -23,6 +23,8 @@ from lightning_wsss.pipeline.config import deep_merge
 from lightning_wsss.pipeline.summary import seed_spread
 from lightning_wsss.pipeline.report import format_table, write_report
 
+from conftest import lock_held_elsewhere
+
 
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> Path:
@@ -152,19 +154,10 @@ def test_a_stage_run_by_another_process_is_refused(tmp_path):
 
     stage = Stage("s", {"a": 1}, work)
     stage_dir = tmp_path / "s" / stage_hash({"a": 1}, {})
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, sys, time, pathlib\n"
-        "p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True)\n"
-        "h = open(p / '.lock', 'a'); fcntl.flock(h.fileno(), fcntl.LOCK_EX); print('locked', flush=True)\n"
-        "time.sleep(60)\n"), str(stage_dir)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(stage_dir, seconds=60):
         with pytest.raises(StageBusyError, match="another process"):
             run_stages(PipelineContext(tmp_path, {}), [stage])
         assert ran == [] and not (stage_dir / "stage.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     # once the other process is gone the stage runs, and releases its lock when done
     assert run_stages(PipelineContext(tmp_path, {}), [stage])["s"].metrics == {"x": 1.0} and len(ran) == 1
     with stage_lock(stage_dir):

@@ -64,8 +64,8 @@ def run_stage(monkeypatch, root: Path, out: Path, stage: Callable[[PipelineConte
     original = training.make_trainer
     killer = [KillAt(*kill)] if kill else []
 
-    def make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks, logger=True):
-        return original(ctx, stage_dir, stage_name, trainer_cfg, list(callbacks) + killer, logger)
+    def make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks, logger=True, **kwargs):
+        return original(ctx, stage_dir, stage_name, trainer_cfg, list(callbacks) + killer, logger, **kwargs)
 
     monkeypatch.setattr(training, "make_trainer", make_trainer)
     log: List[str] = []

@@ -38,13 +38,23 @@ def pipeline(argv: List[str]) -> int:
     out = args.out or config.get("out") or f"runs/{config.get('name', 'pipeline')}"
     if args.until:
         partial = run_pipeline(config, out, until=args.until)
-        for name, stage in partial["stages"].items():
-            print(f"{name:<16} {stage['dir']}  {stage['metrics']}")
+        if _rank_zero():
+            for name, stage in partial["stages"].items():
+                print(f"{name:<16} {stage['dir']}  {stage['metrics']}")
         return 0
     summary = run_pipeline(config, out, segmenter_seeds=args.segmenter_seeds)
-    print(format_table(summary))
-    print(f"summary: {out}/summary.json")
+    if _rank_zero():
+        print(format_table(summary))
+        print(f"summary: {out}/summary.json")
     return 0
+
+
+def _rank_zero() -> bool:
+    """Whether this process is rank 0 of the processes torchrun / srun started (or runs alone)."""
+    from ..pipeline.distributed import detect_launch
+
+    launch = detect_launch()
+    return launch is None or launch.rank == 0
 
 
 @command("demo", "image-label, box and full supervision on the synthetic set: table and HTML report")

@@ -8,6 +8,7 @@ file-system errors are printed as one line with exit code 2.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from typing import List, Optional
 
@@ -29,16 +30,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return COMMANDS[name].run(rest)
     except DataError as exc:
-        print(f"wsss {name}: data error: {exc}", file=sys.stderr)
+        print(f"{_who(name)}: data error: {exc}", file=sys.stderr)
         return 2
     except StageBusyError as exc:
-        print(f"wsss {name}: error: {exc}", file=sys.stderr)
+        print(f"{_who(name)}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in FILE_SYSTEM_ERRORS:
             raise
-        print(f"wsss {name}: error: {file_system_error(exc)}", file=sys.stderr)
+        print(f"{_who(name)}: error: {file_system_error(exc)}", file=sys.stderr)
         return 2
+
+
+def _who(command: str) -> str:
+    """``wsss <command>``, and ``(rank r of n)`` in one of several processes torchrun or srun started."""
+    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        size = os.environ.get(size_key, "")
+        if size.isdigit() and int(size) > 1:
+            return f"wsss {command} (rank {os.environ.get(rank_key, '?')} of {size})"
+    return f"wsss {command}"
 
 
 FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,

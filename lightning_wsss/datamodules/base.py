@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -163,6 +164,14 @@ class WSSSDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         """Number of classes including background."""
         return len(self.class_names)
+
+    def with_ids(self, stage: str, ids: Sequence[str]) -> "WSSSDataModule":
+        """A copy that reads only ``ids`` of a stage's split (``validate``, ``predict``...), its datasets built
+        afresh: a process of a multi-process pipeline predicts or validates its own share of the images."""
+        other = copy.copy(self)
+        other.ids = {**self.ids, stage: list(ids)}
+        other.datasets = {}
+        return other
 
     # ------------------------------------------------------------------ hooks
     def build_reader(self, stage: str, require_masks: bool = False) -> SegmentationDataset:

@@ -14,12 +14,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AffinityNet", "BoundaryNet"]
+__all__ = ["AffinityNet", "BoundaryNet", "freeze_after"]
 
 
 def level_branch(in_channels: int, width: int) -> nn.Module:
     """A 1x1 convolution to ``width`` channels, GroupNorm and ReLU (one per backbone level)."""
     return nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False), nn.GroupNorm(4, width), nn.ReLU(inplace=True))
+
+
+def freeze_after(backbone: nn.Module, module_name: str) -> None:
+    """Stop gradients to the backbone modules that run after ``module_name`` (a dotted path: its later siblings,
+    and those of each of its parents): the levels after the last one used never reach the loss, and DDP refuses
+    trainable parameters without gradients (in one process they would not change either)."""
+    parent = backbone
+    for part in module_name.split("."):
+        names = list(parent._modules)
+        if part not in names:  # not a plain module tree: leave it as it is
+            return
+        for later in names[names.index(part) + 1:]:
+            parent._modules[later].requires_grad_(False)
+        parent = parent._modules[part]
 
 
 class AffinityNet(nn.Module):
@@ -42,6 +56,7 @@ class AffinityNet(nn.Module):
         self.stride = int(backbone.feature_info.reduction()[self.levels[0]])
         channels = backbone.feature_info.channels()
         self.build_head([int(channels[i]) for i in self.levels], embed_dim)
+        freeze_after(backbone, backbone.feature_info.module_name()[max(self.levels)])
 
     def build_head(self, level_channels: List[int], embed_dim: int) -> None:
         """The projections (``max(32, embed_dim // 2)`` channels each) and ``fuse``."""

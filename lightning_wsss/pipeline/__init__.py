@@ -2,7 +2,8 @@
 
 A pipeline is an ordered list of declared stages (:mod:`.registry`, :mod:`.builtin`; presets in ``presets.yaml``),
 planned from one YAML (:mod:`.plan`, checked by :mod:`.checks`) and run with hashed, resumable stage folders
-(:mod:`.runner`). Submodules are imported lazily so that light commands (``wsss compare``) do not pay for torch
+(:mod:`.runner`), in one process or in every process torchrun / srun started (:mod:`.distributed`; one rank's
+error ends them all, :mod:`.failures`). Submodules are imported lazily so that light commands (``wsss compare``) do not pay for torch
 and Lightning.
 """
 

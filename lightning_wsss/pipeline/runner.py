@@ -4,6 +4,11 @@ Each stage writes to ``OUT/<stage>/<hash>/`` where the hash covers the stage's r
 hashes of the stages it reads from. A stage is complete when its ``stage.json`` exists (written atomically,
 last); a complete stage is skipped, an incomplete one resumes from what it left (training from
 ``checkpoints/last.ckpt``, prediction by skipping images already written).
+
+Under several processes (:mod:`.distributed`) every rank runs every stage function (which splits the work:
+training under DDP, images by rank); rank 0 alone decides whether a stage is complete, holds its lock for the
+job, and writes ``config.json`` and, after a barrier, ``stage.json``; the others take its decisions and its
+result (outputs and the metrics reduced over the ranks).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from ..errors import DataError, StageBusyError
 from ..io import write_json_atomic
 from .config import stage_hash
+from .distributed import SINGLE, World
 
 
 @dataclass
@@ -70,13 +76,20 @@ class Stage:
 
 
 class PipelineContext:
-    """Shared state of one pipeline run: output folder, pipeline config, results so far, a log function."""
+    """Shared state of one pipeline run: output folder, pipeline config, results so far, a log function (rank 0
+    logs, the other ranks are quiet), and the :class:`~.distributed.World` of processes running it."""
 
-    def __init__(self, out_dir: Path, config: Mapping[str, Any], log: Callable[[str], None] = print) -> None:
+    def __init__(self, out_dir: Path, config: Mapping[str, Any], log: Callable[[str], None] = print,
+                 world: World = SINGLE) -> None:
         self.out_dir = Path(out_dir)
         self.config = dict(config)
         self.results: Dict[str, StageResult] = {}
-        self.log = log
+        self.world = world
+        self.log = log if world.is_zero else _quiet
+
+
+def _quiet(_message: str) -> None:
+    pass
 
 
 @contextlib.contextmanager
@@ -105,6 +118,27 @@ def stage_lock(stage_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def job_lock(world: World, stage_dir: Path) -> Iterator[None]:
+    """:func:`stage_lock` for a job of several processes: rank 0 takes the lock and holds it while the stage
+    runs; the others learn from it whether it got the lock (so one job holds a stage, on any number of nodes).
+
+    Raises:
+        StageBusyError: on every rank, when another job holds the lock.
+    """
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if world.is_zero:
+            try:
+                stack.enter_context(stage_lock(stage_dir))
+            except StageBusyError as exc:
+                problem = str(exc)
+        problem = world.broadcast(problem)
+        if problem is not None:
+            raise StageBusyError(problem)
+        yield
 
 
 def _inside(path: str, folder: Path) -> bool:
@@ -149,21 +183,41 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
         digest = stage_hash(stage.config, upstream)
         stage_dir = ctx.out_dir / (stage.root or ".") / folders[stage.name] / digest
         marker = stage_dir / "stage.json"
-        if marker.is_file():
-            result = read_stage_marker(marker, stage.name)
+        done = ctx.world.broadcast(_complete(marker, stage.name) if ctx.world.is_zero else None)
+        if done is not None:
+            result = done
             ctx.log(f"[{stage.name}] complete ({digest}), reusing {stage_dir}")
         else:
             ctx.log(f"[{stage.name}] running ({digest}) in {stage_dir}")
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            with stage_lock(stage_dir):
-                write_json_atomic(stage_dir / "config.json", {"config": stage.config, "upstream": upstream})
-                start = time.perf_counter()
-                upstream_results = {key: ctx.results[name] for key, name in stage.inputs.items()}
-                produced = stage.run(ctx, stage_dir, upstream_results, stage.config)
-                result = StageResult(stage.name, digest, str(stage_dir), produced.get("outputs", {}),
-                                     produced.get("metrics", {}), time.perf_counter() - start)
-                write_json_atomic(marker, stage_marker(result, stage_dir, ctx.out_dir.parent))
-            metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.metrics.items())
+            result = run_stage(ctx, stage, digest, stage_dir, upstream)
+            metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in result.metrics.items())
             ctx.log(f"[{stage.name}] done in {result.wall_s:.1f}s {metrics}")
         ctx.results[stage.name] = result
     return ctx.results
+
+
+def _complete(marker: Path, name: str) -> Optional[StageResult]:
+    """The result of a complete stage (its ``stage.json``), None for one to run."""
+    return read_stage_marker(marker, name) if marker.is_file() else None
+
+
+def run_stage(ctx: PipelineContext, stage: Stage, digest: str, stage_dir: Path,
+              upstream: Dict[str, str]) -> StageResult:
+    """Run one incomplete stage on every rank under the job's lock; rank 0 writes its folder's ``config.json`` and
+    ``stage.json`` and hands its result to the others."""
+    world = ctx.world
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    with job_lock(world, stage_dir):
+        if world.is_zero:
+            write_json_atomic(stage_dir / "config.json", {"config": stage.config, "upstream": upstream})
+        start = time.perf_counter()
+        upstream_results = {key: ctx.results[name] for key, name in stage.inputs.items()}
+        produced = stage.run(ctx, stage_dir, upstream_results, stage.config)
+        world.barrier()
+        result = None
+        if world.is_zero:
+            result = StageResult(stage.name, digest, str(stage_dir), produced.get("outputs", {}),
+                                 produced.get("metrics", {}), time.perf_counter() - start)
+            write_json_atomic(stage_dir / "stage.json", stage_marker(result, stage_dir, ctx.out_dir.parent))
+        return world.broadcast(result)

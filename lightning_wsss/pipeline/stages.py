@@ -3,6 +3,10 @@
 Each takes ``(ctx, stage_dir, upstream, cfg)``: ``upstream`` maps the artifacts it reads (``cams``, ``labels``,
 ``classifier``...) to the results of the stages that wrote them, ``cfg`` is its stage config. It returns
 ``{"outputs": {...}, "metrics": {...}}``.
+
+Every rank of a multi-process run calls each function (``ctx.world``): training runs under DDP, prediction on
+each rank's share (:mod:`.training`), and the CPU work (affinity labels, box masks, the hybrid union, scoring)
+on ``ctx.world.share(ids)``; scores sum their confusion matrices over the ranks, so each image counts once.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from ..metrics import evaluate_reader
 from ..serialization import load_model_checkpoint
 from .config import deep_merge
 from .runner import PipelineContext, StageResult
-from .training import fit_model, make_datamodule, predict_to_dir, validate_model
+from .training import fit_model, log_shares, make_datamodule, predict_to_dir, validate_model
 
 
 def _train_split(ctx: PipelineContext) -> str:
@@ -37,18 +41,36 @@ def _subset_reader(ctx: PipelineContext, ids: List[str]):
 
 def pseudo_miou(ctx: PipelineContext, labels_dir: Path, dataset=None) -> float:
     """mIoU of a folder of pseudo labels against the ground truth of ``dataset`` (default: the training split;
-    a subset reader scores those images only); NaN without masks or images."""
+    a subset reader scores those images only); NaN without masks or images. Once every rank has written its
+    share, each scores its share of the images and the confusion matrices are summed."""
     dataset = split_reader(ctx) if dataset is None else dataset
     if len(dataset) == 0 or not dataset.has_masks():
         return float("nan")
-    return float(evaluate_reader(labels_dir, dataset, _train_split(ctx))["miou"])
+    world = ctx.world
+    world.barrier()
+    return float(evaluate_reader(labels_dir, dataset, _train_split(ctx), ids=world.share(dataset.ids),
+                                 reduce=world.reduce_sum)["miou"])
 
 
-def count_boxes(dataset) -> int:
-    """Number of boxes of a reader's split (from the XML of VOC-layout sets without decoding images)."""
+def count_boxes(dataset, ids: Optional[List[str]] = None) -> int:
+    """Number of boxes of a reader's split, or of its ``ids`` (from the XML of VOC-layout sets without decoding
+    images)."""
+    ids = dataset.ids if ids is None else ids
     if hasattr(dataset, "annotations"):
-        return int(sum(len(a.boxes) for a in (dataset.annotations(i) for i in dataset.ids) if a is not None))
-    return int(sum(len(dataset.load(i)["boxes"]) for i in dataset.ids))
+        return int(sum(len(a.boxes) for a in (dataset.annotations(i) for i in ids) if a is not None))
+    return int(sum(len(dataset.load(i)["boxes"]) for i in ids))
+
+
+def _total_boxes(ctx: PipelineContext, dataset) -> int:
+    """:func:`count_boxes` of the whole split, each rank counting its share."""
+    import torch
+
+    return int(ctx.world.reduce_sum(torch.tensor(count_boxes(dataset, ctx.world.share(dataset.ids)))))
+
+
+def _progress(ctx: PipelineContext) -> bool:
+    """Whether this process shows progress bars (the config's ``progress_bar``; rank 0 only)."""
+    return bool(ctx.config.get("progress_bar", True)) and ctx.world.is_zero
 
 
 # ---------------------------------------------------------------------- image labels
@@ -99,7 +121,7 @@ def restrict_saved_cams(ctx: PipelineContext, stage_dir: Path, image_ids: List[s
     from ..io import write_npz_atomic
 
     reader = split_reader(ctx)
-    for image_id in image_ids:
+    for image_id in ctx.world.share(image_ids):
         path = stage_dir / "cams" / f"{image_id}.npz"
         saved = load_cams(path)
         sample = reader.load(image_id)
@@ -172,12 +194,15 @@ def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[st
     image_dir = Path(upstream["labels"].outputs["labels_dir"])
     dataset = split_reader(ctx)
     chosen = set(box_ids)
-    for image_id in dataset.ids:
+    copied = 0
+    for image_id in ctx.world.share(dataset.ids):
         target = stage_dir / "labels" / f"{image_id}.png"
         if not target.is_file():
             source = (box_dir if image_id in chosen else image_dir) / f"{image_id}.png"
             with atomic_write(target) as handle, open(source, "rb") as src:
                 shutil.copyfileobj(src, handle)
+            copied += 1
+    log_shares(ctx, "hybrid_labels", "labels copied", copied)
     image_ids = [i for i in dataset.ids if i not in chosen]
     # the box part's score is box_init's; here the union and the image-label part
     metrics = {"hybrid": pseudo_miou(ctx, stage_dir / "labels", dataset),
@@ -209,34 +234,43 @@ def _box_mask_job(args) -> str:
 
 def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                    cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Box-to-mask pseudo labels of every configured initializer on the training split (``processes`` workers)."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+    """Box-to-mask pseudo labels of every configured initializer on the training split, each rank on its share
+    with ``processes`` workers (default: the cores the rank owns)."""
+    from .distributed import cores_of_rank
 
     dataset = split_reader(ctx) if cfg.get("ids") is None else _subset_reader(ctx, cfg["ids"])
-    processes = int(cfg.get("processes") or os.cpu_count() or 1)
+    processes = int(cfg.get("processes") or cores_of_rank(ctx.world))
     outputs: Dict[str, Any] = {}
     metrics: Dict[str, float] = {}
     for name in cfg["initializers"]:
         folder = stage_dir / name
         kwargs = (cfg.get("kwargs") or {}).get(name, {})
-        jobs = [(i, name, kwargs, folder / f"{i}.png") for i in dataset.ids if not (folder / f"{i}.png").is_file()]
-        bar = tqdm(total=len(jobs), desc=f"box masks ({name})", disable=not ctx.config.get("progress_bar", True))
-        if processes > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(processes, initializer=_set_reader, initargs=(dataset,)) as pool:
-                for _ in pool.map(_box_mask_job, jobs, chunksize=8):
-                    bar.update()
-        else:
-            _set_reader(dataset)
-            for job in jobs:
-                _box_mask_job(job)
-                bar.update()
-        bar.close()
+        jobs = [(i, name, kwargs, folder / f"{i}.png") for i in ctx.world.share(dataset.ids)
+                if not (folder / f"{i}.png").is_file()]
+        bar = tqdm(total=len(jobs), desc=f"box masks ({name})", disable=not _progress(ctx))
+        _run_box_jobs(jobs, dataset, processes, bar)
+        log_shares(ctx, "box_init", f"{name} masks", len(jobs))
         folder.mkdir(parents=True, exist_ok=True)
         outputs[f"{name}_dir"] = str(folder)
         metrics[name] = pseudo_miou(ctx, folder, dataset)
-    outputs["num_boxes"] = count_boxes(dataset)
+    outputs["num_boxes"] = _total_boxes(ctx, dataset)
     return {"outputs": outputs, "metrics": metrics}
+
+
+def _run_box_jobs(jobs: List[Any], dataset, processes: int, bar) -> None:
+    """Write the masks of ``jobs`` (:func:`_box_mask_job`), in a pool of ``processes`` when there are several."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    if processes > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(processes, initializer=_set_reader, initargs=(dataset,)) as pool:
+            for _ in pool.map(_box_mask_job, jobs, chunksize=8):
+                bar.update()
+    else:
+        _set_reader(dataset)
+        for job in jobs:
+            _box_mask_job(job)
+            bar.update()
+    bar.close()
 
 
 # ---------------------------------------------------------------------- refinement
@@ -302,8 +336,12 @@ def affinity_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
     dataset = split_reader(ctx)
     labels = stage_dir / "affinity_labels"
     label_cfg = dict(cfg.get("labels") or {"mode": "psa"})
-    write_affinity_labels(dataset, Path(upstream["cams"].outputs["cams_dir"]), labels,
-                          progress=bool(ctx.config.get("progress_bar", True)), **label_cfg)
+    pending = [i for i in ctx.world.share(dataset.ids) if not (labels / f"{i}.png").is_file()]
+    if pending:
+        write_affinity_labels(_subset_reader(ctx, pending), Path(upstream["cams"].outputs["cams_dir"]), labels,
+                              progress=_progress(ctx), **label_cfg)
+    log_shares(ctx, "affinity", "affinity label maps", len(pending))
+    ctx.world.barrier()  # every rank trains on every label map
     dm = make_datamodule(ctx, "PseudoMaskDataModule", deep_merge({"pseudo_mask_dir": str(labels)}, cfg.get("data")))
     model_cfg = deep_merge(cfg["model"], {"init_args": affinity_init(cfg, upstream)})
     trainer_cfg = scheduled_trainer(cfg.get("trainer"), cfg.get("schedule"), len(dataset), dm.batch_size)

@@ -47,6 +47,10 @@ class WSSSTask(L.LightningModule):
 
     artifact_patterns: Tuple[str, ...] = ()
     legacy_net_prefix: str = ""
+    ddp_find_unused_parameters: bool = False
+    """True for a task some of whose trainable parameters get no gradient in some steps (a head whose loss starts
+    at a later epoch): DDP must then look for them, ``strategy: ddp_find_unused_parameters_true`` (the pipeline
+    picks it for such a task)."""
 
     def __init__(
         self,

@@ -84,6 +84,7 @@ class ReCAMClassifier(CAMClassifier):
     # the ReCAM head starts as a copy of the classifier's head: no random draw, so the epochs before
     # recam_start_epoch are the plain classifier's, bit for bit, and ReCAM fine-tunes the same classifier
     net_class = ReCAMNet
+    ddp_find_unused_parameters = True  # the ReCAM head takes no gradient before recam_start_epoch
 
     def __init__(self, num_classes: int, recam_weight: float = 0.7, recam_start_epoch: int = 0,
                  cams_from_recam_head: bool = True, **kwargs: Any) -> None:

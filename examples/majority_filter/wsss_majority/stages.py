@@ -29,14 +29,15 @@ def majority(labels: np.ndarray, size: int, num_classes: int) -> np.ndarray:
        options={"size": int})
 def majority_filter(ctx, stage_dir: Path, upstream: Dict[str, Any], cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The labels read (the random walk's, in the image pipeline) through :func:`majority` with ``size`` (5);
-    images already written are skipped, so an interrupted stage resumes."""
+    images already written are skipped, so an interrupted stage resumes. Under several processes each filters
+    its share of the images (``ctx.world.share``); ``pseudo_miou`` waits for them all and scores the whole."""
     size = int(cfg.get("size", 5))
     if size < 1:
         raise ValueError(f"stages.majority_filter.size must be >= 1, got {size}")
     source = Path(upstream["labels"].outputs["labels_dir"])
     target = stage_dir / "labels"
     reader = split_reader(ctx)
-    for image_id in reader.ids:
+    for image_id in ctx.world.share(reader.ids):
         path = target / f"{image_id}.png"
         if not path.is_file():
             write_label_png(path, majority(read_label_png(source / f"{image_id}.png"), size, reader.num_classes))

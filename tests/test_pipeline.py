@@ -172,7 +172,7 @@ def test_cli_until_and_seed(tiny_synthetic, tmp_path, capsys):
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
     assert main(["pipeline", str(path), "--out", str(out), "--until", "cams", "--seed", "3"]) == 0
-    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[")]
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(("[", "epoch "))]
     assert printed[0].startswith("classifier") and printed[1].startswith("cams") and "pseudo_miou" in printed[1]
     assert not (out / "summary.json").exists() and not (out / "image" / "affinity").exists()
     hashes = {p.name for p in (out / "image" / "classifier").iterdir()}
@@ -185,3 +185,19 @@ def test_cli_until_and_seed(tiny_synthetic, tmp_path, capsys):
     assert len(list((out / "image" / "cams").iterdir())) == 2
     assert main(["pipeline", str(path), "--out", str(out), "--until", "segmentr"]) == 2
     assert "--until 'segmentr' is not a stage" in capsys.readouterr().err
+
+
+def test_pipeline_log_in_a_file_has_no_redraws(tiny_synthetic, tmp_path):
+    """`wsss pipeline CONFIG > file` (SLURM logs, nohup, CI): no progress-bar redraws, one line per epoch and one per
+    stage with its wall time and folder, although the config asks for progress bars."""
+    config = tiny_config(tiny_synthetic, "box", progress_bar=True)
+    path = tmp_path / "box.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = tmp_path / "pipeline.log"
+    with open(log, "w") as handle:
+        subprocess.run([sys.executable, "-m", "lightning_wsss", "pipeline", str(path), "--out", str(tmp_path / "out")],
+                       stdout=handle, stderr=subprocess.STDOUT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = log.read_text()
+    assert "\r" not in text
+    assert any(line.startswith("epoch 1/") for line in text.splitlines())
+    assert any(line.startswith("[boxsup] done in") and "out/box/boxsup/" in line for line in text.splitlines())

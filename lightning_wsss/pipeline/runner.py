@@ -192,7 +192,7 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
             result = run_stage(ctx, stage, digest, stage_dir, upstream)
             metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in result.metrics.items())
-            ctx.log(f"[{stage.name}] done in {result.wall_s:.1f}s {metrics}")
+            ctx.log(f"[{stage.name}] done in {result.wall_s:.1f}s -> {stage_dir} {metrics}")
         ctx.results[stage.name] = result
     return ctx.results
 

@@ -17,9 +17,11 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..callbacks.progress import stdout_is_terminal
 from ..io import write_label_png
 from ..metrics import evaluate_reader
 from ..serialization import load_model_checkpoint
+from ..threads import limit_worker_threads
 from .config import deep_merge
 from .runner import PipelineContext, StageResult
 from .training import fit_model, log_shares, make_datamodule, predict_to_dir, validate_model
@@ -69,8 +71,8 @@ def _total_boxes(ctx: PipelineContext, dataset) -> int:
 
 
 def _progress(ctx: PipelineContext) -> bool:
-    """Whether this process shows progress bars (the config's ``progress_bar``; rank 0 only)."""
-    return bool(ctx.config.get("progress_bar", True)) and ctx.world.is_zero
+    """Whether this process shows progress bars (the config's ``progress_bar``; rank 0 only; never into a file)."""
+    return bool(ctx.config.get("progress_bar", True)) and ctx.world.is_zero and stdout_is_terminal()
 
 
 # ---------------------------------------------------------------------- image labels
@@ -222,6 +224,12 @@ def _set_reader(reader) -> None:
     _READER = reader
 
 
+def _init_box_worker(reader) -> None:
+    """Pool initializer: the reader, and one OpenCV / torch thread per worker (GrabCut uses OpenCV's pool)."""
+    _set_reader(reader)
+    limit_worker_threads()
+
+
 def _box_mask_job(args) -> str:
     """Worker: one image's box mask, written atomically (top-level so process pools can pickle it)."""
     from ..boxes import make_box_mask
@@ -262,7 +270,7 @@ def _run_box_jobs(jobs: List[Any], dataset, processes: int, bar) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     if processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(processes, initializer=_set_reader, initargs=(dataset,)) as pool:
+        with ProcessPoolExecutor(processes, initializer=_init_box_worker, initargs=(dataset,)) as pool:
             for _ in pool.map(_box_mask_job, jobs, chunksize=8):
                 bar.update()
     else:

@@ -15,9 +15,11 @@ import lightning as L
 
 from ..callbacks import ArtifactWriter, EpochSeed, LastCheckpoint, MaskPanelLogger
 from ..callbacks.checkpointing import save_checkpoint_atomic
+from ..callbacks.progress import progress_callbacks, stdout_is_terminal
 from ..errors import DataError
 from ..serialization import (UnsafePickleError, allow_safe_globals, load_model_checkpoint, safe_torch_load,
                              weights_only_kwargs)
+from ..threads import apply_thread_policy
 from .config import deep_merge, resolve_class
 from .distributed import World
 from .runner import PipelineContext
@@ -102,9 +104,11 @@ def make_trainer(ctx: PipelineContext, stage_dir: Path, stage_name: str, trainer
                                  find_unused)
     cfg.setdefault("enable_model_summary", False)
     cfg.setdefault("enable_checkpointing", False)  # LastCheckpoint writes last.ckpt atomically instead
-    cfg.setdefault("enable_progress_bar", bool(ctx.config.get("progress_bar", True)))
+    bars = bool(ctx.config.get("progress_bar", True)) and stdout_is_terminal()  # a log file gets one line an epoch
+    cfg.setdefault("enable_progress_bar", bars)
     if not spans_world and not ctx.world.is_zero:
         cfg["enable_progress_bar"] = False  # a Trainer of one device counts itself rank 0
+    callbacks = list(callbacks) + progress_callbacks(bool(cfg["enable_progress_bar"]) or not ctx.world.is_zero)
     if logger and str(ctx.config.get("logger", "csv")).lower() == "wandb":
         callbacks = list(callbacks) + [MaskPanelLogger(int((ctx.config.get("wandb") or {}).get("panel_images", 4)))]
     return L.Trainer(default_root_dir=str(stage_dir), logger=make_logger(ctx, stage_dir, stage_name) if logger else False,
@@ -170,6 +174,7 @@ def fit_model(ctx: PipelineContext, stage_dir: Path, stage_name: str, model_cfg:
     last = stage_dir / "checkpoints" / "last.ckpt"
     resume = ctx.world.broadcast(_resume_from(last) if ctx.world.is_zero else None)
     callbacks = [LastCheckpoint(str(stage_dir / "checkpoints")), EpochSeed(seed)]
+    apply_thread_policy(int(getattr(datamodule, "num_workers", 0) or 0))
     trainer = make_trainer(ctx, stage_dir, stage_name, trainer_cfg, callbacks,
                            find_unused=bool(getattr(model_cls, "ddp_find_unused_parameters", False)))
     if resume:
@@ -192,6 +197,7 @@ def predict_to_dir(ctx: PipelineContext, stage_dir: Path, stage_name: str, model
     if share:
         cfg = deep_merge({"inference_mode": False}, trainer_cfg)
         writer = ArtifactWriter(str(stage_dir))
+        apply_thread_policy(int(getattr(datamodule, "num_workers", 0) or 0))
         trainer = make_trainer(ctx, stage_dir, stage_name, cfg, [writer], logger=False, spans_world=False)
         trainer.predict(model, datamodule.with_ids("predict", share) if world.size > 1 else datamodule,
                         return_predictions=False)

@@ -388,11 +388,11 @@ class SelfTrainingSegmenter(RoundsMixin, DeepLabSegmenter):
 
     # ------------------------------------------------------------------ loss
     def loss(self, logits: Tensor, batch: Dict[str, Any]) -> Tensor:
-        """Cross-entropy on the round's labels + ``mrkld_weight * label_regulariser`` (logged as ``train/lr_loss``)."""
+        """Cross-entropy on the round's labels + ``mrkld_weight * label_regulariser`` (logged as ``train/label_regulariser``)."""
         ce = super().loss(logits, batch)
         if self.hparams.mrkld_weight <= 0:
             return ce
         reg = label_regulariser(logits, batch["mask"])
         if self._trainer is not None:
-            self.log("train/lr_loss", reg, batch_size=len(batch["id"]) if "id" in batch else logits.shape[0])
+            self.log("train/label_regulariser", reg, batch_size=len(batch["id"]) if "id" in batch else logits.shape[0])
         return ce + self.hparams.mrkld_weight * reg

@@ -102,3 +102,19 @@ def test_cam_mode_toggle_and_single_class(tiny_voc):
     images = torch.randn(2, 3, 32, 32)
     cams = model.compute_cams(images, torch.tensor([[1], [-1]]))
     assert cams.shape == (2, 1, 32, 32) and float(cams[1].abs().max()) == 0.0
+
+
+def test_positive_weight_reweights_the_positive_terms_only():
+    import torch.nn.functional as F
+
+    logits = torch.tensor([[1.5, -0.5], [-2.0, 0.3]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    plain = CAMClassifier(num_classes=3, backbone="test_resnet")
+    ones = CAMClassifier(num_classes=3, backbone="test_resnet", positive_weight=[1.0, 1.0])
+    assert ones.loss(logits, labels) == pytest.approx(float(plain.loss(logits, labels)))
+    weighted = CAMClassifier(num_classes=3, backbone="test_resnet", positive_weight=[3.0, 1.0])
+    by_hand = (3 * F.softplus(-logits[0, 0]) + F.softplus(logits[0, 1]) + F.softplus(logits[1, 0])
+               + F.softplus(-logits[1, 1])) / 4
+    assert weighted.loss(logits, labels) == pytest.approx(float(by_hand))
+    with pytest.raises(ValueError, match="positive_weight needs 2 values"):
+        CAMClassifier(num_classes=3, backbone="test_resnet", positive_weight=[1.0])

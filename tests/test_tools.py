@@ -206,3 +206,10 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
                    cwd=Path(__file__).resolve().parents[1])
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "images/s" in line]
     assert len(rows) == 4 and all(float(r.split("|")[2].split()[0]) > 0 for r in rows)
+
+
+def test_positive_weights_formula():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from positive_weights import positive_weights
+
+    assert positive_weights(np.array([25, 50, 0]), 100) == [3.0, 1.0, 1.0]

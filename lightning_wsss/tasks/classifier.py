@@ -73,6 +73,9 @@ class CAMClassifier(WSSSTask):
         feature_layer: the layer the classifier pools and the CAM reads: ``stage`` (the last stage of a timm
             ``features_only`` backbone) or ``forward_features`` (timm's whole trunk, with the 1x1 head convolution
             where the model has one, e.g. EfficientNet's 1280-channel ``conv_head``; :class:`~lightning_wsss.models.trunk.Trunk`).
+        positive_weight: per foreground class, the weight of its positive term in the loss (class imbalance: a
+            class in few images can get ``(N - n_c) / n_c``, ``tools/positive_weights.py``); ``None``: the plain
+            soft-margin loss.
         **kwargs: :class:`~lightning_wsss.tasks.base.WSSSTask` arguments (``lr``, ``head_lr_mult``,
             ``weight_decay``, ``momentum``, ``optimizer``, ``poly_power``).
     """
@@ -95,10 +98,14 @@ class CAMClassifier(WSSSTask):
         pooling: str = "gap",
         pooling_param: Optional[float] = None,
         feature_layer: str = "stage",
+        positive_weight: Optional[Sequence[float]] = None,
         **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if positive_weight is not None and (len(positive_weight) != num_classes - 1 or min(positive_weight) <= 0):
+            raise ValueError(f"positive_weight needs {num_classes - 1} values > 0 (one per foreground class), "
+                             f"got {list(positive_weight)}")
         super().__init__(num_classes, **kwargs)
         self._extractor: Optional[CAMExtractor] = None
 
@@ -136,8 +143,12 @@ class CAMClassifier(WSSSTask):
         return head
 
     def loss(self, logits: Tensor, labels: Tensor, batch: Optional[Dict[str, Any]] = None) -> Tensor:
-        """Multi-label soft-margin loss; ``logits`` and ``labels`` [B, C-1]."""
-        return F.multilabel_soft_margin_loss(logits, labels)
+        """Multi-label soft-margin loss (the mean binary cross-entropy over classes), its positive terms weighted by
+        ``positive_weight`` when set; ``logits`` and ``labels`` [B, C-1]."""
+        weight = self.hparams.get("positive_weight")
+        if weight is None:
+            return F.multilabel_soft_margin_loss(logits, labels)
+        return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=logits.new_tensor(weight))
 
     def training_loss(self, features: Tensor, batch: Dict[str, Any]) -> Tensor:
         """The training loss from backbone features [B, D, h, w] (default: :meth:`loss` of the class logits)."""

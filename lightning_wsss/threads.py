@@ -41,17 +41,18 @@ def _positive_int(name: str) -> Optional[int]:
     return int(text)
 
 
-def owned_cores() -> int:
+def owned_cores(ranks_on_node: Optional[int] = None) -> int:
     """Cores this process may use: its CPU affinity, shared among the ranks of the node.
 
-    ``SLURM_CPUS_PER_TASK`` caps it (SLURM's share of each task); otherwise, under torchrun
-    (``LOCAL_WORLD_SIZE`` ranks on this node, all with the whole node's affinity), the affinity is divided.
+    ``SLURM_CPUS_PER_TASK`` caps it (SLURM's share of each task); otherwise the affinity is divided among the
+    ranks on this node: ``LOCAL_WORLD_SIZE`` under torchrun, else ``ranks_on_node`` (a pipeline's world knows it
+    under srun too), else 1.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_task = _positive_int("SLURM_CPUS_PER_TASK")
     if per_task is not None:
         return max(1, min(cores, per_task))
-    ranks = _positive_int("LOCAL_WORLD_SIZE") or 1
+    ranks = _positive_int("LOCAL_WORLD_SIZE") or max(1, int(ranks_on_node or 1))
     return max(1, cores // ranks)
 
 

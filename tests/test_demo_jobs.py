@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lightning_wsss.pipeline import parallel_runs
 from lightning_wsss.pipeline.parallel_runs import job_environment, pipeline_command, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def test_parallel_demo_runs_give_the_sequential_figures(tmp_path):
 
 
 def test_thread_split_and_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(parallel_runs, "owned_cores", lambda: 8)
     assert threads_per_job(3) == 2 and threads_per_job(16) == 1
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert job_environment(4)["OMP_NUM_THREADS"] == "2"

@@ -114,3 +114,13 @@ def test_wsss_fit_applies_the_policy(clean_env, tiny_voc, tmp_path):
                              "--trainer.callbacks=null", f"--trainer.default_root_dir={tmp_path}",
                              "--model.init_args.cam_scales=[1.0]"])
     assert cli.datamodule.num_workers == 1 and torch.get_num_threads() == 7
+
+
+def test_owned_cores_divides_among_the_ranks_a_pipeline_knows(monkeypatch):
+    """Under srun without --cpus-per-task nothing states the ranks on the node but the pipeline's world."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert owned_cores() == 8 and owned_cores(ranks_on_node=4) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert owned_cores(ranks_on_node=4) == 4

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from ..errors import DataError
+from ..threads import owned_cores
 from .config import deep_merge
 from .galleries import demo_galleries
 from .parallel_runs import run_in_processes
@@ -95,8 +95,8 @@ def method_config(data_root: Path, method: str, quick: bool, progress: bool, siz
 
 
 def default_jobs(num_runs: int) -> int:
-    """``wsss demo``'s parallel runs: one per core, at most ``num_runs``."""
-    return max(1, min(num_runs, os.cpu_count() or 1))
+    """``wsss demo``'s parallel runs: one per owned core, at most ``num_runs``."""
+    return max(1, min(num_runs, owned_cores()))
 
 
 def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = None, num_val: Optional[int] = None,
@@ -132,11 +132,11 @@ def run_demo(out: str, data: Optional[str] = None, num_train: Optional[int] = No
                 for supervision in supervisions]
         run_in_processes(runs, out_dir, jobs, segmenter_seeds)
         summary = read_summary(out_dir / "summary.json")
-        supervisions = ()
-    for supervision in supervisions:
-        print(f"\n=== {supervision} supervision ===")
-        summary = run_pipeline(demo_config(data_root, supervision, quick, progress, params["size"]), out_dir,
-                               segmenter_seeds=segmenter_seeds)
+    else:
+        for supervision in supervisions:
+            print(f"\n=== {supervision} supervision ===")
+            summary = run_pipeline(demo_config(data_root, supervision, quick, progress, params["size"]), out_dir,
+                                   segmenter_seeds=segmenter_seeds)
     for method in methods:
         print(f"\n=== {method} ===")
         summary = run_pipeline(method_config(data_root, method, quick, progress, params["size"]), out_dir,

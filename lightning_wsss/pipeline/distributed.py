@@ -23,7 +23,7 @@ from typing import Any, Iterator, List, Optional, Sequence, TypeVar
 
 import torch
 
-__all__ = ["Launch", "World", "detect_launch", "join_world", "world_session", "cores_of_rank", "SINGLE"]
+__all__ = ["Launch", "World", "detect_launch", "join_world", "world_session", "SINGLE"]
 
 T = TypeVar("T")
 TIMEOUT_ENV = "WSSS_DIST_TIMEOUT"
@@ -166,13 +166,3 @@ def world_session() -> Iterator[World]:
     world.barrier()
     _ENDED_WELL = True
 
-
-def cores_of_rank(world: World) -> int:
-    """The CPU cores a rank may use for its process pools: the cores this process may run on, shared by the ranks
-    of its node unless the launcher gave it its own (srun ``--cpus-per-task`` binds each task to its cores)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 1
-    shared = usable >= (os.cpu_count() or usable)
-    return max(1, usable // world.local_size if shared else usable)

@@ -19,13 +19,14 @@ import yaml
 
 from ..errors import DataError
 from ..io import atomic_write
+from ..threads import owned_cores
 
 Run = Tuple[str, Mapping[str, Any]]
 
 
 def threads_per_job(jobs: int) -> int:
-    """Torch / OpenMP threads for each of ``jobs`` processes: the cores split evenly, at least 1."""
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+    """Torch / OpenMP threads for each of ``jobs`` processes: the cores this process owns split evenly, at least 1."""
+    return max(1, owned_cores() // max(1, jobs))
 
 
 def job_environment(jobs: int) -> Dict[str, str]:

@@ -17,14 +17,13 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..callbacks.progress import stdout_is_terminal
 from ..io import write_label_png
 from ..metrics import evaluate_reader
 from ..serialization import load_model_checkpoint
-from ..threads import limit_worker_threads
+from ..threads import limit_worker_threads, owned_cores
 from .config import deep_merge
 from .runner import PipelineContext, StageResult
-from .training import fit_model, log_shares, make_datamodule, predict_to_dir, validate_model
+from .training import fit_model, log_shares, make_datamodule, predict_to_dir, show_progress, validate_model
 
 
 def _train_split(ctx: PipelineContext) -> str:
@@ -72,7 +71,7 @@ def _total_boxes(ctx: PipelineContext, dataset) -> int:
 
 def _progress(ctx: PipelineContext) -> bool:
     """Whether this process shows progress bars (the config's ``progress_bar``; rank 0 only; never into a file)."""
-    return bool(ctx.config.get("progress_bar", True)) and ctx.world.is_zero and stdout_is_terminal()
+    return show_progress(ctx) and ctx.world.is_zero
 
 
 # ---------------------------------------------------------------------- image labels
@@ -244,10 +243,8 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
                    cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Box-to-mask pseudo labels of every configured initializer on the training split, each rank on its share
     with ``processes`` workers (default: the cores the rank owns)."""
-    from .distributed import cores_of_rank
-
     dataset = split_reader(ctx) if cfg.get("ids") is None else _subset_reader(ctx, cfg["ids"])
-    processes = int(cfg.get("processes") or cores_of_rank(ctx.world))
+    processes = int(cfg.get("processes") or owned_cores(ctx.world.local_size))
     outputs: Dict[str, Any] = {}
     metrics: Dict[str, float] = {}
     for name in cfg["initializers"]:

@@ -95,6 +95,11 @@ def world_trainer_settings(cfg: Mapping[str, Any], world: World, spans_world: bo
     return out
 
 
+def show_progress(ctx: PipelineContext) -> bool:
+    """Whether the run draws progress bars: the config's ``progress_bar``, and only on a terminal."""
+    return bool(ctx.config.get("progress_bar", True)) and stdout_is_terminal()
+
+
 def make_trainer(ctx: PipelineContext, stage_dir: Path, stage_name: str, trainer_cfg: Optional[Mapping[str, Any]],
                  callbacks: List[L.Callback], logger: bool = True, spans_world: bool = True,
                  find_unused: bool = False) -> L.Trainer:
@@ -104,8 +109,7 @@ def make_trainer(ctx: PipelineContext, stage_dir: Path, stage_name: str, trainer
                                  find_unused)
     cfg.setdefault("enable_model_summary", False)
     cfg.setdefault("enable_checkpointing", False)  # LastCheckpoint writes last.ckpt atomically instead
-    bars = bool(ctx.config.get("progress_bar", True)) and stdout_is_terminal()  # a log file gets one line an epoch
-    cfg.setdefault("enable_progress_bar", bars)
+    cfg.setdefault("enable_progress_bar", show_progress(ctx))  # a log file gets one line an epoch (EpochLog)
     if not spans_world and not ctx.world.is_zero:
         cfg["enable_progress_bar"] = False  # a Trainer of one device counts itself rank 0
     callbacks = list(callbacks) + progress_callbacks(bool(cfg["enable_progress_bar"]) or not ctx.world.is_zero)

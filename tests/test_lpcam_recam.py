@@ -11,7 +11,7 @@ from lightning_wsss.callbacks import ArtifactWriter
 from lightning_wsss.cam.prototypes import cluster_means, prototype_map, select_prototypes, spherical_kmeans
 from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.tasks import CAMClassifier, LPCAMClassifier, ReCAMClassifier
-from lightning_wsss.tasks.recam import class_masked_features, recam_loss
+from lightning_wsss.tasks.recam import class_masked_features, recam_loss, restart_factor
 
 
 # ---------------------------------------------------------------------------------------------- prototypes
@@ -131,6 +131,46 @@ def test_recam_before_its_start_epoch_is_the_plain_classifier(tiny_voc):
         if cls is ReCAMClassifier:  # a copy of the initial head, untouched before the start epoch
             assert torch.equal(model.net.recam_head.weight, initial) and not torch.equal(initial, weights[-1])
     assert torch.equal(weights[0], weights[1])
+
+
+def test_restart_factor_is_two_poly_schedules():
+    factor = restart_factor(1.0, lambda: 4, lambda: 12, 0.1)
+    assert factor(0) == 1.0  # before the step counts are known
+    assert [round(factor(s), 6) for s in range(1, 13)] == [0.75, 0.5, 0.25, 0.1, 0.0875, 0.075, 0.0625, 0.05,
+                                                           0.0375, 0.025, 0.0125, 0.0]
+    from_zero = restart_factor(1.0, 0, 10, 0.5)  # known at step 0: the fine-tuning schedule from the start
+    assert from_zero(0) == 0.5 and from_zero(5) == pytest.approx(0.25)
+
+
+class _RateLog(L.Callback):
+    """The optimiser's learning rates at every training step."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+
+def test_recam_fine_tunes_a_plain_schedule_at_its_own_rate(tiny_voc):
+    """recam_lr_mult: up to recam_start_epoch the rates are those of a plain classifier trained for those epochs
+    only, bit for bit; from it a fresh poly schedule at recam_lr_mult times the base rates (ReCAM's fine-tuning)."""
+    logs = {}
+    for name, cls, epochs, extra in (("plain", CAMClassifier, 1, {}),
+                                     ("recam", ReCAMClassifier, 2, {"recam_start_epoch": 1, "recam_lr_mult": 0.1})):
+        L.seed_everything(0)
+        model = cls(4, backbone="test_resnet", lr=0.05, poly_power=1.0, **extra)
+        logs[name] = _RateLog()
+        tiny_trainer(max_epochs=epochs, limit_val_batches=0, callbacks=[logs[name]]).fit(model, _datamodule(tiny_voc))
+    plain, recam = np.array(logs["plain"].rates), np.array(logs["recam"].rates)
+    n = len(plain)
+    assert n >= 2 and recam.shape == (2 * n, 2)
+    np.testing.assert_allclose(recam[:n], plain)
+    base = plain[0]  # [backbone lr, head lr] at step 0
+    expected = 0.1 * base[None] * (1.0 - np.arange(n) / n)[:, None]
+    np.testing.assert_allclose(recam[n:], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="recam_lr_mult"):
+        ReCAMClassifier(4, backbone="test_resnet", recam_lr_mult=0.0)
 
 
 def test_pool_class_maps_known_answers():

@@ -10,18 +10,24 @@ so each masked feature must hold its own class only; the CAMs used for pseudo la
 projections of the features on the new head's rows (:meth:`ReCAMClassifier.cam_weight`).
 
 Training: ``loss = BCE + recam_weight * SCE``; the SCE term starts at ``recam_start_epoch`` (ReCAM fine-tunes a
-trained CAM classifier: start after the epochs a plain classifier needs). The new head starts as a copy of the
+trained CAM classifier: start after the epochs a plain classifier needs). With ``recam_lr_mult`` the epochs before
+are a plain classifier's whole schedule and those from it a fresh poly schedule at ``recam_lr_mult`` times the
+rates, as ReCAM fine-tunes a trained classifier at its own small rate (its code: 5e-4 for the new head and 5e-5
+for the rest, against 0.1 / 1.0 for the CAM classifier), so that the SCE term re-activates the maps without
+moving the backbone towards the context the CAM masks hold. The new head starts as a copy of the
 classifier's head (so, with the same seed, training up to ``recam_start_epoch`` is the plain classifier's, bit
 for bit) and trains at the head learning rate.
 
 The network is a :class:`~lightning_wsss.models.cam.ReCAMNet` (``net_class``: the CAM network with the second
 head ``net.recam_head``, trained with the classifier's head). Hooks overridden: :meth:`training_loss` (adds the
-SCE term), :meth:`cam_weight` (the classifier's rows when ``cams_from_recam_head`` is off).
+SCE term), :meth:`cam_weight` (the classifier's rows when ``cams_from_recam_head`` is off),
+:meth:`configure_optimizers` (the fine-tuning rate).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import math
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +36,7 @@ from torch import Tensor
 from ..models.cam import ReCAMNet
 from .classifier import CAMClassifier
 
-__all__ = ["ReCAMClassifier", "class_masked_features", "recam_loss"]
+__all__ = ["ReCAMClassifier", "class_masked_features", "restart_factor", "recam_loss"]
 
 
 def class_masked_features(features: Tensor, cams: Tensor) -> Tensor:
@@ -69,6 +75,35 @@ def recam_loss(masked: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
     return (per_image / counts).sum() / labels.shape[0]
 
 
+def restart_factor(power: float, start_step: Union[int, Callable[[], int]], total_steps: Union[int, Callable[[], int]],
+                   mult: float) -> Callable[[int], float]:
+    """A ``LambdaLR`` factor of two poly schedules: ``(1 - s / start) ** power`` before ``start_step`` (the plain
+    classifier's schedule over its epochs), then ``mult * (1 - (s - start) / (total - start)) ** power`` (a fresh
+    one at ``mult`` times the rate, ReCAM's fine-tuning). Callable step counts are read at the first step after
+    step 0, when the trainer knows its length (step 0 is then before the start); a plain function, so the
+    scheduler's state holds no module."""
+    steps: Dict[str, int] = {}
+
+    def resolve() -> None:
+        steps["start"] = int(start_step() if callable(start_step) else start_step)
+        steps["total"] = int(total_steps() if callable(total_steps) else total_steps)
+
+    if not callable(start_step) and not callable(total_steps):
+        resolve()
+
+    def factor(step: int) -> float:
+        if not steps:
+            if step == 0:
+                return 1.0
+            resolve()
+        start, total = steps["start"], steps["total"]
+        if step < start:
+            return max(0.0, 1.0 - step / start) ** power
+        return mult * max(0.0, 1.0 - (step - start) / max(1, total - start)) ** power
+
+    return factor
+
+
 class ReCAMClassifier(CAMClassifier):
     """A CAM classifier with ReCAM's softmax cross-entropy on class-masked features (module docstring).
 
@@ -76,6 +111,10 @@ class ReCAMClassifier(CAMClassifier):
         num_classes: classes including background.
         recam_weight: weight of the SCE term (ReCAM: 0.7 on VOC).
         recam_start_epoch: the first epoch with the SCE term (before: the plain classifier's loss).
+        recam_lr_mult: ReCAM's fine-tuning schedule: the epochs before ``recam_start_epoch`` are a plain
+            classifier's (its poly schedule over them), the epochs from it a fresh poly schedule at this factor
+            times the rates (ReCAM: a trained classifier, then 4 epochs at a small rate); None: one poly schedule
+            over all epochs (the SCE term joins the classifier's training).
         cams_from_recam_head: CAMs from the ReCAM head (ReCAM); ``False``: from the classifier's head of the
             fine-tuned network (separates what the SCE term does to the backbone from what the new head adds).
         **kwargs: :class:`CAMClassifier` arguments.
@@ -87,10 +126,35 @@ class ReCAMClassifier(CAMClassifier):
     ddp_find_unused_parameters = True  # the ReCAM head takes no gradient before recam_start_epoch
 
     def __init__(self, num_classes: int, recam_weight: float = 0.7, recam_start_epoch: int = 0,
-                 cams_from_recam_head: bool = True, **kwargs: Any) -> None:
+                 cams_from_recam_head: bool = True, recam_lr_mult: Optional[float] = None, **kwargs: Any) -> None:
         if recam_weight < 0:
             raise ValueError(f"recam_weight must be >= 0, got {recam_weight}")
+        if recam_lr_mult is not None and recam_lr_mult <= 0:
+            raise ValueError(f"recam_lr_mult must be > 0, got {recam_lr_mult}")
         super().__init__(num_classes, **kwargs)
+
+    def configure_optimizers(self):
+        """The classifier's optimiser; with ``recam_lr_mult``, the plain poly schedule over the epochs before
+        ``recam_start_epoch`` and a fresh one at ``recam_lr_mult`` times the rates after (:func:`restart_factor`),
+        else one poly schedule over all epochs."""
+        config = super().configure_optimizers()
+        mult = self.hparams.get("recam_lr_mult")
+        if mult is not None:
+            scheduler = config["lr_scheduler"]["scheduler"]
+            start = self.recam_start_step if int(self.hparams.recam_start_epoch) > 0 else 0
+            total = (lambda: self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+            factor = restart_factor(float(self.hparams.poly_power), start, total, float(mult))
+            scheduler.lr_lambdas = [factor] * len(scheduler.lr_lambdas)
+            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * factor(0)  # step 0's rates with the new factor
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        return config
+
+    def recam_start_step(self) -> int:
+        """The optimiser step at which ``recam_start_epoch`` begins."""
+        trainer = self.trainer
+        per_epoch = math.ceil(trainer.estimated_stepping_batches / max(1, trainer.max_epochs))
+        return int(self.hparams.recam_start_epoch) * per_epoch
 
     def cam_weight(self) -> Tensor:
         """The ReCAM head's rows [C-1, D]: CAMs are re-activated maps (the classifier's rows when

@@ -223,3 +223,19 @@ def test_label_maps_with_real_crf():
         assert out[20, 20] == 4
         assert out[0, 0] == 0 and out[39, 39] == 0
         assert set(np.unique(out).tolist()) <= {0, 4, 255}
+
+
+def test_a_mode_ignores_the_other_modes_parameters(monkeypatch):
+    """A config that switches a base's psa labels to irn keeps alpha_low / alpha_high from the merge: irn ignores
+    them (and psa irn's thresholds), while a parameter that belongs to no mode still fails."""
+    from lightning_wsss.refine.affinity_targets import affinity_label_map, mode_kwargs
+
+    monkeypatch.setattr(al, "crf_from_labels", onehot_crf_labels)
+    assert mode_kwargs("irn", {"alpha_low": 4, "alpha_high": 32, "fg_threshold": 0.4}) == {"fg_threshold": 0.4}
+    assert mode_kwargs("psa", {"alpha_low": 4, "bg_threshold": 0.1, "params": None}) == {"alpha_low": 4, "params": None}
+    image = np.zeros((9, 11, 3), np.uint8)
+    cams = random_cams(2, 9, 11, seed=1)
+    merged = affinity_label_map(image, cams, [5, 2], 21, "irn", alpha_low=4, alpha_high=32, fg_threshold=0.3)
+    np.testing.assert_array_equal(merged, affinity_label_map_irn(image, cams, [5, 2], 21, fg_threshold=0.3, stride=1))
+    with pytest.raises(TypeError):
+        affinity_label_map(image, cams, [5, 2], 21, "irn", alpha_mid=8)

@@ -15,13 +15,26 @@ from .affinity_labels import affinity_label_map_irn, affinity_label_map_psa
 from .crf import CRFParams
 
 
+MODE_PARAMETERS = {"psa": ("alpha_low", "alpha_high"), "irn": ("fg_threshold", "bg_threshold")}
+"""The parameters of each mode: those of the other mode are ignored, so a config that switches a base's
+``labels: {mode: psa, alpha_low: 4, alpha_high: 32}`` to ``{mode: irn}`` does not inherit psa's settings."""
+
+
+def mode_kwargs(mode: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``kwargs`` without the parameters that belong to the other modes only."""
+    foreign = {name for other, names in MODE_PARAMETERS.items() if other != mode for name in names}
+    return {k: v for k, v in kwargs.items() if k not in foreign or k in MODE_PARAMETERS.get(mode, ())}
+
+
 def affinity_label_map(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, num_classes: int, mode: str = "psa",
                        **kwargs: Any) -> np.ndarray:
     """Confident label map at full resolution, uint8 [H, W] in {0, classes, 255}.
 
     ``mode="psa"``: two CRFs with background powers ``alpha_low``/``alpha_high`` (defaults 4 / 32);
     ``mode="irn"``: two thresholds ``fg_threshold``/``bg_threshold`` (0.30 / 0.05) refined by label CRFs.
+    The other mode's parameters in ``kwargs`` are ignored (:data:`MODE_PARAMETERS`).
     """
+    kwargs = mode_kwargs(mode, kwargs)
     if mode == "psa":
         return affinity_label_map_psa(image, cams, keys, num_classes, stride=1, **kwargs)
     if mode == "irn":

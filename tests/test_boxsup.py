@@ -126,6 +126,37 @@ def test_candidate_pool_names_and_grabcut_from_the_network(tmp_path):
     assert np.array_equal(pool[0][1], cut)
 
 
+def test_network_candidates_may_refine_the_current_mask_not_replace_it(tmp_path):
+    """network_min_iou: the network's own argmax scores best under its own cross-entropy, but where it overlaps
+    the box's current mask by less than the threshold it leaves the pool; a refinement of that mask stays in."""
+    from lightning_wsss.boxes import mask_iou
+
+    box = (0.0, 0.0, 16.0, 16.0)
+    current = np.zeros((16, 16), np.uint8)
+    current[:, :8] = 1  # the current mask: the left half of the box
+    blob = np.zeros((16, 16), bool)
+    blob[:, 10:] = True  # the network's shape: the right part, IoU 0 with the current mask
+    probs = np.zeros((4, 16, 16), np.float32)
+    probs[0], probs[1] = np.where(blob, 0.0, 1.0), np.where(blob, 1.0, 0.0)
+    image = np.full((16, 16, 3), 128, np.uint8)
+    args = (image, probs, np.array([box]), np.array([1]), current, None)
+    options = dict(**TINY, out_dir=str(tmp_path), crf_candidate=False, network_candidate=True, replace_margin=0.1,
+                   ce_ignore_band=None)
+    unguarded = BoxSupSegmenter(**options).update_mask(*args)
+    assert np.array_equal(unguarded == 1, blob)  # its own blob costs least under its own cross-entropy
+    guarded = BoxSupSegmenter(**options, network_min_iou=0.5)
+    assert np.array_equal(guarded.update_mask(*args), current)
+    assert guarded.replaced == {"boxes": 1, "replaced": 0}
+    refined = np.zeros((16, 16), bool)
+    refined[:, :9] = True  # IoU 8/9 with the current mask: a refinement, kept in the pool and chosen
+    probs[0], probs[1] = np.where(refined, 0.0, 1.0), np.where(refined, 1.0, 0.0)
+    assert np.array_equal(guarded.update_mask(*args) == 1, refined)
+    assert mask_iou(refined, current == 1) == pytest.approx(8 / 9) and mask_iou(blob, blob) == 1.0
+    assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+    with pytest.raises(ValueError, match="network_min_iou"):
+        BoxSupSegmenter(**TINY, out_dir=str(tmp_path), network_min_iou=1.5)
+
+
 def test_update_keeps_foreground_in_boxes_and_smaller_box_wins(tmp_path):
     model = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=True, candidate_crf_params={"iterations": 3})
     h = w = 20

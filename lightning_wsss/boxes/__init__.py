@@ -32,8 +32,8 @@ from .initializers import (
     scaled_crf_params,
     validate_boxes,
 )
-from .scoring import (boundary_band, clip_to_box, cross_entropy_cost, keep_unless_better, overlap_cost, score_candidates,
-                      select_candidate)
+from .scoring import (boundary_band, clip_to_box, cross_entropy_cost, keep_unless_better, mask_iou, overlap_cost,
+                      score_candidates, select_candidate)
 from .tightness import pairwise_smoothness_loss, tightness_prior_loss
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "intersect_masks",
     "intersection_init",
     "make_box_mask",
+    "mask_iou",
     "overlap_cost",
     "pairwise_smoothness_loss",
     "paint_order",

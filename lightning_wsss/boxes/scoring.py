@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .initializers import box_pixel_range
 
-__all__ = ["clip_to_box", "overlap_cost", "cross_entropy_cost", "boundary_band", "score_candidates",
+__all__ = ["clip_to_box", "mask_iou", "overlap_cost", "cross_entropy_cost", "boundary_band", "score_candidates",
            "select_candidate", "keep_unless_better"]
 
 
@@ -61,6 +61,13 @@ def clip_to_box(mask, box):
     if x1 > x0 and y1 > y0:
         out[..., y0:y1, x0:x1] = mask[..., y0:y1, x0:x1]
     return out
+
+
+def mask_iou(a, b) -> float:
+    """IoU of two bool masks [H, W] (numpy or tensor); 1 when both are empty."""
+    a, b = _as_bool_tensor(a), _as_bool_tensor(b)
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
 def overlap_cost(candidate_mask, box) -> float:

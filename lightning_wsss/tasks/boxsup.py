@@ -49,6 +49,7 @@ from ..boxes import (
     grabcut_from_mask,
     keep_unless_better,
     make_box_mask,
+    mask_iou,
     pairwise_smoothness_loss,
     paint_order,
     score_candidates,
@@ -75,7 +76,7 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
     (the smaller box wins), background everywhere else. See the module docstring for how the masks reach the
     training batches, and for restarts.
 
-    Hooks: :meth:`initial_mask` / :meth:`initial_masks` (round 0), :meth:`candidates`, :meth:`score_candidate`,
+    Hooks: :meth:`initial_mask` / :meth:`initial_masks` (round 0), :meth:`candidates` (:meth:`trusted`), :meth:`score_candidate`,
     :meth:`update_mask` / :meth:`update_masks` (rounds > 0), plus the segmenter's.
 
     Args:
@@ -106,6 +107,13 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
         replace_margin: a candidate replaces the box's current mask (the previous round's) only when its cost is
             lower by more than this (:func:`~lightning_wsss.boxes.keep_unless_better`); ``None``: the plain
             choice, which switches on any difference. Each round logs how many boxes changed.
+        network_min_iou: the candidates made from the network's own prediction (``network``, ``crf``,
+            ``grabcut_network``) join a box's pool only where their IoU with the box's current mask is at least
+            this: the network term scores them with the network they copy, so their cost is low by construction
+            and, unguarded, a weak network's blob replaces a good mask wholesale (measured on the CamVid tiles:
+            the boxes whose round-1 mask was GrabCut re-run from the network lost 20 to 73 IoU points each,
+            README "Boxes"). They may refine the current mask, not replace it by another shape. ``None``: no
+            guard; round 1 of a box without a previous mask is never guarded.
         candidate_crf_params: ``CRFParams`` keyword arguments for that candidate.
         seed: seed of the ``sample`` selection (per round and image).
         mask_loss_weight: weight of the pseudo-mask cross-entropy (0: BBTP, boxes only, no rounds).
@@ -132,6 +140,7 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
         candidate_crf_params: Optional[Dict[str, float]] = None,
         grabcut_candidate: bool = False,
         replace_margin: Optional[float] = None,
+        network_min_iou: Optional[float] = None,
         proposal_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
         seed: int = 0,
         mask_loss_weight: float = 1.0,
@@ -148,6 +157,8 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
             raise ValueError("nothing to train: mask_loss_weight and tightness_weight are both 0")
         if replace_margin is not None and replace_margin < 0:
             raise ValueError(f"replace_margin must be >= 0 or None, got {replace_margin}")
+        if network_min_iou is not None and not 0.0 <= network_min_iou <= 1.0:
+            raise ValueError(f"network_min_iou must be in [0, 1] or None, got {network_min_iou}")
         if not (ce_ignore_band in (None, "auto") or (isinstance(ce_ignore_band, int) and ce_ignore_band >= 0)):
             raise ValueError(f"ce_ignore_band must be 'auto', None or an int >= 0, got {ce_ignore_band!r}")
         super().__init__(num_classes, **kwargs)
@@ -201,10 +212,23 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
         Returns:
             bool masks [H, W], each restricted to the box: network argmax == class (if ``network_candidate``),
             CRF argmax == class, previous == class, initializer == class, each proposal == class (in that order,
-            absent ones left out).
+            absent ones left out; the network's candidates only where :meth:`trusted`).
         """
-        return [mask for _, mask in self.candidate_pool(image, probs, box, class_id, previous_mask, init_mask,
-                                                        refined_probs, proposals)]
+        current = None if previous_mask is None else clip_to_box(np.asarray(previous_mask) == class_id, box)
+        pool = self.candidate_pool(image, probs, box, class_id, previous_mask, init_mask, refined_probs, proposals)
+        return [mask for _, mask in self.trusted(pool, current)]
+
+    NETWORK_CANDIDATES = ("network", "crf", "grabcut_network")
+    """The candidates made from the network's own prediction (guarded by ``network_min_iou``)."""
+
+    def trusted(self, pool: List[Tuple[str, np.ndarray]], current: Optional[np.ndarray]) -> List[Tuple[str, np.ndarray]]:
+        """``pool`` without the network's candidates whose IoU with ``current`` (bool [H, W], the box's current
+        mask) is below ``network_min_iou`` (all kept without a current mask or a guard)."""
+        threshold = self.hparams.get("network_min_iou")
+        if threshold is None or current is None:
+            return pool
+        return [(name, mask) for name, mask in pool
+                if name not in self.NETWORK_CANDIDATES or mask_iou(mask, current) >= float(threshold)]
 
     def candidate_pool(
         self,

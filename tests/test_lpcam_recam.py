@@ -122,15 +122,31 @@ def test_recam_before_its_start_epoch_is_the_plain_classifier(tiny_voc):
     """The ReCAM head starts as a copy of the classifier's head (no random draw), so until recam_start_epoch the
     fit is the plain classifier's bit for bit: ReCAM fine-tunes the same classifier."""
     weights = []
-    for cls, extra in ((CAMClassifier, {}), (ReCAMClassifier, {"recam_start_epoch": 5})):
+    for cls, extra in ((CAMClassifier, {}), (ReCAMClassifier, {"recam_start_epoch": 5}),
+                       (ReCAMClassifier, {"recam_start_epoch": 5, "recam_cam": "product"})):
         L.seed_everything(0)
         model = cls(4, backbone="test_resnet", lr=0.05, **extra)
         initial = model.net.head.weight.detach().clone()
         tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
         weights.append(model.net.head.weight.detach().clone())
-        if cls is ReCAMClassifier:  # a copy of the initial head, untouched before the start epoch
+        if extra.get("recam_cam") == "product":  # its own draw, untouched before the start epoch
+            assert torch.equal(model.net.recam_head.weight, ReCAMClassifier(4, backbone="test_resnet", **extra).net.recam_head.weight)
+        elif cls is ReCAMClassifier:  # a copy of the initial head, untouched before the start epoch
             assert torch.equal(model.net.recam_head.weight, initial) and not torch.equal(initial, weights[-1])
-    assert torch.equal(weights[0], weights[1])
+    assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
+
+
+def test_recam_product_cams_are_recam_rows_times_classifier_rows():
+    """recam_cam: product (ReCAM's code): the CAM weights are the ReCAM head's rows times the classifier's, element
+    by element; the ReCAM head is a seeded draw of its own, not a copy, within a conv layer's default bound."""
+    model = ReCAMClassifier(4, backbone="test_resnet", recam_cam="product")
+    recam, head = model.net.recam_head.weight, model.net.head.weight
+    assert not torch.equal(recam, head) and float(recam.abs().max()) <= 1.0 / recam[0].numel() ** 0.5
+    assert torch.equal(model.cam_weight(), (recam * head).flatten(1))
+    features = torch.randn(1, recam.shape[1], 5, 6)
+    assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, recam * head)))
+    with pytest.raises(ValueError, match="recam_cam"):
+        ReCAMClassifier(4, backbone="test_resnet", recam_cam="sum")
 
 
 def test_restart_factor_is_two_poly_schedules():

@@ -105,16 +105,37 @@ class CAMNet(nn.Module):
         return list(self.head.parameters())
 
 
+RECAM_INIT_SEED = 0
+"""Seed of the ReCAM head's own generator (``recam_cam: product``): its draw leaves the global random stream, and
+so the classifier's training before ReCAM starts, untouched."""
+
+
 class ReCAMNet(CAMNet):
-    """A :class:`CAMNet` with ReCAM's second classifier ``recam_head``, a copy of ``head`` at construction (no
-    random draw); its CAMs project on the ``recam_head`` rows."""
+    """A :class:`CAMNet` with ReCAM's second classifier ``recam_head``.
+
+    ``recam_cam``: ``head`` (the ``recam_head`` starts as a copy of ``head`` and its rows are the CAM weights) or
+    ``product`` (ReCAM's code: the CAM weights are ``recam_head`` times ``head`` element by element, and the
+    ``recam_head`` starts as a conv layer's default draw, uniform in +-1/sqrt(D), from its own generator seeded
+    :data:`RECAM_INIT_SEED`). Neither touches the global random stream.
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, pooling: str = "gap",
-                 pooling_param: Optional[float] = None) -> None:
+                 pooling_param: Optional[float] = None, recam_cam: str = "head") -> None:
+        if recam_cam not in ("head", "product"):
+            raise ValueError(f"recam_cam must be 'head' or 'product', got {recam_cam!r}")
         super().__init__(backbone, head, pooling, pooling_param)
+        self.recam_cam = recam_cam
         self.recam_head = copy.deepcopy(head)
+        if recam_cam == "product":
+            weight = self.recam_head.weight
+            bound = 1.0 / float(weight[0].numel()) ** 0.5
+            generator = torch.Generator().manual_seed(RECAM_INIT_SEED)
+            with torch.no_grad():
+                weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
 
     def cam_weight(self) -> Tensor:
+        if self.recam_cam == "product":
+            return (self.recam_head.weight * self.head.weight).flatten(1)
         return self.recam_head.weight.flatten(1)
 
     def head_parameters(self) -> List[nn.Parameter]:

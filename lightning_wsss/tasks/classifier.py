@@ -52,7 +52,7 @@ class CAMClassifier(WSSSTask):
     layer, and ``net.head``).
 
     Hooks for subclasses (besides :class:`~lightning_wsss.tasks.base.WSSSTask`'s): :meth:`configure_backbone`,
-    :meth:`configure_head`, :attr:`net_class`, :meth:`loss`, :meth:`training_loss` (the loss from the backbone
+    :meth:`configure_head`, :attr:`net_class` / :meth:`net_kwargs`, :meth:`loss`, :meth:`training_loss` (the loss from the backbone
     features, for methods that need more than the logits), :meth:`cam_weight` (the classifier rows a CAM projects
     the features on), :meth:`new_parameters` (the layers trained at ``head_lr_mult``), :meth:`compute_cams`.
 
@@ -114,7 +114,12 @@ class CAMClassifier(WSSSTask):
         """A :attr:`net_class` network on :meth:`configure_backbone` with the :meth:`configure_head` classifier."""
         backbone = self.configure_backbone()
         head = self.configure_head(backbone.feature_info.channels()[-1], self.num_classes - 1)
-        return self.net_class(backbone, head, self.hparams.get("pooling", "gap"), self.hparams.get("pooling_param"))
+        return self.net_class(backbone, head, self.hparams.get("pooling", "gap"), self.hparams.get("pooling_param"),
+                              **self.net_kwargs())
+
+    def net_kwargs(self) -> Dict[str, Any]:
+        """Extra keyword arguments of :attr:`net_class` (none for the plain CAM network)."""
+        return {}
 
     def configure_metrics(self) -> None:
         """Validation mAP and F1 (binary with one foreground class) and the single-scale CAM label mIoU."""

@@ -20,7 +20,7 @@ for bit) and trains at the head learning rate.
 
 The network is a :class:`~lightning_wsss.models.cam.ReCAMNet` (``net_class``: the CAM network with the second
 head ``net.recam_head``, trained with the classifier's head). Hooks overridden: :meth:`training_loss` (adds the
-SCE term), :meth:`cam_weight` (the classifier's rows when ``cams_from_recam_head`` is off),
+SCE term), :meth:`cam_weight` (the classifier's rows when ``cams_from_recam_head`` is off), :meth:`net_kwargs`,
 :meth:`configure_optimizers` (the fine-tuning rate).
 """
 
@@ -117,6 +117,9 @@ class ReCAMClassifier(CAMClassifier):
             over all epochs (the SCE term joins the classifier's training).
         cams_from_recam_head: CAMs from the ReCAM head (ReCAM); ``False``: from the classifier's head of the
             fine-tuned network (separates what the SCE term does to the backbone from what the new head adds).
+        recam_cam: the ReCAM head's CAM weights (:class:`~lightning_wsss.models.cam.ReCAMNet`): ``head``, its own
+            rows (it starts as a copy of the classifier's head), or ``product``, its rows times the classifier's
+            element by element, as ReCAM's code computes them (it starts from a seeded draw of its own).
         **kwargs: :class:`CAMClassifier` arguments.
     """
 
@@ -126,12 +129,19 @@ class ReCAMClassifier(CAMClassifier):
     ddp_find_unused_parameters = True  # the ReCAM head takes no gradient before recam_start_epoch
 
     def __init__(self, num_classes: int, recam_weight: float = 0.7, recam_start_epoch: int = 0,
-                 cams_from_recam_head: bool = True, recam_lr_mult: Optional[float] = None, **kwargs: Any) -> None:
+                 cams_from_recam_head: bool = True, recam_lr_mult: Optional[float] = None, recam_cam: str = "head",
+                 **kwargs: Any) -> None:
         if recam_weight < 0:
             raise ValueError(f"recam_weight must be >= 0, got {recam_weight}")
+        if recam_cam not in ("head", "product"):
+            raise ValueError(f"recam_cam must be 'head' or 'product', got {recam_cam!r}")
         if recam_lr_mult is not None and recam_lr_mult <= 0:
             raise ValueError(f"recam_lr_mult must be > 0, got {recam_lr_mult}")
         super().__init__(num_classes, **kwargs)
+
+    def net_kwargs(self) -> Dict[str, Any]:
+        """``recam_cam`` for :class:`~lightning_wsss.models.cam.ReCAMNet`."""
+        return {"recam_cam": self.hparams.get("recam_cam", "head")}
 
     def configure_optimizers(self):
         """The classifier's optimiser; with ``recam_lr_mult``, the plain poly schedule over the epochs before

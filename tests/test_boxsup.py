@@ -398,6 +398,28 @@ def test_boxsup_ignore_band_follows_the_output_stride(tmp_path):
     assert model.ignored_pixels([square]) is None
     with pytest.raises(ValueError, match="ce_ignore_band"):
         BoxSupSegmenter(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", ce_ignore_band=-1)
+    with pytest.raises(ValueError, match="ce_band_confidence"):
+        BoxSupSegmenter(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", ce_band_confidence=0.0)
+
+
+def test_uncertain_band_keeps_the_pixels_where_the_network_is_sure(tmp_path):
+    """ce_ignore_band: uncertain leaves out the auto band only where no class reaches ce_band_confidence: a blurry
+    network (uncertain everywhere) loses the whole band, a sharp one (sure everywhere) none of it."""
+    square = np.zeros((32, 32), bool)
+    square[8:20, 8:20] = True
+    model = BoxSupSegmenter(num_classes=3, out_dir=str(tmp_path), encoder="tu-test_resnet", output_stride=16,
+                            decoder_channels=16, ce_ignore_band="uncertain", ce_band_confidence=0.9)
+    band = model.ignored_pixels([square])  # no probabilities: the auto band
+    assert band.sum() == boundary_band_count(square, 8)
+    blurry = _probs(32, 32, [0.5, 0.3, 0.2])
+    assert torch.equal(model.ignored_pixels([square], blurry), band)
+    sharp = _probs(32, 32, [0.95, 0.03, 0.02])
+    assert not model.ignored_pixels([square], sharp).any()
+    mixed = blurry.copy()
+    mixed[:, :, 16:] = sharp[:, :, 16:]  # sure on the right half only
+    expected = band.clone()
+    expected[:, 16:] = False
+    assert torch.equal(model.ignored_pixels([square], mixed), expected)
 
 
 def boundary_band_count(mask: np.ndarray, width: int) -> int:
@@ -414,3 +436,26 @@ def boundary_band_count(mask: np.ndarray, width: int) -> int:
         for x in range(wide):
             count += bool(np.any((np.abs(ys - y) <= width) & (np.abs(xs - x) <= width)))
     return count
+
+
+def test_confirmed_replacement_must_also_win_with_every_pixel_counted(tmp_path):
+    """ce_confirm_unbanded: a replacement the banded cost chose stands only if it also beats the current mask by
+    replace_margin with every pixel of the box counted; otherwise the box keeps its mask."""
+    box = (0.0, 0.0, 16.0, 16.0)
+    current = np.zeros((16, 16), bool)
+    current[:, :8] = True
+    wider = np.zeros((16, 16), bool)
+    wider[:, :12] = True
+    model = BoxSupSegmenter(**TINY, out_dir=str(tmp_path), crf_candidate=False, replace_margin=0.1, ce_weight=1.0,
+                            ce_confirm_unbanded=True)
+
+    def log_probs_of(foreground):
+        probs = np.zeros((4, 16, 16), np.float32)
+        probs[1] = np.where(foreground, 0.99, 0.01)
+        probs[0] = 1.0 - probs[1]
+        return torch.from_numpy(np.log(probs.clip(1e-8, 1.0)))
+
+    assert model.confirmed([current, wider], 1, 0, box, 1, log_probs_of(current)) == 0  # the network backs current
+    assert model.confirmed([current, wider], 1, 0, box, 1, log_probs_of(wider)) == 1  # and here the replacement
+    assert model.confirmed([current, wider], 0, 0, box, 1, log_probs_of(wider)) == 0  # no replacement: unchanged
+    assert model.confirmed([current, wider], 1, None, box, 1, log_probs_of(current)) == 1  # nothing to keep

@@ -50,15 +50,16 @@ DEFAULTS: Dict[str, Any] = {
         # irn's walk (foreground only, background threshold after the walk), beta 10, 2 ** 2 = 4 steps
         "random_walk": {"walk": {"mode": "irn", "beta": 10.0, "log_t": 2, "bg_threshold": 0.2, "bg_alpha": 16.0}},
         "box_init": {"initializers": ["filled", "grabcut", "crf"]},
-        # BoxSup: a box's mask changes only when a candidate's cost is lower by more than replace_margin; the
-        # network's cross-entropy leaves out the pixels within output_stride / 2 of the candidates' boundaries
-        # (ce_ignore_band, the class default; the demo also weighs that term 1, see demo.py); the pool
+        # BoxSup: a box's mask changes only when a candidate's cost is lower by more than replace_margin, both with
+        # the network's cross-entropy leaving out the pixels within output_stride / 2 of the candidates' boundaries
+        # (ce_ignore_band, the class default) and with every pixel counted (ce_confirm_unbanded), the term weighing
+        # 1 (BoxSup: 3); measured with tools/boxsup_rules.py on the demo and the horses (README "Boxes"). The pool
         # holds the previous and initializer's masks, the proposals' (the filled box included), optionally the
         # network's CRF-refined prediction (crf_candidate) and GrabCut re-run from its mask (grabcut_candidate)
         "boxsup": {
             "model": {"class_path": "BoxSupSegmenter", "init_args": {
                 "initializer": "grabcut", "proposals": ["crf", "filled"], "crf_candidate": False, "round_epochs": 6,
-                "replace_margin": 0.1, "grabcut_candidate": False,
+                "replace_margin": 0.1, "grabcut_candidate": False, "ce_weight": 1.0, "ce_confirm_unbanded": True,
                 "arch": "deeplabv3plus", "encoder": TINY_ENCODER, "output_stride": 16, "decoder_channels": 64,
                 "lr": 0.05}},
             "trainer": {"max_epochs": 12},

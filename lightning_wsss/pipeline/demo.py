@@ -17,12 +17,10 @@ from .summary import read_summary
 
 DEMO_DATA = {"num_train": 400, "num_val": 100, "size": 128, "seed": 0}
 
-DEMO_STAGES: Dict[str, Any] = {"affinity": {"schedule": {"min_steps": 250}},
-                               "boxsup": {"model": {"init_args": {"ce_weight": 1.0}}}}
+DEMO_STAGES: Dict[str, Any] = {"affinity": {"schedule": {"min_steps": 250}}}
 """The demo's own stage settings. AffinityNet: 250 steps, not 500: on the demo the ratio of val/aff_same to
-val/aff_cross stops growing there (14.6 at step 250, 12.5 at step 500; README "Refinement"). BoxSup: the network's
-cross-entropy weighs 1, not BoxSup's 3 (tools/boxsup_rules.py on the demo's round-0 network: round 1 86.55 with
-weight 3 and every pixel, 92.12 with the boundary band, 93.87 with the band at weight 1; README "Boxes")."""
+val/aff_cross stops growing there (14.6 at step 250, 12.5 at step 500; README "Refinement"). BoxSup takes the
+pipelines' defaults (README "Boxes")."""
 
 QUICK_OVERRIDES: Dict[str, Any] = {
     "data": {"batch_size": 4, "eval_batch_size": 4, "crop_size": 64},

@@ -91,7 +91,15 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
             boundary (:func:`~lightning_wsss.boxes.boundary_band`): a network of output stride ``s`` cannot place
             a boundary more finely than about ``s / 2`` pixels, and there its cross-entropy rewards the smoother
             of two candidates, not the better one (measured on the demo: README "Boxes"). ``"auto"``:
-            ``output_stride // 2``; ``None`` or 0: every pixel of the box counts (BoxSup as published).
+            ``output_stride // 2``; ``"uncertain"``: that band, only where the network's largest probability is
+            below ``ce_band_confidence`` (a blurry network ramps over the whole band and loses its say there, a
+            sharp one keeps it: README "Boxes"); ``None`` or 0: every pixel of the box counts (BoxSup as
+            published).
+        ce_band_confidence: the confidence of ``"uncertain"``.
+        ce_confirm_unbanded: a replacement chosen with the band must also beat the box's current mask by
+            ``replace_margin`` with every pixel counted (:meth:`confirmed`): the band removes the blurry network's
+            bias towards smooth masks, the full term a sharp network's evidence at the boundaries, and a mask
+            changes only where both views agree (README "Boxes").
         crf_candidate: include the dense-CRF refinement of the prediction as a candidate.
         network_candidate: include the network's raw argmax inside the box as a candidate. Off by default: the
             cross-entropy term scores candidates *with that same network*, so its own argmax always has the
@@ -134,6 +142,8 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
         top_k: int = 3,
         ce_weight: float = 3.0,
         ce_ignore_band: Union[int, str, None] = "auto",
+        ce_band_confidence: float = 0.9,
+        ce_confirm_unbanded: bool = False,
         crf_candidate: bool = True,
         network_candidate: bool = False,
         proposals: Sequence[str] = ("grabcut", "crf"),
@@ -159,8 +169,11 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
             raise ValueError(f"replace_margin must be >= 0 or None, got {replace_margin}")
         if network_min_iou is not None and not 0.0 <= network_min_iou <= 1.0:
             raise ValueError(f"network_min_iou must be in [0, 1] or None, got {network_min_iou}")
-        if not (ce_ignore_band in (None, "auto") or (isinstance(ce_ignore_band, int) and ce_ignore_band >= 0)):
-            raise ValueError(f"ce_ignore_band must be 'auto', None or an int >= 0, got {ce_ignore_band!r}")
+        if not (ce_ignore_band in (None, "auto", "uncertain")
+                or (isinstance(ce_ignore_band, int) and ce_ignore_band >= 0)):
+            raise ValueError(f"ce_ignore_band must be 'auto', 'uncertain', None or an int >= 0, got {ce_ignore_band!r}")
+        if not 0.0 < ce_band_confidence <= 1.0:
+            raise ValueError(f"ce_band_confidence must be in (0, 1], got {ce_band_confidence}")
         super().__init__(num_classes, **kwargs)
         self.out_dir = Path(out_dir)
         self.masks: Dict[str, np.ndarray] = {}
@@ -292,13 +305,28 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
         """
         return float(score_candidates([candidate], box, class_id, log_probs, self.hparams.ce_weight, ignore)[0])
 
-    def ignored_pixels(self, candidates: Sequence[np.ndarray]) -> Optional[Tensor]:
+    def confirmed(self, candidates: Sequence[np.ndarray], pick: int, current: Optional[int], box: Sequence[float],
+                  class_id: int, log_probs: Tensor) -> int:
+        """``pick`` if it also beats the ``current`` candidate by ``replace_margin`` with every pixel of the box
+        counted (no band), else ``current`` (``ce_confirm_unbanded``)."""
+        if current is None or pick == current:
+            return pick
+        full = [self.score_candidate(candidates[k], box, class_id, log_probs) for k in (pick, current)]
+        return pick if full[0] < full[1] - float(self.hparams.get("replace_margin") or 0.0) else current
+
+    def ignored_pixels(self, candidates: Sequence[np.ndarray], probs: Optional[np.ndarray] = None) -> Optional[Tensor]:
         """The pixels of one box the network term leaves out: the ``ce_ignore_band`` around the candidates'
-        boundaries (None when the band is off)."""
+        boundaries (None when the band is off); with ``"uncertain"`` only where ``probs`` (float [C, H, W]) has
+        no class above ``ce_band_confidence``."""
         band = self.hparams.get("ce_ignore_band")
-        if band == "auto":
-            band = int(self.hparams.output_stride) // 2
-        return boundary_band(candidates, int(band)) if band else None
+        if not band:
+            return None
+        width = int(self.hparams.output_stride) // 2 if band in ("auto", "uncertain") else int(band)
+        ignore = boundary_band(candidates, width)
+        if band == "uncertain" and probs is not None:
+            confident = np.asarray(probs).max(axis=0) >= float(self.hparams.get("ce_band_confidence", 0.9))
+            ignore &= ~torch.from_numpy(confident)
+        return ignore
 
     def update_mask(
         self,
@@ -339,7 +367,7 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
             box, class_id = boxes[i], int(labels[i])
             cands = self.candidates(image, probs, box, class_id, previous_mask, init_mask, refined_probs=refined,
                                     proposals=proposals)
-            ignore = self.ignored_pixels(cands)
+            ignore = self.ignored_pixels(cands, probs)
             scores = torch.tensor([self.score_candidate(c, box, class_id, log_probs, ignore) for c in cands],
                                   dtype=torch.float64)
             pick = select_candidate(scores, self.hparams.selection, self.hparams.top_k, generator)
@@ -348,6 +376,8 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
                 segment = clip_to_box(np.asarray(previous_mask) == class_id, box)
                 current = next((k for k, c in enumerate(cands) if np.array_equal(np.asarray(c, bool), segment)), None)
             pick = keep_unless_better(scores, pick, current, self.hparams.get("replace_margin"))
+            if ignore is not None and self.hparams.get("ce_confirm_unbanded"):
+                pick = self.confirmed(cands, pick, current, box, class_id, log_probs)
             self.replaced["boxes"] += 1
             self.replaced["replaced"] += int(current is not None and not np.array_equal(cands[pick], cands[current]))
             chosen = clip_to_box(cands[pick], box).astype(bool)

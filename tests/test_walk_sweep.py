@@ -70,3 +70,24 @@ def test_sweep_scores_the_settings_the_walk_stage_would_write(tiny_voc, tmp_path
     assert main(args + ["--limit", "2"]) == 0
     text = capsys.readouterr().out
     assert "best: stages.random_walk.walk: {mode:" in text and "on 2 images" in text
+
+
+def test_sweep_walk_set_passes_refiner_arguments(monkeypatch, tmp_path):
+    """--set KEY=VALUE reaches the refiner as the random-walk stage's walk keys do (values read as YAML); a
+    malformed item is a usage error."""
+    from lightning_wsss import serialization
+
+    seen = {}
+
+    def fake_load(cls, path, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after loading")
+
+    monkeypatch.setattr(serialization, "load_model_checkpoint", fake_load)
+    args = ["sweep-walk", "--checkpoint", str(tmp_path / "x.ckpt"), "--cams", str(tmp_path), "--root", str(tmp_path)]
+    monkeypatch.setattr("lightning_wsss.tasks.irn.refiner_class", lambda path: object)
+    with pytest.raises(RuntimeError, match="stop after loading"):
+        main(args + ["--set", "boundary_cams=false", "irn_normalize=global"])
+    assert seen == {"boundary_cams": False, "irn_normalize": "global"}
+    with pytest.raises(SystemExit):
+        main(args + ["--set", "boundary_cams"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Callable, List
+from typing import Any, Callable, Dict, List
 
 from .quiet import quiet_lightning
 from .registry import command
@@ -62,6 +62,19 @@ def evaluate_cams(argv: List[str]) -> int:
     return 0
 
 
+def parse_overrides(parser: argparse.ArgumentParser, items: List[str]) -> Dict[str, Any]:
+    """``["KEY=VALUE", ...]`` -> ``{KEY: yaml(VALUE)}``; a malformed item ends the command with a usage error."""
+    import yaml
+
+    overrides: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 @command("sweep-walk", "score a grid of random-walk settings on a split's masks and print the best")
 def sweep_walk(argv: List[str]) -> int:
     """``wsss sweep-walk --checkpoint CKPT --cams DIR --root ROOT``: score random-walk settings on the training
@@ -81,8 +94,12 @@ def sweep_walk(argv: List[str]) -> int:
     parser.add_argument("--limit", type=int, default=None, help="score the first N images only")
     parser.add_argument("--top", type=int, default=15, help="rows of the table")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="refiner arguments for the walk, as in stages.random_walk.walk "
+                             "(e.g. boundary_cams=false for a BoundaryRefiner); values are read as YAML")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    overrides = parse_overrides(parser, args.overrides)
     quiet_lightning()
     from ..refine.walk_sweep import format_walk_sweep, sweep_walk as run_sweep, walk_grid
     from ..serialization import load_model_checkpoint
@@ -90,7 +107,7 @@ def sweep_walk(argv: List[str]) -> int:
 
     grid = walk_grid(args.modes, number_list(args.betas), number_list(args.steps, int),
                      number_list(args.bg_alphas), number_list(args.bg_thresholds))
-    model = load_model_checkpoint(refiner_class(args.checkpoint), args.checkpoint).to(args.device)
+    model = load_model_checkpoint(refiner_class(args.checkpoint), args.checkpoint, **overrides).to(args.device)
     result = run_sweep(model, args.cams, args.root, args.split, grid, limit=args.limit, progress=not args.json)
     print(json.dumps(result, indent=2) if args.json else format_walk_sweep(result, args.top))
     return 0

@@ -42,6 +42,22 @@ def test_boxsup_pool_ceiling(tiny_voc, tmp_path):
     assert f"differs from round 0: {boxes}; better 0, worse {boxes}" in out
 
 
+def test_boxsup_picks(tiny_voc, tmp_path):
+    """Round 1 takes the (empty) CRF proposal on every box: all boxes traced to it, each losing 100 points
+    against the exact round 0."""
+    reader = VOCSegmentation(tiny_voc, "train")
+    stage = tmp_path / "stage"
+    for image_id in reader.ids:
+        sample = reader.load(image_id)
+        filled = make_box_mask("filled", sample["image"], sample["boxes"], sample["box_labels"])
+        write_label_png(stage / "rounds" / "round_0" / f"{image_id}.png", filled)  # tiny_voc's rectangles: exact
+        write_label_png(stage / "rounds" / "proposals" / "crf" / f"{image_id}.png", np.zeros_like(filled))
+        write_label_png(stage / "rounds" / "round_1" / f"{image_id}.png", np.zeros_like(filled))
+    out = run_tool("boxsup_picks.py", "--root", str(tiny_voc), "--stage", str(stage), "--round", "1")
+    boxes = sum(len(reader.load(i)["boxes"]) for i in reader.ids)
+    assert out.splitlines()[-1].split() == ["all", "proposals/crf", str(boxes), "-100.00"]
+
+
 def test_erasing_mined_precision(tiny_voc, tmp_path):
     torch.manual_seed(0)
     model = ErasingCAMClassifier(num_classes=4, backbone="resnet18", cam_scales=(1.0,), cam_flip=False,
@@ -164,6 +180,26 @@ def test_cam_seed_table(tmp_path):
     assert out[0].startswith("| method | seeds | best mIoU % | foreground % (truth 20.0)") and out[0].endswith("| pole | car |")
     # mean 15, sample std of (10, 20) = 7.07; foreground at the best threshold 40 %; pole 20; car absent
     assert out[2] == "| CAM | 2 | 15.00 +- 7.07 | 40.0 | 0.50/0.50 | 20.0 | n/a |"
+
+
+def test_summary_seed_table(tmp_path):
+    """Per entry and figure, mean +- sample std over the summaries that all have it."""
+    import json
+
+    def summary(cam, walk, val, extra=None):
+        entries = {"image": {"pseudo_miou": {"cam": cam, "random_walk": walk}, "val_miou": val},
+                   "full": {"pseudo_miou": {}, "val_miou": 0.5}}
+        entries.update(extra or {})
+        return {"supervision": entries}
+
+    files = [tmp_path / "s0.json", tmp_path / "s1.json"]
+    files[0].write_text(json.dumps(summary(0.40, 0.50, 0.30, {"box": {"pseudo_miou": {"grabcut": 0.9}}})))
+    files[1].write_text(json.dumps(summary(0.60, 0.50, 0.40)))
+    out = run_tool("summary_seed_table.py", *map(str, files)).splitlines()
+    assert out[0] == "| figure (mIoU %) | mean +- std | per seed |"
+    # mean 50, sample std of (40, 60) = 14.14; the box entry is in one file only and left out
+    assert out[2:] == ["| image cam | 50.00 +- 14.14 | 40.00 / 60.00 |", "| image random_walk | 50.00 +- 0.00 | 50.00 / 50.00 |",
+                       "| image val | 35.00 +- 7.07 | 30.00 / 40.00 |", "| full val | 50.00 +- 0.00 | 50.00 / 50.00 |"]
 
 
 def test_cam_precision(tiny_voc, tmp_path):

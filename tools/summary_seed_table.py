@@ -1,0 +1,53 @@
+"""Mean and spread over seeds of pipeline summaries: one row per supervision entry and figure, as Markdown.
+
+    wsss demo --out demo_s0                                                   # seed 0 (the configs' seed)
+    wsss pipeline demo_s0/configs/image.yaml --seed 1 --out demo_s1          # ... and box, and seed 2
+    python tools/summary_seed_table.py demo_s0/summary.json demo_s1/summary.json demo_s2/summary.json
+
+Every ``summary.json`` (``wsss pipeline`` / ``wsss demo``) holds, per supervision entry, its pseudo-label mIoU per
+stage and the final segmenter's val mIoU; the table gives each figure's mean +- sample standard deviation and the
+per-seed values, for the entries and figures every file has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def figures(summary: Dict) -> Dict[str, float]:
+    """``{"<entry> <figure>": value}`` of one summary: every pseudo-label stage and the val mIoU."""
+    out: Dict[str, float] = {}
+    for entry, result in summary.get("supervision", {}).items():
+        for stage, value in (result.get("pseudo_miou") or {}).items():
+            out[f"{entry} {stage}"] = float(value)
+        if result.get("val_miou") is not None:
+            out[f"{entry} val"] = float(result["val_miou"])
+    return out
+
+
+def seed_table(summaries: Sequence[Dict]) -> str:
+    """The Markdown table of the figures all ``summaries`` share, in the first summary's order."""
+    per_file = [figures(s) for s in summaries]
+    keys = [k for k in per_file[0] if all(k in f for f in per_file[1:])]
+    lines = ["| figure (mIoU %) | mean +- std | per seed |", "|---|---|---|"]
+    for key in keys:
+        values = np.asarray([f[key] for f in per_file], dtype=np.float64) * 100
+        spread = values.std(ddof=1) if values.size > 1 else 0.0
+        lines.append(f"| {key} | {values.mean():.2f} +- {spread:.2f} | {' / '.join(f'{v:.2f}' for v in values)} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("summaries", nargs="+", type=Path, help="summary.json files, one per seed")
+    args = parser.parse_args(argv)
+    print(seed_table([json.loads(p.read_text()) for p in args.summaries]))
+
+
+if __name__ == "__main__":
+    main()

@@ -154,7 +154,7 @@ def test_restart_factor_is_two_poly_schedules():
     assert factor(0) == 1.0  # before the step counts are known
     assert [round(factor(s), 6) for s in range(1, 13)] == [0.75, 0.5, 0.25, 0.1, 0.0875, 0.075, 0.0625, 0.05,
                                                            0.0375, 0.025, 0.0125, 0.0]
-    from_zero = restart_factor(1.0, 0, 10, 0.5)  # known at step 0: the fine-tuning schedule from the start
+    from_zero = restart_factor(1.0, 0, lambda: 10, 0.5)  # a start of 0: the fine-tuning schedule from step 0
     assert from_zero(0) == 0.5 and from_zero(5) == pytest.approx(0.25)
 
 

@@ -76,8 +76,8 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
     (the smaller box wins), background everywhere else. See the module docstring for how the masks reach the
     training batches, and for restarts.
 
-    Hooks: :meth:`initial_mask` / :meth:`initial_masks` (round 0), :meth:`candidates` (:meth:`trusted`), :meth:`score_candidate`,
-    :meth:`update_mask` / :meth:`update_masks` (rounds > 0), plus the segmenter's.
+    Hooks: :meth:`initial_mask` / :meth:`initial_masks` (round 0), :meth:`candidates` (:meth:`trusted`),
+    :meth:`score_candidate`, :meth:`update_mask` / :meth:`update_masks` (rounds > 0), plus the segmenter's.
 
     Args:
         num_classes: classes including background.
@@ -92,14 +92,14 @@ class BoxSupSegmenter(RoundsMixin, DeepLabSegmenter):
             a boundary more finely than about ``s / 2`` pixels, and there its cross-entropy rewards the smoother
             of two candidates, not the better one (measured on the demo: README "Boxes"). ``"auto"``:
             ``output_stride // 2``; ``"uncertain"``: that band, only where the network's largest probability is
-            below ``ce_band_confidence`` (a blurry network ramps over the whole band and loses its say there, a
-            sharp one keeps it: README "Boxes"); ``None`` or 0: every pixel of the box counts (BoxSup as
-            published).
+            below ``ce_band_confidence`` (meant to keep a sharp network's say at boundaries; measured, it does not:
+            the demo's blurry network is confident and wrong inside the band, README "Boxes"); ``None`` or 0:
+            every pixel of the box counts (BoxSup as published).
         ce_band_confidence: the confidence of ``"uncertain"``.
         ce_confirm_unbanded: a replacement chosen with the band must also beat the box's current mask by
             ``replace_margin`` with every pixel counted (:meth:`confirmed`): the band removes the blurry network's
-            bias towards smooth masks, the full term a sharp network's evidence at the boundaries, and a mask
-            changes only where both views agree (README "Boxes").
+            bias towards smooth masks, the full term keeps a sharp network's evidence at the boundaries, and a
+            mask changes only where both views agree (the pipelines' default; README "Boxes").
         crf_candidate: include the dense-CRF refinement of the prediction as a candidate.
         network_candidate: include the network's raw argmax inside the box as a candidate. Off by default: the
             cross-entropy term scores candidates *with that same network*, so its own argmax always has the

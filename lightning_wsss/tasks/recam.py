@@ -88,13 +88,10 @@ def restart_factor(power: float, start_step: Union[int, Callable[[], int]], tota
         steps["start"] = int(start_step() if callable(start_step) else start_step)
         steps["total"] = int(total_steps() if callable(total_steps) else total_steps)
 
-    if not callable(start_step) and not callable(total_steps):
-        resolve()
-
     def factor(step: int) -> float:
+        if step == 0:  # both schedules start at 1; an unknown start is later than step 0
+            return mult if not callable(start_step) and int(start_step) == 0 else 1.0
         if not steps:
-            if step == 0:
-                return 1.0
             resolve()
         start, total = steps["start"], steps["total"]
         if step < start:

@@ -39,6 +39,8 @@ ONE_LINE_ERRORS = {
                             "stages.classifier.data.past_prob: unknown key"),
     "stage option": ({"stages": {"random_walk": {"walk": {"mod": "irn"}}}},
                      "stages.random_walk.walk.mod: unknown key; did you mean mode?"),
+    "affinity-label setting": ({"stages": {"affinity": {"labels": {"mode": "irn", "fg_threshhold": 0.3}}}},
+                               "stages.affinity.labels.fg_threshhold: unknown key; did you mean fg_threshold?"),
     "CAM setting": ({"stages": {"cams": {"cam": {"cam_scale": [1.0]}}}},
                     "stages.cams.cam.cam_scale: unknown key; did you mean cam_scales?"),
     "unknown stage in order": ({"order": ["classifier", "cams", "affinty", "random_walk", "segmenter"]},
@@ -66,6 +68,15 @@ def test_a_config_mistake_is_one_line_naming_file_and_key_before_any_stage(case,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{path}: {expected}" in err[0]
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_affinity_labels_of_another_mode_merged_from_the_defaults_pass(tmp_path):
+    """labels: {mode: irn} over the defaults' psa labels (alpha_low / alpha_high merged in) loads: they are the
+    other mode's parameters, ignored at run time too."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "stages": {"affinity": {"labels": {"mode": "irn", "fg_threshold": 0.4}}}}))
+    labels = load_config(path)["stages"]["affinity"]["labels"]
+    assert labels["mode"] == "irn" and labels["fg_threshold"] == 0.4
 
 
 def test_run_pipeline_checks_a_config_given_as_a_dict(tmp_path):

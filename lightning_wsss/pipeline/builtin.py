@@ -59,6 +59,7 @@ class AffinityLabels(Check):
 
     def __call__(self, value: Any, where: Where) -> None:
         from ..refine import affinity_labels
+        from ..refine.affinity_targets import mode_kwargs
         from ..refine.crf import CRFParams
 
         labels = dict(check_mapping(value, where))
@@ -66,7 +67,9 @@ class AffinityLabels(Check):
         OneOf(("psa", "irn"))(mode, where.at("mode"))
         check_keywords(labels.pop("crf_params", None), CRFParams, where.at("crf_params"))
         function = {"psa": affinity_labels.affinity_label_map_psa, "irn": affinity_labels.affinity_label_map_irn}[mode]
-        check_keywords(labels, function, where, skip=("image", "cams_fg", "class_ids", "num_classes", "params"))
+        # the other mode's parameters (merged from a base config) are ignored at run time, as here
+        check_keywords(mode_kwargs(mode, labels), function, where,
+                       skip=("image", "cams_fg", "class_ids", "num_classes", "params"))
 
 
 def _section_model(config: Mapping[str, Any], stage: Optional[str], default: str) -> str:

@@ -11,7 +11,8 @@ from lightning_wsss.callbacks import ArtifactWriter
 from lightning_wsss.cam.prototypes import cluster_means, prototype_map, select_prototypes, spherical_kmeans
 from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.tasks import CAMClassifier, LPCAMClassifier, ReCAMClassifier
-from lightning_wsss.tasks.recam import class_masked_features, recam_loss, restart_factor
+from lightning_wsss.tasks.optim import poly_factor
+from lightning_wsss.tasks.recam import class_masked_features, recam_loss
 
 
 # ---------------------------------------------------------------------------------------------- prototypes
@@ -149,12 +150,12 @@ def test_recam_product_cams_are_recam_rows_times_classifier_rows():
         ReCAMClassifier(4, backbone="test_resnet", recam_cam="sum")
 
 
-def test_restart_factor_is_two_poly_schedules():
-    factor = restart_factor(1.0, lambda: 4, lambda: 12, 0.1)
+def test_restarted_poly_factor_is_two_poly_schedules():
+    factor = poly_factor(1.0, lambda: 12, lambda: 4, 0.1)
     assert factor(0) == 1.0  # before the step counts are known
     assert [round(factor(s), 6) for s in range(1, 13)] == [0.75, 0.5, 0.25, 0.1, 0.0875, 0.075, 0.0625, 0.05,
                                                            0.0375, 0.025, 0.0125, 0.0]
-    from_zero = restart_factor(1.0, 0, lambda: 10, 0.5)  # a start of 0: the fine-tuning schedule from step 0
+    from_zero = poly_factor(1.0, lambda: 10, 0, 0.5)  # a start of 0: the fine-tuning schedule from step 0
     assert from_zero(0) == 0.5 and from_zero(5) == pytest.approx(0.25)
 
 

@@ -26,7 +26,7 @@ from lightning_wsss.io import read_label_png
 UNSTORED = "not stored"
 
 
-def box_sources(stage: Path, round_name: str) -> List[str]:
+def box_sources(stage: Path) -> List[str]:
     """The stored candidate folders of a BoxSup stage: ``round_0`` and every proposal."""
     proposals = stage / "rounds" / "proposals"
     names = sorted(p.name for p in proposals.iterdir() if p.is_dir()) if proposals.is_dir() else []
@@ -36,7 +36,7 @@ def box_sources(stage: Path, round_name: str) -> List[str]:
 def tally(root: str, split: str, stage: Path, round_name: str) -> Dict[Tuple[int, str], List[float]]:
     """``(class id, source) -> [IoU change of each box against round 0]``."""
     reader = VOCSegmentation(root, split)
-    sources = box_sources(stage, round_name)
+    sources = box_sources(stage)
     changes: Dict[Tuple[int, str], List[float]] = defaultdict(list)
     for image_id in reader.ids:
         sample = reader.load(image_id)

@@ -22,8 +22,8 @@ MODE_PARAMETERS = {"psa": ("alpha_low", "alpha_high"), "irn": ("fg_threshold", "
 
 def mode_kwargs(mode: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """``kwargs`` without the parameters that belong to the other modes only."""
-    foreign = {name for other, names in MODE_PARAMETERS.items() if other != mode for name in names}
-    return {k: v for k, v in kwargs.items() if k not in foreign or k in MODE_PARAMETERS.get(mode, ())}
+    foreign = {name for names in MODE_PARAMETERS.values() for name in names} - set(MODE_PARAMETERS.get(mode, ()))
+    return {k: v for k, v in kwargs.items() if k not in foreign}
 
 
 def affinity_label_map(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, num_classes: int, mode: str = "psa",

@@ -29,6 +29,7 @@ class WSSSTask(L.LightningModule):
     * :meth:`build_net` (the network; :meth:`configure_model` calls it once), :meth:`configure_losses`,
       :meth:`configure_metrics`: run by ``__init__`` in that order;
     * :meth:`param_groups`: ``(backbone, new layers)``; the new layers train at ``lr * head_lr_mult``;
+    * :meth:`schedule_restart`: a restart of the poly schedule (none by default; ReCAM's fine-tuning);
     * :meth:`predict_artifacts`: the artifacts of the images the writer does not have yet (:meth:`predict_step`
       skips the others).
 
@@ -123,7 +124,12 @@ class WSSSTask(L.LightningModule):
         hp = self.hparams
         backbone, new = self.param_groups()
         return configure_poly(self, backbone, new, hp.lr, hp.head_lr_mult, hp.weight_decay, hp.optimizer,
-                              hp.momentum, hp.poly_power)
+                              hp.momentum, hp.poly_power, **self.schedule_restart())
+
+    def schedule_restart(self) -> Dict[str, Any]:
+        """``restart_step`` / ``restart_mult`` of the poly schedule (:func:`~lightning_wsss.tasks.optim.poly_factor`:
+        a fresh schedule at a factor of the rates from that step on); none by default."""
+        return {}
 
     # ------------------------------------------------------------------ checkpoints
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

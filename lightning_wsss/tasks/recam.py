@@ -21,13 +21,13 @@ for bit) and trains at the head learning rate.
 The network is a :class:`~lightning_wsss.models.cam.ReCAMNet` (``net_class``: the CAM network with the second
 head ``net.recam_head``, trained with the classifier's head). Hooks overridden: :meth:`training_loss` (adds the
 SCE term), :meth:`cam_weight` (the classifier's rows when ``cams_from_recam_head`` is off), :meth:`net_kwargs`,
-:meth:`configure_optimizers` (the fine-tuning rate).
+:meth:`schedule_restart` (the fine-tuning rate).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from torch import Tensor
 from ..models.cam import ReCAMNet
 from .classifier import CAMClassifier
 
-__all__ = ["ReCAMClassifier", "class_masked_features", "restart_factor", "recam_loss"]
+__all__ = ["ReCAMClassifier", "class_masked_features", "recam_loss"]
 
 
 def class_masked_features(features: Tensor, cams: Tensor) -> Tensor:
@@ -73,32 +73,6 @@ def recam_loss(masked: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
     per_image = torch.zeros(labels.shape[0], device=masked.device, dtype=per_pair.dtype).index_add_(0, rows, per_pair)
     counts = torch.bincount(rows, minlength=labels.shape[0]).clamp(min=1).to(per_pair)
     return (per_image / counts).sum() / labels.shape[0]
-
-
-def restart_factor(power: float, start_step: Union[int, Callable[[], int]], total_steps: Union[int, Callable[[], int]],
-                   mult: float) -> Callable[[int], float]:
-    """A ``LambdaLR`` factor of two poly schedules: ``(1 - s / start) ** power`` before ``start_step`` (the plain
-    classifier's schedule over its epochs), then ``mult * (1 - (s - start) / (total - start)) ** power`` (a fresh
-    one at ``mult`` times the rate, ReCAM's fine-tuning). Callable step counts are read at the first step after
-    step 0, when the trainer knows its length (step 0 is then before the start); a plain function, so the
-    scheduler's state holds no module."""
-    steps: Dict[str, int] = {}
-
-    def resolve() -> None:
-        steps["start"] = int(start_step() if callable(start_step) else start_step)
-        steps["total"] = int(total_steps() if callable(total_steps) else total_steps)
-
-    def factor(step: int) -> float:
-        if step == 0:  # both schedules start at 1; an unknown start is later than step 0
-            return mult if not callable(start_step) and int(start_step) == 0 else 1.0
-        if not steps:
-            resolve()
-        start, total = steps["start"], steps["total"]
-        if step < start:
-            return max(0.0, 1.0 - step / start) ** power
-        return mult * max(0.0, 1.0 - (step - start) / max(1, total - start)) ** power
-
-    return factor
 
 
 class ReCAMClassifier(CAMClassifier):
@@ -140,22 +114,15 @@ class ReCAMClassifier(CAMClassifier):
         """``recam_cam`` for :class:`~lightning_wsss.models.cam.ReCAMNet`."""
         return {"recam_cam": self.hparams.get("recam_cam", "head")}
 
-    def configure_optimizers(self):
-        """The classifier's optimiser; with ``recam_lr_mult``, the plain poly schedule over the epochs before
-        ``recam_start_epoch`` and a fresh one at ``recam_lr_mult`` times the rates after (:func:`restart_factor`),
-        else one poly schedule over all epochs."""
-        config = super().configure_optimizers()
+    def schedule_restart(self) -> Dict[str, Any]:
+        """With ``recam_lr_mult``, the plain poly schedule over the epochs before ``recam_start_epoch`` and a fresh
+        one at ``recam_lr_mult`` times the rates after (:func:`~lightning_wsss.tasks.optim.poly_factor`); else
+        one poly schedule over all epochs."""
         mult = self.hparams.get("recam_lr_mult")
-        if mult is not None:
-            scheduler = config["lr_scheduler"]["scheduler"]
-            start = self.recam_start_step if int(self.hparams.recam_start_epoch) > 0 else 0
-            total = (lambda: self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-            factor = restart_factor(float(self.hparams.poly_power), start, total, float(mult))
-            scheduler.lr_lambdas = [factor] * len(scheduler.lr_lambdas)
-            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base_lr * factor(0)  # step 0's rates with the new factor
-            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
-        return config
+        if mult is None:
+            return {}
+        start = self.recam_start_step if int(self.hparams.recam_start_epoch) > 0 else 0
+        return {"restart_step": start, "restart_mult": float(mult)}
 
     def recam_start_step(self) -> int:
         """The optimiser step at which ``recam_start_epoch`` begins."""

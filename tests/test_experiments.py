@@ -424,6 +424,17 @@ def test_pipeline_configs_keep_their_stage_hashes(stub_box_images):
     assert {rel(p): stage_folders(load_config(p)) for p in pipeline_configs()} == expected
 
 
+@pytest.mark.parametrize("name", ["voc2012", "coco2014"])
+def test_psa_baselines_walk_psa(name, stub_box_images):
+    """The VOC / COCO image pipelines are psa's recipe: their walk states mode psa, so the defaults' irn walk (and
+    its background threshold) never leaks in through the merge."""
+    from lightning_wsss.pipeline.checks import load_config
+    from lightning_wsss.pipeline.defaults import resolve
+
+    walk = resolve(load_config(REPO / "experiments" / name / "pipeline_image.yaml"))["stages"]["random_walk"]["walk"]
+    assert (walk["mode"], walk["beta"], walk["log_t"], walk["bg_alpha"]) == ("psa", 8.0, 8, 16.0)
+
+
 SHARED_ROOTS = {"horses": "../shared/data/weizmann-horse-voc", "camvid": "../shared/data/camvid-seq05vd"}
 
 

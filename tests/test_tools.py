@@ -249,3 +249,59 @@ def test_positive_weights_formula():
     from positive_weights import positive_weights
 
     assert positive_weights(np.array([25, 50, 0]), 100) == [3.0, 1.0, 1.0]
+
+
+def test_label_confusion_rates():
+    """A hand-counted 2x2 case: class 1 labels one of its two pixels and one background pixel; class 2 is
+    unlabelled (255)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("label_confusion", TOOLS / "label_confusion.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    class_rates, confusion = tool.class_rates, tool.confusion
+
+    label = np.array([[1, 1], [0, 255]], np.uint8)
+    truth = np.array([[1, 0], [1, 2]], np.uint8)
+    counts = confusion([(label, truth)], 3)
+    assert counts.tolist() == [[0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]]
+    rates = class_rates(counts, ["background", "a", "b"])
+    assert rates["a"] == {"precision": 0.5, "on_gt_bg": 0.5, "recall": 0.5, "lost_to_bg": 0.5}
+    assert rates["b"] == {"precision": 0.0, "on_gt_bg": 0.0, "recall": 0.0, "lost_to_bg": 0.0}
+
+
+def test_label_confusion_cli(tiny_voc, tmp_path):
+    """Labels equal to the masks except one image whose class-1 pixels are labelled background."""
+    import json
+
+    reader = VOCSegmentation(tiny_voc, "train")
+    lost = total = 0
+    for n, image_id in enumerate(reader.ids):
+        mask = reader.load(image_id)["mask"]
+        total += int((mask == 1).sum())
+        if n == 0:
+            lost = int((mask == 1).sum())
+            mask = np.where(mask == 1, 0, mask).astype(np.uint8)
+        write_label_png(tmp_path / "pred" / f"{image_id}.png", mask)
+    assert 0 < lost < total
+    rates = json.loads(run_tool("label_confusion.py", "--pred", str(tmp_path / "pred"), "--root", str(tiny_voc), "--json"))
+    first = reader.class_names[1]
+    assert rates[first]["precision"] == 1.0 and rates[first]["on_gt_bg"] == 0.0
+    assert rates[first]["lost_to_bg"] == pytest.approx(lost / total) and rates[first]["recall"] == pytest.approx(1 - lost / total)
+
+
+def test_class_gains(tiny_voc, tmp_path):
+    """Base labels = the masks without class 1 (IoU 0), refined = the masks: class 1 gains 100 points, the
+    others' IoU and hence gain stay at 0 except where removing class 1 changed the background."""
+    reader = VOCSegmentation(tiny_voc, "train")
+    for image_id in reader.ids:
+        mask = reader.load(image_id)["mask"]
+        write_label_png(tmp_path / "refined" / f"{image_id}.png", mask)
+        write_label_png(tmp_path / "base" / f"{image_id}.png", np.where(mask == 1, 0, mask).astype(np.uint8))
+    pair = ["--pair", str(tmp_path / "base"), str(tmp_path / "refined")]
+    rows = run_tool("class_gains.py", "--root", str(tiny_voc), *pair, *pair).splitlines()
+    assert rows[0] == "| class | refined - base, IoU points (mean +- std over 2) | per run |"
+    cells = {r.split(" | ")[0].strip("| "): r.split(" | ")[1] for r in rows[2:]}
+    assert cells[reader.class_names[1]] == "+100.00 +- 0.00"
+    assert cells[reader.class_names[2]] == "+0.00 +- 0.00"
+    assert float(cells["background"].split()[0]) > 0

@@ -1,0 +1,78 @@
+"""Where a label folder's classes go wrong: per class, how much of what it labels is that class, and how much
+of the class it loses to background.
+
+    python tools/label_confusion.py --pred RUN/image/affinity/<hash>/affinity_labels --root DATA [--split train]
+    python tools/label_confusion.py --pred RUN/box/box_init/<hash>/crf --root DATA
+
+For every class ``c`` (pixels whose ground truth is 255 are left out; predicted 255 is "unlabelled", as in the
+confident affinity labels):
+
+- ``precision``: of the pixels labelled ``c``, the share whose ground truth is ``c``;
+- ``on gt bg``: of the pixels labelled ``c``, the share whose ground truth is background (context taken for the
+  object, or a box mask that floods its box);
+- ``recall``: of the ground-truth ``c`` pixels, the share labelled ``c``;
+- ``lost to bg``: of the ground-truth ``c`` pixels, the share labelled background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from lightning_wsss.datasets import open_split
+from lightning_wsss.io import read_label_png
+
+UNLABELLED = 255
+
+
+def confusion(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], num_classes: int) -> np.ndarray:
+    """Counts ``[C, C + 1]``: rows the ground truth, columns the label (the last column: label 255).
+
+    Args:
+        pairs: ``(label, truth)`` uint8 maps of one shape; truth 255 is left out.
+    """
+    counts = np.zeros((num_classes, num_classes + 1), np.int64)
+    for label, truth in pairs:
+        keep = truth != UNLABELLED
+        column = np.where(label[keep] == UNLABELLED, num_classes, label[keep]).astype(np.int64)
+        counts += np.bincount(truth[keep].astype(np.int64) * (num_classes + 1) + column,
+                              minlength=num_classes * (num_classes + 1)).reshape(num_classes, num_classes + 1)
+    return counts
+
+
+def class_rates(counts: np.ndarray, names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Per foreground class, ``precision``, ``on_gt_bg``, ``recall`` and ``lost_to_bg`` (see the module doc)."""
+    rates = {}
+    for c in range(1, counts.shape[0]):
+        labelled = counts[:, c].sum()
+        truth = counts[c].sum()
+        rates[names[c]] = {"precision": counts[c, c] / max(1, labelled), "on_gt_bg": counts[0, c] / max(1, labelled),
+                           "recall": counts[c, c] / max(1, truth), "lost_to_bg": counts[c, 0] / max(1, truth)}
+    return rates
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pred", required=True, type=Path, help="folder of <id>.png label maps")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    dataset = open_split(args.root, args.split, require_masks=True)
+    pairs = ((read_label_png(args.pred / f"{i}.png"), dataset.load(i)["mask"]) for i in dataset.ids)
+    rates = class_rates(confusion(pairs, dataset.num_classes), dataset.class_names)
+    if args.json:
+        print(json.dumps(rates, indent=1))
+        return
+    print(f"{'class':<12} precision  on gt bg    recall  lost to bg   ({args.pred}, {len(dataset.ids)} images)")
+    for name, r in rates.items():
+        print(f"{name:<12} {100 * r['precision']:9.1f} {100 * r['on_gt_bg']:9.1f} {100 * r['recall']:9.1f} "
+              f"{100 * r['lost_to_bg']:11.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -92,3 +92,19 @@ def test_base_config_chain_and_its_errors(tmp_path):
     (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(DataError, match="missing"):
         load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("method", ["image_erasing", "image_cda", "image_sec", "image_selftrain", "image_irn",
+                                    "image_lpcam"])
+def test_demo_methods_are_their_configs_on_the_demo(method, tmp_path):
+    """``wsss demo --methods M``: the demo's image pipeline with the method config's own keys, under M's name."""
+    from lightning_wsss.pipeline.demo import METHODS, demo_config, method_config, method_overrides
+
+    assert method in METHODS
+    config = method_config(tmp_path, method, quick=False, progress=False)
+    assert config["summary_key"] == method and config["dataset"] == demo_config(tmp_path, "image", False, False)["dataset"]
+    for stage, section in method_overrides(method).get("stages", {}).items():
+        assert deep_merge(config["stages"][stage], section) == config["stages"][stage]
+    if method == "image_lpcam":
+        assert config["stages"]["cams"]["class_path"] == "LPCAMClassifier"
+        assert config["stages"]["affinity"] == demo_config(tmp_path, "image", False, False)["stages"]["affinity"]

@@ -435,6 +435,15 @@ def test_psa_baselines_walk_psa(name, stub_box_images):
     assert (walk["mode"], walk["beta"], walk["log_t"], walk["bg_alpha"]) == ("psa", 8.0, 8, 16.0)
 
 
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*/study/*.yaml")), ids=rel)
+def test_study_configs_load(path, stub_box_images):
+    """The study configs (variants of a pipeline config, each measured in the README) pass the same key and value
+    checks as the pipelines and build their stages."""
+    from lightning_wsss.pipeline.checks import load_config
+
+    assert stage_folders(load_config(path))
+
+
 SHARED_ROOTS = {"horses": "../shared/data/weizmann-horse-voc", "camvid": "../shared/data/camvid-seq05vd"}
 
 

@@ -18,14 +18,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lightning_wsss.datasets import open_split
-from lightning_wsss.io import read_label_png
-from lightning_wsss.metrics import score_label_maps
+from lightning_wsss.metrics import evaluate_reader
 
 
 def label_ious(folder: Path, dataset) -> Dict[str, float]:
     """Per-class IoU (and ``mIoU``) of a label folder against ``dataset``'s masks."""
-    pairs = ((read_label_png(folder / f"{i}.png"), dataset.load(i)["mask"]) for i in dataset.ids)
-    scores = score_label_maps(pairs, dataset.num_classes, dataset.class_names)
+    scores = evaluate_reader(folder, dataset)
     ious = {name: float("nan") if value is None else float(value) for name, value in scores["per_class"].items()}
     ious["mIoU"] = float(scores["miou"])
     return ious

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lightning_wsss.datasets import open_split
-from lightning_wsss.io import read_label_png
+from lightning_wsss.metrics import label_pairs
 
 UNLABELLED = 255
 
@@ -63,8 +63,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     dataset = open_split(args.root, args.split, require_masks=True)
-    pairs = ((read_label_png(args.pred / f"{i}.png"), dataset.load(i)["mask"]) for i in dataset.ids)
-    rates = class_rates(confusion(pairs, dataset.num_classes), dataset.class_names)
+    counts = confusion(label_pairs(args.pred, dataset, args.split), dataset.num_classes)
+    rates = class_rates(counts, dataset.class_names)
     if args.json:
         print(json.dumps(rates, indent=1))
         return

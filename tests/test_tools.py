@@ -305,3 +305,67 @@ def test_class_gains(tiny_voc, tmp_path):
     assert cells[reader.class_names[1]] == "+100.00 +- 0.00"
     assert cells[reader.class_names[2]] == "+0.00 +- 0.00"
     assert float(cells["background"].split()[0]) > 0
+
+
+def test_box_init_sweep(tiny_voc):
+    """tiny_voc's objects are their boxes (box fill 1): the filled boxes and SDI's inner box at fraction 1 score
+    100, the inner box at fraction 0.5 less (its ignore ring is a missed object pixel), and the rows are sorted."""
+    import json
+
+    out = json.loads(run_tool("box_init_sweep.py", "--root", str(tiny_voc), "--initializer", "inner",
+                              "--grid", "fraction=0.5,1.0", "--json"))
+    assert out["box_fill"] == pytest.approx(1.0) and out["images"] == 4
+    scores = {row["setting"]: row["miou"] for row in out["rows"]}
+    assert scores["filled"] == pytest.approx(1.0) and scores["inner: fraction=1.0"] == pytest.approx(1.0)
+    assert scores["inner: fraction=0.5"] < 0.9
+    table = run_tool("box_init_sweep.py", "--root", str(tiny_voc), "--initializer", "inner", "--grid", "fraction=0.5,1.0")
+    rows = [line for line in table.splitlines() if line.startswith("| inner") or line.startswith("| filled")]
+    assert rows[-1].startswith("| inner: fraction=0.5 |")
+
+
+def test_cam_resolution_ceiling(tiny_voc):
+    """A perfect CAM at stride 1 reproduces the masks (100 mIoU); at a stride coarser than the objects it
+    cannot, and the hand-made 2x2-cell case shows the bilinear ramp the threshold cuts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cam_resolution_ceiling", TOOLS / "cam_resolution_ceiling.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:2, :2] = 1  # one object filling the top-left 2x2 cell
+    cams = tool.perfect_cams(mask, [1], 2)
+    assert cams.shape == (1, 4, 4) and float(cams.max()) == pytest.approx(1.0)
+    assert float(cams[0, 0, 0]) == pytest.approx(1.0) and float(cams[0, 3, 3]) == pytest.approx(0.0)
+    assert tool.threshold_labels(tool.perfect_cams(mask, [1], 1), [1], 0.5).tolist() == mask.tolist()
+    out = run_tool("cam_resolution_ceiling.py", "--root", str(tiny_voc), "--strides", "1", "64")
+    rows = {line.split(" | ")[0].strip("| "): float(line.split(" | ")[1]) for line in out.splitlines()[3:]}
+    assert rows["1"] == pytest.approx(100.0) and rows["64"] < 100.0
+
+
+def test_box_mask_recall(tiny_voc, tmp_path):
+    """The filled boxes keep every object pixel (tiny_voc's objects are their boxes); masks that drop the
+    one-pixel rim of every box lose exactly the border band and keep every box above a quarter."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("box_mask_recall", TOOLS / "box_mask_recall.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.border_distance(3, 4).tolist() == [[0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    reader = VOCSegmentation(tiny_voc, "train")
+    for image_id in reader.ids:
+        sample = reader.load(image_id)
+        filled = make_box_mask("filled", sample["image"], sample["boxes"], sample["box_labels"])
+        write_label_png(tmp_path / "filled" / f"{image_id}.png", filled)
+        inner = make_box_mask("filled", sample["image"], sample["boxes"], sample["box_labels"])
+        for box in np.asarray(sample["boxes"]):
+            x0, y0, x1, y1 = (int(v) for v in tool.box_pixel_range(box))
+            inner[y0:y1, x0:x1][tool.border_distance(y1 - y0, x1 - x0) == 0] = 0
+        write_label_png(tmp_path / "rim" / f"{image_id}.png", inner)
+    first = reader.class_names[1]
+    rows = {r.split(" | ")[0].strip("| "): r.split(" | ")[1:] for r in
+            run_tool("box_mask_recall.py", "--pred", str(tmp_path / "filled"), "--root", str(tiny_voc)).splitlines()[2:]}
+    assert rows[first][:3] == ["0.0 %", "0.0 %", "0.0 %"] and rows[first][3].startswith("0 of ")
+    rows = {r.split(" | ")[0].strip("| "): r.split(" | ")[1:] for r in
+            run_tool("box_mask_recall.py", "--pred", str(tmp_path / "rim"), "--root", str(tiny_voc),
+                     "--keep", "0.25").splitlines()[2:]}
+    assert rows[first][0] == "100.0 %" and rows[first][1:3] == ["0.0 %", "0.0 %"] and rows[first][3].startswith("0 of ")

@@ -12,7 +12,7 @@ from lightning_wsss.cam.prototypes import cluster_means, prototype_map, select_p
 from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.tasks import CAMClassifier, LPCAMClassifier, ReCAMClassifier
 from lightning_wsss.tasks.optim import poly_factor
-from lightning_wsss.tasks.recam import class_masked_features, recam_loss
+from lightning_wsss.tasks.recam import background_masked_features, class_masked_features, recam_loss
 
 
 # ---------------------------------------------------------------------------------------------- prototypes
@@ -67,6 +67,27 @@ def test_class_masked_features_and_recam_loss_by_hand():
     assert float(recam_loss(masked, torch.zeros(1, 2), weight)) == 0.0
 
 
+
+def test_recam_loss_with_the_background_by_hand():
+    """Two pixels, class 0 present with its CAM on pixel 0: the background map is 0 there and 1 on pixel 1, its
+    feature the mean of pixel 1's over the two pixels; the softmax runs over the two classes and the background,
+    and the image's loss is the mean of its class pair and its background pair."""
+    features = torch.tensor([[[[2.0, 4.0]], [[1.0, 0.0]]]])  # [1, D=2, 1, 2]
+    cams = torch.tensor([[[[1.0, 0.0]], [[0.5, 3.0]]]])  # class 1 (absent) must not shape the background
+    labels = torch.tensor([[1.0, 0.0]])
+    background = background_masked_features(features, cams, labels)
+    assert torch.allclose(background[0], torch.tensor([2.0, 0.0]), atol=1e-4)  # pixel 1's (4, 0) / 2 pixels
+    masked = class_masked_features(features, cams)
+    weight, row = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.5, 0.5])
+    rows = torch.cat([weight, row[None]])
+    by_hand = (F.cross_entropy((masked[0, 0] @ rows.T)[None], torch.tensor([0]))
+               + F.cross_entropy((background[0] @ rows.T)[None], torch.tensor([2]))) / 2
+    assert torch.allclose(recam_loss(masked, labels, weight, background, row), by_hand)
+    # an image without labels still has its background pair
+    alone = recam_loss(masked, torch.zeros(1, 2), weight, background_masked_features(features, cams, torch.zeros(1, 2)), row)
+    assert float(alone) > 0.0
+
+
 # ---------------------------------------------------------------------------------------------- tasks
 def _datamodule(root, **kwargs):
     options = dict(batch_size=2, eval_batch_size=2, crop_size=32, num_workers=0, predict_split="train")
@@ -94,6 +115,17 @@ def test_recam_trains_both_heads_and_uses_its_own_for_cams(tiny_voc):
     model.hparams.recam_start_epoch = 0
     assert float(model.training_loss(features, batch)) > float(plain)
 
+
+
+def test_recam_background_row_trains_and_makes_no_cam(tiny_voc):
+    torch.manual_seed(0)
+    model = ReCAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False, recam_background=True)
+    assert float(model.net.recam_background_row.abs().sum()) == 0.0
+    assert any(p is model.net.recam_background_row for p in model.net.head_parameters())
+    tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
+    assert float(model.net.recam_background_row.abs().sum()) > 0.0
+    assert model.cam_weight().shape == model.net.recam_head.weight.flatten(1).shape  # the classes' rows only
+    assert ReCAMClassifier(4, backbone="test_resnet").net.recam_background_row is None
 
 def test_lpcam_loads_a_plain_checkpoint_and_predicts_prototype_maps(tiny_voc, tmp_path):
     torch.manual_seed(0)

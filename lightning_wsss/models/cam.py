@@ -116,16 +116,20 @@ class ReCAMNet(CAMNet):
     ``recam_cam``: ``head`` (the ``recam_head`` starts as a copy of ``head`` and its rows are the CAM weights) or
     ``product`` (ReCAM's code: the CAM weights are ``recam_head`` times ``head`` element by element, and the
     ``recam_head`` starts as a conv layer's default draw, uniform in +-1/sqrt(D), from its own generator seeded
-    :data:`RECAM_INIT_SEED`). Neither touches the global random stream.
+    :data:`RECAM_INIT_SEED`). Neither touches the global random stream. ``recam_background``: one more row,
+    ``recam_background_row`` [D] (zeros at the start), the background's in the softmax cross-entropy; it makes no
+    CAM.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, pooling: str = "gap",
-                 pooling_param: Optional[float] = None, recam_cam: str = "head") -> None:
+                 pooling_param: Optional[float] = None, recam_cam: str = "head", recam_background: bool = False) -> None:
         if recam_cam not in ("head", "product"):
             raise ValueError(f"recam_cam must be 'head' or 'product', got {recam_cam!r}")
         super().__init__(backbone, head, pooling, pooling_param)
         self.recam_cam = recam_cam
         self.recam_head = copy.deepcopy(head)
+        self.recam_background_row = nn.Parameter(head.weight.new_zeros(head.weight[0].numel())) if recam_background \
+            else None
         if recam_cam == "product":
             weight = self.recam_head.weight
             bound = 1.0 / float(weight[0].numel()) ** 0.5
@@ -139,4 +143,5 @@ class ReCAMNet(CAMNet):
         return self.recam_head.weight.flatten(1)
 
     def head_parameters(self) -> List[nn.Parameter]:
-        return super().head_parameters() + list(self.recam_head.parameters())
+        extra = [] if self.recam_background_row is None else [self.recam_background_row]
+        return super().head_parameters() + list(self.recam_head.parameters()) + extra

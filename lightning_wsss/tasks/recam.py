@@ -36,7 +36,7 @@ from torch import Tensor
 from ..models.cam import ReCAMNet
 from .classifier import CAMClassifier
 
-__all__ = ["ReCAMClassifier", "class_masked_features", "recam_loss"]
+__all__ = ["ReCAMClassifier", "class_masked_features", "background_masked_features", "recam_loss"]
 
 
 def class_masked_features(features: Tensor, cams: Tensor) -> Tensor:
@@ -53,26 +53,56 @@ def class_masked_features(features: Tensor, cams: Tensor) -> Tensor:
     return torch.einsum("bchw,bdhw->bcd", normalised, features) / float(features.shape[-2] * features.shape[-1])
 
 
-def recam_loss(masked: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
+def background_masked_features(features: Tensor, cams: Tensor, labels: Tensor) -> Tensor:
+    """Features pooled under the background of each image: one minus the max of its present classes'
+    max-normalised CAMs.
+
+    Args:
+        features: float [B, D, h, w].
+        cams: float [B, C, h, w], non-negative.
+        labels: multi-hot float [B, C] (an image without labels is all background).
+
+    Returns:
+        float [B, D]: ``mean_ij((1 - max_k present cams[b, k] / max) * features[b])``.
+    """
+    normalised = cams / (cams.flatten(2).amax(-1)[..., None, None] + 1e-5)
+    present = normalised * (labels > 0.5).to(normalised)[..., None, None]
+    background = (1.0 - present.amax(1)).clamp(min=0.0)
+    return torch.einsum("bhw,bdhw->bd", background, features) / float(features.shape[-2] * features.shape[-1])
+
+
+def recam_loss(masked: Tensor, labels: Tensor, weight: Tensor, background: Optional[Tensor] = None,
+               background_row: Optional[Tensor] = None) -> Tensor:
     """Softmax cross-entropy of every present class's masked feature against its own class.
 
     Args:
         masked: float [B, C, D] (:func:`class_masked_features`).
         labels: multi-hot float [B, C].
         weight: the ReCAM head's rows, float [C, D].
+        background, background_row: with both (float [B, D] from :func:`background_masked_features`, and [D]),
+            the softmax runs over the C classes and the background (index C), and each image adds its
+            background feature with the background as target: a class's masked feature must then also tell its
+            class from the image's background, not only from the other classes.
 
     Returns:
-        scalar: the sum over images of the mean cross-entropy over each image's present classes, divided by B
-        (ReCAM's normalisation); 0 for a batch without labels.
+        scalar: the sum over images of the mean cross-entropy over each image's present classes (and its
+        background), divided by B (ReCAM's normalisation); 0 for a batch without labels and background.
     """
+    with_background = background is not None and background_row is not None
+    rows_weight = torch.cat([weight, background_row[None].to(weight)]) if with_background else weight
     rows, classes = torch.nonzero(labels > 0.5, as_tuple=True)
-    if rows.numel() == 0:
+    per_image = torch.zeros(labels.shape[0], device=masked.device, dtype=masked.dtype)
+    counts = torch.bincount(rows, minlength=labels.shape[0]).to(masked)
+    if rows.numel() > 0:
+        per_pair = F.cross_entropy(masked[rows, classes] @ rows_weight.T, classes, reduction="none")
+        per_image = per_image.index_add(0, rows, per_pair.to(per_image))
+    elif not with_background:
         return masked.sum() * 0.0
-    logits = masked[rows, classes] @ weight.T  # [N, C]
-    per_pair = F.cross_entropy(logits, classes, reduction="none")
-    per_image = torch.zeros(labels.shape[0], device=masked.device, dtype=per_pair.dtype).index_add_(0, rows, per_pair)
-    counts = torch.bincount(rows, minlength=labels.shape[0]).clamp(min=1).to(per_pair)
-    return (per_image / counts).sum() / labels.shape[0]
+    if with_background:
+        target = torch.full((labels.shape[0],), weight.shape[0], device=masked.device, dtype=torch.long)
+        per_image = per_image + F.cross_entropy(background @ rows_weight.T, target, reduction="none").to(per_image)
+        counts = counts + 1
+    return (per_image / counts.clamp(min=1)).sum() / labels.shape[0]
 
 
 class ReCAMClassifier(CAMClassifier):
@@ -91,6 +121,11 @@ class ReCAMClassifier(CAMClassifier):
         recam_cam: the ReCAM head's CAM weights (:class:`~lightning_wsss.models.cam.ReCAMNet`): ``head``, its own
             rows (it starts as a copy of the classifier's head), or ``product``, its rows times the classifier's
             element by element, as ReCAM's code computes them (it starts from a seeded draw of its own).
+        recam_background: add the image's background to the softmax (a row of its own, fed with the features
+            pooled under one minus the present classes' CAMs; :func:`recam_loss`). Not in ReCAM: its softmax over
+            the foreground classes only teaches the head to tell one class's masked feature from another's, so
+            context a class's CAM covers (water under a boat) is free to stay in its row; with the background as a
+            competitor it is not. Off by default.
         **kwargs: :class:`CAMClassifier` arguments.
     """
 
@@ -101,7 +136,7 @@ class ReCAMClassifier(CAMClassifier):
 
     def __init__(self, num_classes: int, recam_weight: float = 0.7, recam_start_epoch: int = 0,
                  cams_from_recam_head: bool = True, recam_lr_mult: Optional[float] = None, recam_cam: str = "head",
-                 **kwargs: Any) -> None:
+                 recam_background: bool = False, **kwargs: Any) -> None:
         if recam_weight < 0:
             raise ValueError(f"recam_weight must be >= 0, got {recam_weight}")
         if recam_cam not in ("head", "product"):
@@ -111,8 +146,9 @@ class ReCAMClassifier(CAMClassifier):
         super().__init__(num_classes, **kwargs)
 
     def net_kwargs(self) -> Dict[str, Any]:
-        """``recam_cam`` for :class:`~lightning_wsss.models.cam.ReCAMNet`."""
-        return {"recam_cam": self.hparams.get("recam_cam", "head")}
+        """``recam_cam`` and ``recam_background`` for :class:`~lightning_wsss.models.cam.ReCAMNet`."""
+        return {"recam_cam": self.hparams.get("recam_cam", "head"),
+                "recam_background": bool(self.hparams.get("recam_background", False))}
 
     def schedule_restart(self) -> Dict[str, Any]:
         """With ``recam_lr_mult``, the plain poly schedule over the epochs before ``recam_start_epoch`` and a fresh
@@ -144,7 +180,12 @@ class ReCAMClassifier(CAMClassifier):
         if self.current_epoch < int(self.hparams.recam_start_epoch) or not self.hparams.recam_weight:
             return loss
         cams = F.relu(F.conv2d(features, self.net.head.weight))
-        sce = recam_loss(class_masked_features(features, cams), batch["labels"], self.net.recam_head.weight.flatten(1))
+        background = background_row = None
+        if self.hparams.get("recam_background", False):
+            background = background_masked_features(features, cams, batch["labels"])
+            background_row = self.net.recam_background_row
+        sce = recam_loss(class_masked_features(features, cams), batch["labels"], self.net.recam_head.weight.flatten(1),
+                         background, background_row)
         if self._trainer is not None and self.trainer.training:
             self.log("train/recam_loss", sce, batch_size=len(batch["id"]))
         return loss + float(self.hparams.recam_weight) * sce

@@ -200,6 +200,11 @@ def test_summary_seed_table(tmp_path):
     # mean 50, sample std of (40, 60) = 14.14; the box entry is in one file only and left out
     assert out[2:] == ["| image cam | 50.00 +- 14.14 | 40.00 / 60.00 |", "| image random_walk | 50.00 +- 0.00 | 50.00 / 50.00 |",
                        "| image val | 35.00 +- 7.07 | 30.00 / 40.00 |", "| full val | 50.00 +- 0.00 | 50.00 / 50.00 |"]
+    stages = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, value in zip(stages, (0.70, 0.72)):
+        path.write_text(json.dumps({"name": "boxsup", "hash": "x", "metrics": {"boxsup_round_1": value}}))
+    assert run_tool("summary_seed_table.py", *map(str, stages)).splitlines()[2] == \
+        "| boxsup boxsup_round_1 | 71.00 +- 1.41 | 70.00 / 72.00 |"
 
 
 def test_cam_precision(tiny_voc, tmp_path):

@@ -3,10 +3,12 @@
     wsss demo --out demo_s0                                                   # seed 0 (the configs' seed)
     wsss pipeline demo_s0/configs/image.yaml --seed 1 --out demo_s1          # ... and box, and seed 2
     python tools/summary_seed_table.py demo_s0/summary.json demo_s1/summary.json demo_s2/summary.json
+    python tools/summary_seed_table.py RUN/box/boxsup/<seed 0 hash>/stage.json RUN/box/boxsup/<seed 1 hash>/stage.json ...
 
 Every ``summary.json`` (``wsss pipeline`` / ``wsss demo``) holds, per supervision entry, its pseudo-label mIoU per
 stage and the final segmenter's val mIoU; the table gives each figure's mean +- sample standard deviation and the
-per-seed values, for the entries and figures every file has.
+per-seed values, for the entries and figures every file has. A stage's ``stage.json`` (what ``wsss pipeline
+--until STAGE`` leaves, without a summary entry) gives its metrics, named after the stage.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import numpy as np
 
 
 def figures(summary: Dict) -> Dict[str, float]:
-    """``{"<entry> <figure>": value}`` of one summary: every pseudo-label stage and the val mIoU."""
+    """``{"<entry> <figure>": value}`` of one summary: every pseudo-label stage and the val mIoU; of a
+    ``stage.json``, ``{"<stage> <metric>": value}``."""
     out: Dict[str, float] = {}
+    if "supervision" not in summary and isinstance(summary.get("metrics"), dict):
+        return {f"{summary.get('name', 'stage')} {k}": float(v) for k, v in summary["metrics"].items()
+                if isinstance(v, (int, float))}
     for entry, result in summary.get("supervision", {}).items():
         for stage, value in (result.get("pseudo_miou") or {}).items():
             out[f"{entry} {stage}"] = float(value)
@@ -44,7 +50,7 @@ def seed_table(summaries: Sequence[Dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("summaries", nargs="+", type=Path, help="summary.json files, one per seed")
+    parser.add_argument("summaries", nargs="+", type=Path, help="summary.json (or stage.json) files, one per seed")
     args = parser.parse_args(argv)
     print(seed_table([json.loads(p.read_text()) for p in args.summaries]))
 

@@ -91,8 +91,8 @@ def recam_loss(masked: Tensor, labels: Tensor, weight: Tensor, background: Optio
     with_background = background is not None and background_row is not None
     rows_weight = torch.cat([weight, background_row[None].to(weight)]) if with_background else weight
     rows, classes = torch.nonzero(labels > 0.5, as_tuple=True)
-    per_image = torch.zeros(labels.shape[0], device=masked.device, dtype=masked.dtype)
-    counts = torch.bincount(rows, minlength=labels.shape[0]).to(masked)
+    per_image = torch.zeros(labels.shape[0], device=masked.device, dtype=torch.float32)  # float32 under autocast too
+    counts = torch.bincount(rows, minlength=labels.shape[0]).to(per_image)
     if rows.numel() > 0:
         per_pair = F.cross_entropy(masked[rows, classes] @ rows_weight.T, classes, reduction="none")
         per_image = per_image.index_add(0, rows, per_pair.to(per_image))

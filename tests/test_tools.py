@@ -333,6 +333,8 @@ def test_cam_resolution_ceiling(tiny_voc):
     cannot, and the hand-made 2x2-cell case shows the bilinear ramp the threshold cuts."""
     import importlib.util
 
+    from lightning_wsss.cam.threshold_sweep import cams_to_label_map
+
     spec = importlib.util.spec_from_file_location("cam_resolution_ceiling", TOOLS / "cam_resolution_ceiling.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
@@ -341,7 +343,7 @@ def test_cam_resolution_ceiling(tiny_voc):
     cams = tool.perfect_cams(mask, [1], 2)
     assert cams.shape == (1, 4, 4) and float(cams.max()) == pytest.approx(1.0)
     assert float(cams[0, 0, 0]) == pytest.approx(1.0) and float(cams[0, 3, 3]) == pytest.approx(0.0)
-    assert tool.threshold_labels(tool.perfect_cams(mask, [1], 1), [1], 0.5).tolist() == mask.tolist()
+    assert cams_to_label_map(tool.perfect_cams(mask, [1], 1), np.array([1]), 0.5).tolist() == mask.tolist()
     out = run_tool("cam_resolution_ceiling.py", "--root", str(tiny_voc), "--strides", "1", "64")
     rows = {line.split(" | ")[0].strip("| "): float(line.split(" | ")[1]) for line in out.splitlines()[3:]}
     assert rows["1"] == pytest.approx(100.0) and rows["64"] < 100.0

@@ -376,3 +376,51 @@ def test_box_mask_recall(tiny_voc, tmp_path):
             run_tool("box_mask_recall.py", "--pred", str(tmp_path / "rim"), "--root", str(tiny_voc),
                      "--keep", "0.25").splitlines()[2:]}
     assert rows[first][0] == "100.0 %" and rows[first][1:3] == ["0.0 %", "0.0 %"] and rows[first][3].startswith("0 of ")
+
+
+def test_affinity_label_sweep_quality_by_hand():
+    """A hand-counted [C, C + 1] matrix: truth rows, label columns, last column unlabelled."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("affinity_label_sweep", TOOLS / "affinity_label_sweep.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    counts = np.array([[6, 2, 0, 2],    # truth background: 6 labelled bg, 2 labelled class 1, 2 unlabelled
+                       [1, 3, 0, 0],    # truth class 1
+                       [0, 1, 4, 1]])   # truth class 2
+    q = tool.label_quality(counts)
+    assert q["fg"] == pytest.approx(10 / 20) and q["bg"] == pytest.approx(7 / 20) and q["ignore"] == pytest.approx(3 / 20)
+    assert q["fg_precision"] == pytest.approx(7 / 10) and q["bg_precision"] == pytest.approx(6 / 7)
+    assert q["gt_fg_own"] == pytest.approx(7 / 10) and q["gt_fg_bg"] == pytest.approx(1 / 10)
+    assert q["gt_bg_bg"] == pytest.approx(6 / 10)
+    assert tool.parse_setting("psa:4,32") == ("psa", {"alpha_low": 4.0, "alpha_high": 32.0})
+    with pytest.raises(Exception, match="psa:ALPHA_LOW"):
+        tool.parse_setting("crf:1")
+
+
+def test_affinity_label_sweep_cli(tiny_voc, tmp_path):
+    """CAMs of 1 everywhere for each image's first class: thresholds below 1 label every pixel that class, above 1
+    every pixel background; the shares follow from the masks."""
+    import json
+
+    reader = VOCSegmentation(tiny_voc, "train")
+    first_class_pixels = fg_pixels = total = 0
+    for image_id in reader.ids:
+        mask = np.asarray(reader.load(image_id)["mask"])
+        present = [c for c in np.unique(mask) if c not in (0, 255)]
+        cams = np.zeros((len(present),) + mask.shape, np.float32)
+        cams[0] = 1.0
+        np.savez(tmp_path / f"{image_id}.npz", cams=cams, keys=np.array(present, np.int64))
+        valid = mask != 255
+        total += int(valid.sum())
+        fg_pixels += int((valid & (mask != 0)).sum())
+        first_class_pixels += int((mask == present[0]).sum())
+    out = json.loads(run_tool("affinity_label_sweep.py", "--cams", str(tmp_path), "--root", str(tiny_voc),
+                              "--settings", "irn:0.3,0.05", "irn:1.5,1.2", "--json"))
+    every_first = out["irn:0.3,0.05"]
+    assert every_first["fg"] == pytest.approx(1.0) and every_first["bg"] == 0.0
+    assert every_first["fg_precision"] == pytest.approx(first_class_pixels / total)
+    assert every_first["gt_fg_own"] == pytest.approx(first_class_pixels / fg_pixels)
+    every_bg = out["irn:1.5,1.2"]
+    assert every_bg["bg"] == pytest.approx(1.0) and every_bg["gt_fg_bg"] == pytest.approx(1.0)
+    assert every_bg["bg_precision"] == pytest.approx((total - fg_pixels) / total)

@@ -201,3 +201,35 @@ def test_pipeline_log_in_a_file_has_no_redraws(tiny_synthetic, tmp_path):
     assert "\r" not in text
     assert any(line.startswith("epoch 1/") for line in text.splitlines())
     assert any(line.startswith("[boxsup] done in") and "out/box/boxsup/" in line for line in text.splitlines())
+
+
+def _boxsup_init_args(config: dict) -> dict:
+    from lightning_wsss.pipeline.defaults import resolve
+    from lightning_wsss.pipeline.plan import build_stages
+
+    stage = next(s for s in build_stages(resolve(config)) if s.name == "boxsup")
+    return stage.config["stage"]["model"]["init_args"]
+
+
+def test_boxsup_makes_its_masks_with_the_box_init_settings():
+    """An initializer's settings are declared once, under stages.box_init.kwargs: BoxSup's round-0 initializer and
+    its proposals take them; a name BoxSup sets itself keeps BoxSup's whole mapping."""
+    crf = {"scale_params": True, "edge_confidence": 0.4}
+    grabcut = {"context": 0.5}
+    config = {"supervision": "box", "dataset": {"root": "data", "name": "d"}, "seed": 3,
+              "stages": {"box_init": {"initializers": ["filled", "grabcut", "crf"],
+                                      "kwargs": {"crf": crf, "grabcut": grabcut}}}}
+    args = _boxsup_init_args(config)
+    assert args["initializer"] == "grabcut" and args["initializer_kwargs"] == grabcut
+    assert "crf" in args["proposals"] and args["proposal_kwargs"] == {"crf": crf}
+    assert args["seed"] == 3
+
+    own = {"scale_params": True}
+    config["stages"]["boxsup"] = {"model": {"init_args": {"initializer_kwargs": {"context": 0.2},
+                                                          "proposal_kwargs": {"crf": own}}}}
+    args = _boxsup_init_args(config)
+    assert args["initializer_kwargs"] == {"context": 0.2} and args["proposal_kwargs"] == {"crf": own}
+
+    del config["stages"]["box_init"]["kwargs"], config["stages"]["boxsup"]
+    args = _boxsup_init_args(config)
+    assert args.get("initializer_kwargs") is None and not args.get("proposal_kwargs")

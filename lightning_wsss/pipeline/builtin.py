@@ -11,7 +11,7 @@ from .options import (Check, ClassName, Data, Fields, KeywordsOf, Model, OneOf, 
                       check_keywords, check_mapping, parameters)
 from .registry import StageSpec, lookup, register_stage
 
-__all__ = ["classifier_reads", "affinity_reads", "segmenter_reads"]
+__all__ = ["classifier_reads", "affinity_reads", "segmenter_reads", "inherit_box_init_kwargs"]
 
 # ---------------------------------------------------------------------------------------------- option checks
 TRAINER, DATA = Trainer(), Data()
@@ -151,9 +151,32 @@ def affinity_reads(section: Mapping[str, Any], config: Mapping[str, Any]) -> Seq
 
 # ---------------------------------------------------------------------------------------------- boxes
 def boxsup_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
-    """BoxSup draws its candidate order with the pipeline's seed."""
+    """BoxSup draws its candidate order with the pipeline's seed, and makes its round-0 masks and proposals with
+    the ``box_init`` stage's settings (:func:`inherit_box_init_kwargs`)."""
     section["model"] = deep_merge(section.get("model") or {}, {"init_args": {"seed": config.get("seed", 0)}})
+    box_init = ((config.get("stages") or {}).get("box_init") or {}).get("kwargs") or {}
+    section["model"]["init_args"] = inherit_box_init_kwargs(section["model"]["init_args"], box_init)
     return section
+
+
+def inherit_box_init_kwargs(init_args: Mapping[str, Any], box_init_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    """BoxSup's ``initializer_kwargs`` and ``proposal_kwargs`` completed from ``stages.box_init.kwargs``.
+
+    An initializer's settings are declared once, in the ``box_init`` stage (where ``tools/box_init_sweep.py``'s
+    measured values go), and BoxSup's round 0 and proposal pool make their masks the same way. A name whose
+    settings BoxSup sets itself keeps BoxSup's (the whole mapping: the two are not merged).
+    """
+    out = dict(init_args)
+    initializer = out.get("initializer")
+    if out.get("initializer_kwargs") is None and initializer in box_init_kwargs:
+        out["initializer_kwargs"] = dict(box_init_kwargs[initializer])
+    proposal_kwargs = dict(out.get("proposal_kwargs") or {})
+    for name in out.get("proposals") or ():
+        if name not in proposal_kwargs and name in box_init_kwargs:
+            proposal_kwargs[name] = dict(box_init_kwargs[name])
+    if proposal_kwargs:
+        out["proposal_kwargs"] = proposal_kwargs
+    return out
 
 
 def box_init_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:

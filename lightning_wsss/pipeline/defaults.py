@@ -55,7 +55,8 @@ DEFAULTS: Dict[str, Any] = {
         # (ce_ignore_band, the class default) and with every pixel counted (ce_confirm_unbanded), the term weighing
         # 1 (BoxSup: 3); measured with tools/boxsup_rules.py on the demo and the horses (README "Boxes"). The pool
         # holds the previous and initializer's masks, the proposals' (the filled box included), optionally the
-        # network's CRF-refined prediction (crf_candidate) and GrabCut re-run from its mask (grabcut_candidate)
+        # network's CRF-refined prediction (crf_candidate) and GrabCut re-run from its mask (grabcut_candidate);
+        # the round-0 initializer and the proposals take stages.box_init.kwargs unless BoxSup sets its own
         "boxsup": {
             "model": {"class_path": "BoxSupSegmenter", "init_args": {
                 "initializer": "grabcut", "proposals": ["crf", "filled"], "crf_candidate": False, "round_epochs": 6,

@@ -23,8 +23,8 @@ DEMO_STAGES: Dict[str, Any] = {"affinity": {"schedule": {"min_steps": 250}},
 val/aff_cross stops growing there (14.6 at step 250, 12.5 at step 500; README "Refinement"). The CRF box
 initializer: spatial widths scaled to the 128 px images and the box prior's border confidence 0.6, the best of
 ``tools/box_init_sweep.py`` on the demo's training masks (README "Boxes"; the synthetic shapes fill 71 % of their
-boxes). BoxSup takes the pipelines' defaults (README "Boxes"): its pool's CRF proposal keeps psa's parameters,
-with which its rounds were measured."""
+boxes). BoxSup takes the pipelines' defaults (README "Boxes"), its pool's CRF proposal made with these settings
+(a pipeline's BoxSup takes the ``box_init`` stage's ``kwargs``)."""
 
 QUICK_OVERRIDES: Dict[str, Any] = {
     "data": {"batch_size": 4, "eval_batch_size": 4, "crop_size": 64},

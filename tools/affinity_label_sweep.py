@@ -32,26 +32,23 @@ import numpy as np
 
 from lightning_wsss.cam.files import load_cams
 from lightning_wsss.datasets import open_split
-from lightning_wsss.refine.affinity_targets import affinity_label_map
+from lightning_wsss.refine.affinity_targets import MODE_PARAMETERS, affinity_label_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_confusion import confusion  # noqa: E402
-
-UNLABELLED = 255
 
 
 def parse_setting(text: str) -> Tuple[str, Dict[str, float]]:
     """``"psa:4,32"`` -> ``("psa", {"alpha_low": 4, "alpha_high": 32})``; ``"irn:0.3,0.05"`` -> thresholds."""
     mode, _, values = text.partition(":")
     parts = values.split(",")
-    if mode not in ("psa", "irn") or len(parts) != 2:
+    if mode not in MODE_PARAMETERS or len(parts) != 2:
         raise argparse.ArgumentTypeError(f"a setting is psa:ALPHA_LOW,ALPHA_HIGH or irn:FG,BG, got {text!r}")
     try:
         first, second = float(parts[0]), float(parts[1])
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"setting {text!r}: {exc}") from exc
-    names = ("alpha_low", "alpha_high") if mode == "psa" else ("fg_threshold", "bg_threshold")
-    return mode, dict(zip(names, (first, second)))
+    return mode, dict(zip(MODE_PARAMETERS[mode], (first, second)))
 
 
 def label_quality(counts: np.ndarray) -> Dict[str, float]:

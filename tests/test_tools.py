@@ -424,3 +424,55 @@ def test_affinity_label_sweep_cli(tiny_voc, tmp_path):
     every_bg = out["irn:1.5,1.2"]
     assert every_bg["bg"] == pytest.approx(1.0) and every_bg["gt_fg_bg"] == pytest.approx(1.0)
     assert every_bg["bg_precision"] == pytest.approx((total - fg_pixels) / total)
+
+
+def test_context_reliance_versions_and_known_answer(tmp_path):
+    """A stub classifier that sees only the objects' colours: perfect AP on the image and on the objects alone,
+    chance on the context alone; the versions erase exactly the object (context) pixels."""
+    sys.path.insert(0, str(TOOLS))
+    import context_reliance as tool
+    from conftest import write_tiny_voc
+
+    root = write_tiny_voc(tmp_path / "voc", num_images=8, splits={"train": list(range(8))})
+    sample = VOCSegmentation(root, "train").load("img_1")
+    versions = tool.image_versions(sample["image"], sample["mask"], dilate=1, fill="inpaint")
+    objects = tool.object_region(sample["mask"], 1)  # the objects and a 1 px ring around them
+    assert objects.sum() > ((sample["mask"] > 0) & (sample["mask"] != 255)).sum() and not objects[0].all()
+    red = (sample["mask"] == 1)
+    assert np.array_equal(versions["intact"], sample["image"])
+    assert (versions["context only"][red][:, 0] < 180).all()  # no red left: filled in from the grey around it
+    assert np.array_equal(versions["objects only"][objects], sample["image"][objects])
+    assert (versions["objects only"][~objects] == np.round(255 * np.array(tool.IMAGENET_MEAN))).all()
+    mean_fill = tool.fill_region(sample["image"], red, "mean")
+    assert (mean_fill[red] == np.round(255 * np.array(tool.IMAGENET_MEAN))).all()
+
+    class ColourStub(torch.nn.Module):
+        def forward(self, images):
+            rgb = images * torch.tensor(tool.IMAGENET_STD)[:, None, None] + torch.tensor(tool.IMAGENET_MEAN)[:, None, None]
+            r, g = rgb[:, 0], rgb[:, 1]
+            shares = [((r > 0.7) & (g < 0.3)).float().mean((1, 2)), ((g > 0.6) & (r < 0.3)).float().mean((1, 2)),
+                      torch.zeros(images.shape[0])]
+            return 100 * torch.stack(shares, 1) - 1
+
+    result = tool.context_reliance(ColourStub(), str(root), "train", images=0, dilate=1, fill="inpaint")
+    assert result["images"] == 8 and result["chance"] == [1.0, 0.5, 0.0]
+    green = {version: values[1] for version, values in result["ap"].items()}  # in the odd images only
+    assert green == pytest.approx({"intact": 1.0, "context only": 0.5, "objects only": 1.0})
+    assert np.isnan(result["ap"]["intact"][0]) and np.isnan(result["ap"]["intact"][2])  # no negatives / positives
+    assert result["map"]["context only"] == pytest.approx(0.5)
+    table = tool.format_table(result).splitlines()
+    assert table[3].split()[:2] == ["intact", "100.00"] and table[4].split()[:3] == ["context", "only", "50.00"]
+
+
+def test_context_reliance_cli(tiny_voc, tmp_path):
+    from lightning_wsss.tasks import CAMClassifier
+
+    torch.manual_seed(0)
+    model = CAMClassifier(4, backbone="test_resnet", lr=0.05)
+    trainer = tiny_trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, ImageLabelDataModule(str(tiny_voc), batch_size=2, crop_size=32, num_workers=0))
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    out = run_tool("context_reliance.py", "--checkpoint", str(tmp_path / "c.ckpt"), "--root", str(tiny_voc),
+                   "--split", "train", "--fill", "mean").splitlines()
+    assert out[0].startswith("4 images of train") and [line.split()[0] for line in out[3:]] == \
+        ["chance", "intact", "context", "objects"]

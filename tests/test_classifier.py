@@ -118,3 +118,18 @@ def test_positive_weight_reweights_the_positive_terms_only():
     assert weighted.loss(logits, labels) == pytest.approx(float(by_hand))
     with pytest.raises(ValueError, match="positive_weight needs 2 values"):
         CAMClassifier(num_classes=3, backbone="test_resnet", positive_weight=[1.0])
+
+
+def test_feature_level_stops_the_backbone_at_that_level():
+    """``feature_level: 3`` pools and reads test_resnet's stride-16 level (192 channels), the default its last
+    (stride 32, 96 channels); the truncated backbone has no parameters of the later levels."""
+    images = torch.randn(1, 3, 64, 64)
+    last = CAMClassifier(3, backbone="test_resnet", output_stride=32)
+    shallow = CAMClassifier(3, backbone="test_resnet", output_stride=32, feature_level=3)
+    assert tuple(last.net.features(images).shape) == (1, 96, 2, 2)
+    assert tuple(shallow.net.features(images).shape) == (1, 192, 4, 4)
+    assert shallow.cam_weight().shape == (2, 192) and shallow(images).shape == (1, 2)
+    assert sum(p.numel() for p in shallow.parameters()) < sum(p.numel() for p in last.parameters())
+    assert shallow.compute_cams(images, torch.tensor([[1, -1]])).shape == (1, 2, 64, 64)
+    with pytest.raises(ValueError, match="feature_level needs feature_layer 'stage'"):
+        CAMClassifier(3, backbone="test_resnet", feature_layer="forward_features", feature_level=3)

@@ -95,3 +95,42 @@ def test_pseudo_mask_module(tiny_voc, tmp_path):
     assert set(batch["mask"].unique().tolist()) <= {2, 255}  # the pseudo mask trains
     assert 1 in batch["gt_mask"].unique().tolist()  # the ground truth is kept for scoring
     assert _batch(dm, "val")["mask"].max() <= 255
+
+
+def test_grid_shuffle_permutes_the_cells_of_the_crop_and_keeps_the_labels(tiny_voc):
+    """Four quadrants of distinct colours come out as the same four quadrants in another order (the mask alike);
+    0 leaves the crop in place; a bad value is a clear error."""
+    from lightning_wsss.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
+    from lightning_wsss.errors import DataError
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    colours = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)]
+    cells = [(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)), (slice(16, 32), slice(0, 16)),
+             (slice(16, 32), slice(16, 32))]
+    for index, (rows, cols) in enumerate(cells):
+        image[rows, cols] = colours[index]
+        mask[rows, cols] = index
+    sample = {"image": image, "mask": mask, "boxes": np.zeros((0, 4)), "box_labels": np.zeros(0, np.int64),
+              "difficult": np.zeros(0, bool), "labels": np.array([1.0, 0.0]), "id": "x"}
+    seen = set()
+    for seed in range(8):
+        transform = train_transform(32, (1.0, 1.0), hflip=False, grid_shuffle=2)
+        transform.set_random_seed(seed)
+        out = apply_transform(transform, sample)
+        picture = denormalize(out["image"], IMAGENET_MEAN, IMAGENET_STD)
+        order = []
+        for rows, cols in cells:
+            values = np.unique(out["mask"][rows, cols].numpy())
+            assert len(values) == 1  # every output cell is one whole input cell
+            order.append(int(values[0]))
+            assert np.abs(picture[rows, cols].astype(int) - colours[order[-1]]).max() <= 1
+        assert sorted(order) == [0, 1, 2, 3] and out["labels"].tolist() == [1.0, 0.0]
+        seen.add(tuple(order))
+    assert len(seen) > 1  # the order changes with the seed
+    still = apply_transform(train_transform(32, (1.0, 1.0), hflip=False, grid_shuffle=0), sample)
+    assert np.array_equal(still["mask"].numpy(), mask)
+    with pytest.raises(DataError, match="grid_shuffle must be an integer >= 0"):
+        ImageLabelDataModule(str(tiny_voc), grid_shuffle=-1)
+    assert ImageLabelDataModule(str(tiny_voc), grid_shuffle=2).train_transform().transforms[-2].__class__.__name__ \
+        == "RandomGridShuffle"

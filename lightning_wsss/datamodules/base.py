@@ -96,6 +96,9 @@ class WSSSDataModule(L.LightningDataModule):
         scale_range: random rescale range in training.
         hflip: random horizontal flip in training.
         color_jitter: colour jitter strength in training (0 = off).
+        grid_shuffle: in training, cut each crop into ``grid_shuffle`` x ``grid_shuffle`` cells and shuffle them
+            (0 or 1 = off): image labels stay true while the scene's layout stops predicting them. Masks follow the
+            cells; a box cut by a cell border does not, so it is meant for image labels.
         size_divisor: pad batched images to a multiple of this (e.g. the network's output stride).
         train_ids, val_ids: optional subsets of ids (lists of strings).
     """
@@ -118,6 +121,7 @@ class WSSSDataModule(L.LightningDataModule):
         scale_range: Tuple[float, float] = (0.7, 1.3),
         hflip: bool = True,
         color_jitter: float = 0.0,
+        grid_shuffle: int = 0,
         size_divisor: int = 1,
         mean: Tuple[float, float, float] = IMAGENET_MEAN,
         std: Tuple[float, float, float] = IMAGENET_STD,
@@ -140,6 +144,9 @@ class WSSSDataModule(L.LightningDataModule):
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
         self.color_jitter = color_jitter
+        if isinstance(grid_shuffle, bool) or not isinstance(grid_shuffle, (int, np.integer)) or grid_shuffle < 0:
+            raise DataError(None, f"grid_shuffle must be an integer >= 0 (cells per side), got {grid_shuffle!r}")
+        self.grid_shuffle = int(grid_shuffle)
         self.size_divisor = size_divisor
         self.mean, self.std = tuple(mean), tuple(std)
         self.ids = {"fit": train_ids, "validate": val_ids}
@@ -194,7 +201,8 @@ class WSSSDataModule(L.LightningDataModule):
 
     def train_transform(self):
         """The albumentations pipeline for training."""
-        return train_transform(self.crop_size, self.scale_range, self.hflip, self.color_jitter, self.mean, self.std)
+        return train_transform(self.crop_size, self.scale_range, self.hflip, self.color_jitter, self.mean, self.std,
+                               self.grid_shuffle)
 
     def eval_transform(self):
         """The albumentations pipeline for validation, test and prediction (deterministic)."""

@@ -1,7 +1,7 @@
 """Albumentations pipelines that keep images, masks and boxes in sync.
 
 Training: random rescale, pad (image with the mean colour, masks with 255), random crop, horizontal flip,
-optional colour jitter, normalisation. Validation, test and prediction: normalisation only (no randomness;
+optional colour jitter, optional grid shuffle, normalisation. Validation, test and prediction: normalisation only (no randomness;
 images keep their size, batches are padded by the collate function). :func:`denormalize` inverts the
 normalisation for drawing and for the CRF, which needs the original colours.
 """
@@ -28,8 +28,13 @@ def train_transform(
     color_jitter: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    grid_shuffle: int = 0,
 ) -> A.Compose:
-    """Random-scale, pad, crop, flip and normalise; boxes follow every geometric step."""
+    """Random-scale, pad, crop, flip and normalise; boxes follow every geometric step.
+
+    ``grid_shuffle`` > 1 cuts the crop into that many cells per side and shuffles them (albumentations'
+    ``RandomGridShuffle``, masks alike): an image's labels stay true, but the layout around each object (sky above,
+    road below) no longer predicts them."""
     fill = tuple(float(255 * m) for m in mean)
     steps = [
         A.RandomScale(scale_limit=(scale_range[0] - 1.0, scale_range[1] - 1.0), interpolation=cv2.INTER_LINEAR,
@@ -41,6 +46,8 @@ def train_transform(
         steps.append(A.HorizontalFlip(p=0.5))
     if color_jitter > 0:
         steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0.0, p=0.8))
+    if grid_shuffle > 1:
+        steps.append(A.RandomGridShuffle(grid=(grid_shuffle, grid_shuffle), p=1.0))
     steps.append(A.Normalize(mean=mean, std=std))
     return A.Compose(steps, bbox_params=A.BboxParams(**BBOX_PARAMS), additional_targets={"gt_mask": "mask"}, seed=None)
 

@@ -73,6 +73,9 @@ class CAMClassifier(WSSSTask):
         feature_layer: the layer the classifier pools and the CAM reads: ``stage`` (the last stage of a timm
             ``features_only`` backbone) or ``forward_features`` (timm's whole trunk, with the 1x1 head convolution
             where the model has one, e.g. EfficientNet's 1280-channel ``conv_head``; :class:`~lightning_wsss.models.trunk.Trunk`).
+        feature_level: with ``feature_layer: stage``, the ``features_only`` level the classifier pools and the CAM
+            reads (``None``: the last); the backbone stops there, so its features see less of the image around each
+            cell (EfficientNet-Lite0: level 3 is stride 16 with 112 channels, level 4 stride 32 with 320).
         positive_weight: per foreground class, the weight of its positive term in the loss (class imbalance: a
             class in few images can get ``(N - n_c) / n_c``, ``tools/positive_weights.py``); ``None``: the plain
             soft-margin loss.
@@ -98,11 +101,14 @@ class CAMClassifier(WSSSTask):
         pooling: str = "gap",
         pooling_param: Optional[float] = None,
         feature_layer: str = "stage",
+        feature_level: Optional[int] = None,
         positive_weight: Optional[Sequence[float]] = None,
         **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if feature_level is not None and feature_layer != "stage":
+            raise ValueError(f"feature_level needs feature_layer 'stage', got {feature_layer!r}")
         if positive_weight is not None and (len(positive_weight) != num_classes - 1 or min(positive_weight) <= 0):
             raise ValueError(f"positive_weight needs {num_classes - 1} values > 0 (one per foreground class), "
                              f"got {list(positive_weight)}")
@@ -139,7 +145,9 @@ class CAMClassifier(WSSSTask):
             return Trunk(hp.backbone, hp.weights, output_stride=hp.output_stride)
         if hp.get("feature_layer", "stage") != "stage":
             raise ValueError(f"feature_layer must be 'stage' or 'forward_features', got {hp.feature_layer!r}")
-        return build_backbone(hp.backbone, hp.weights, output_stride=hp.output_stride)
+        level = hp.get("feature_level")
+        return build_backbone(hp.backbone, hp.weights, output_stride=hp.output_stride,
+                              out_indices=None if level is None else (int(level),))
 
     def configure_head(self, in_channels: int, num_outputs: int) -> nn.Module:
         """The bias-free 1x1 classifier on pooled features."""

@@ -154,3 +154,14 @@ def test_write_comparison_returns_its_paths(tmp_path):
                      "plot": tmp_path / "x" / "cost_vs_miou.png"}
     assert all(p.is_file() for p in paths.values())
     assert "Pseudo-label mIoU per stage" not in paths["html"].read_text()  # no pseudo labels, no chart
+
+
+def test_table_columns_stay_aligned_with_long_supervision_keys():
+    summary = {"dataset": "synthetic", "num_train": 12, "num_val": 6,
+               "supervision": {"image": IMAGE, "hybrid_0.1_restrict_cams": dict(IMAGE), "full": FULL}}
+    lines = format_table(summary).splitlines()
+    header, rows = lines[1], lines[3:6]
+    assert len(lines[2]) == len(header) and set(lines[2]) == {"-"}
+    assert [row.split()[0] for row in rows] == ["image", "hybrid_0.1_restrict_cams", "full"]
+    assert all(len(row) == len(header) for row in rows)  # every column ends where its heading does
+    assert all(row.index(" 0.50 ") == rows[0].index(" 0.50 ") for row in rows[:2])

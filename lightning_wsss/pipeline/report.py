@@ -75,13 +75,14 @@ def final_pseudo_key(supervision: str, entry: Mapping[str, Any]) -> Optional[str
 
 def format_table(summary: Mapping[str, Any]) -> str:
     """The comparison as a plain-text table (mIoU in percent)."""
-    lines = [f"data set: {summary.get('dataset')}  ({summary.get('num_train')} train / {summary.get('num_val')} val images)",
-             f"{'supervision':<16} {'annot. h':>9} {'pseudo mIoU':>12} {'val mIoU':>9} {'vs full':>8} {'wall s':>8}",
-             "-" * 67]
     rows = comparison_rows(summary)
+    width = max([16] + [len(str(row["supervision"])) for row in rows])  # long summary keys keep the columns aligned
+    lines = [f"data set: {summary.get('dataset')}  ({summary.get('num_train')} train / {summary.get('num_val')} val images)",
+             f"{'supervision':<{width}} {'annot. h':>9} {'pseudo mIoU':>12} {'val mIoU':>9} {'vs full':>8} {'wall s':>8}",
+             "-" * (width + 51)]
     for row in rows:
         rel = "     n/a" if row["relative_to_full"] is None else f"{100 * row['relative_to_full']:7.1f}%"
-        lines.append(f"{row['supervision']:<16} {row['annotation_hours']:9.2f} {_pct(row['pseudo_miou']):>12} "
+        lines.append(f"{row['supervision']:<{width}} {row['annotation_hours']:9.2f} {_pct(row['pseudo_miou']):>12} "
                      f"{_pct(row['val_miou']):>9} {rel:>8} {row['wall_s'] or 0:8.1f}")
     details = []
     for name, entry in summary.get("supervision", {}).items():

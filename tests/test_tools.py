@@ -20,6 +20,18 @@ from lightning_wsss.tasks.erasing import ErasingCAMClassifier
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
+def tiny_classifier_checkpoint(root: Path, path: Path) -> Path:
+    """A CAM classifier (test_resnet) trained one epoch on ``root``, saved at ``path``."""
+    from lightning_wsss.tasks import CAMClassifier
+
+    torch.manual_seed(0)
+    model = CAMClassifier(4, backbone="test_resnet", lr=0.05)
+    trainer = tiny_trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, ImageLabelDataModule(str(root), batch_size=2, crop_size=32, num_workers=0))
+    trainer.save_checkpoint(path)
+    return path
+
+
 def run_tool(name: str, *args: str) -> str:
     done = subprocess.run([sys.executable, str(TOOLS / name), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -153,13 +165,7 @@ def test_crop_label_loss(tiny_voc):
 
 
 def test_cam_variants(tiny_voc, tmp_path):
-    from lightning_wsss.tasks import CAMClassifier
-
-    torch.manual_seed(0)
-    model = CAMClassifier(4, backbone="test_resnet", lr=0.05)
-    trainer = tiny_trainer(max_epochs=1, limit_val_batches=0)
-    trainer.fit(model, ImageLabelDataModule(str(tiny_voc), batch_size=2, crop_size=32, num_workers=0))
-    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    tiny_classifier_checkpoint(tiny_voc, tmp_path / "c.ckpt")
     out = run_tool("cam_variants.py", "--checkpoint", str(tmp_path / "c.ckpt"), "--root", str(tiny_voc), "--images", "3",
                    "--variants", "LPCAMClassifier:num_clusters=2,select_threshold=0.3").splitlines()
     assert out[0].startswith("3 images of train") and out[1].startswith("CAMClassifier ")
@@ -465,13 +471,7 @@ def test_context_reliance_versions_and_known_answer(tmp_path):
 
 
 def test_context_reliance_cli(tiny_voc, tmp_path):
-    from lightning_wsss.tasks import CAMClassifier
-
-    torch.manual_seed(0)
-    model = CAMClassifier(4, backbone="test_resnet", lr=0.05)
-    trainer = tiny_trainer(max_epochs=1, limit_val_batches=0)
-    trainer.fit(model, ImageLabelDataModule(str(tiny_voc), batch_size=2, crop_size=32, num_workers=0))
-    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    tiny_classifier_checkpoint(tiny_voc, tmp_path / "c.ckpt")
     out = run_tool("context_reliance.py", "--checkpoint", str(tmp_path / "c.ckpt"), "--root", str(tiny_voc),
                    "--split", "train", "--fill", "mean").splitlines()
     assert out[0].startswith("4 images of train") and [line.split()[0] for line in out[3:]] == \

@@ -2,8 +2,8 @@
 
 Training: random rescale, pad (image with the mean colour, masks with 255), random crop, horizontal flip,
 optional colour jitter, optional grid shuffle, normalisation. Validation, test and prediction: normalisation
-only (no randomness; images keep their size, batches are padded by the collate function). :func:`denormalize` inverts the
-normalisation for drawing and for the CRF, which needs the original colours.
+only (no randomness; images keep their size, batches are padded by the collate function). :func:`denormalize`
+inverts the normalisation for drawing and for the CRF, which needs the original colours.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ ONE_LINE_ERRORS = {
     "negative batch size": ({"data": {"batch_size": -2}}, "data.batch_size: batch_size must be a positive integer, got -2"),
     "negative crop of a stage": ({"stages": {"affinity": {"data": {"crop_size": -5}}}},
                                  "stages.affinity.data.crop_size: crop_size must be a positive integer, got -5"),
+    "negative grid shuffle of a stage": ({"stages": {"classifier": {"data": {"grid_shuffle": -1}}}},
+                                         "stages.classifier.data.grid_shuffle: grid_shuffle must be an integer >= 0, "
+                                         "got -1"),
     "DataModule argument": ({"stages": {"classifier": {"data": {"past_prob": 0.5}}}},
                             "stages.classifier.data.past_prob: unknown key"),
     "stage option": ({"stages": {"random_walk": {"walk": {"mod": "irn"}}}},

@@ -23,9 +23,10 @@ from .sampling import EpochShuffleSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, apply_transform, eval_transform, train_transform
 
 
-def check_sizes(scale_range: Sequence[float] = (1.0, 1.0), num_workers: int = 0, **positive: Any) -> None:
+def check_sizes(scale_range: Sequence[float] = (1.0, 1.0), num_workers: int = 0, grid_shuffle: int = 0,
+                **positive: Any) -> None:
     """Check a DataModule's sizes: each of ``positive`` (batch and crop sizes...) an integer >= 1, ``num_workers``
-    >= 0, ``scale_range`` two positive numbers, low first.
+    and ``grid_shuffle`` integers >= 0, ``scale_range`` two positive numbers, low first.
 
     Raises:
         DataError: naming the setting and its value (a config or command-line mistake, not a file's).
@@ -33,8 +34,9 @@ def check_sizes(scale_range: Sequence[float] = (1.0, 1.0), num_workers: int = 0,
     for name, value in positive.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise DataError(None, f"{name} must be a positive integer, got {value!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
-        raise DataError(None, f"num_workers must be an integer >= 0, got {num_workers!r}")
+    for name, value in (("num_workers", num_workers), ("grid_shuffle", grid_shuffle)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise DataError(None, f"{name} must be an integer >= 0, got {value!r}")
     scales = tuple(scale_range)
     if len(scales) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in scales) or scales[0] > scales[1]:
         raise DataError(None, f"scale_range must be two positive numbers (low, high), got {list(scales)}")
@@ -132,7 +134,8 @@ class WSSSDataModule(L.LightningDataModule):
         if dataset not in ("voc", "coco"):
             raise ValueError(f"dataset must be 'voc' or 'coco', got {dataset!r}")
         check_sizes(batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size,
-                    size_divisor=size_divisor, num_workers=num_workers, scale_range=scale_range)
+                    size_divisor=size_divisor, num_workers=num_workers, grid_shuffle=grid_shuffle,
+                    scale_range=scale_range)
         self.root = root
         self.dataset = dataset
         self.splits = {"fit": train_split, "validate": val_split, "test": test_split, "predict": predict_split or train_split}
@@ -144,8 +147,6 @@ class WSSSDataModule(L.LightningDataModule):
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
         self.color_jitter = color_jitter
-        if isinstance(grid_shuffle, bool) or not isinstance(grid_shuffle, (int, np.integer)) or grid_shuffle < 0:
-            raise DataError(None, f"grid_shuffle must be an integer >= 0 (cells per side), got {grid_shuffle!r}")
         self.grid_shuffle = int(grid_shuffle)
         self.size_divisor = size_divisor
         self.mean, self.std = tuple(mean), tuple(std)

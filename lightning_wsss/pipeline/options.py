@@ -301,7 +301,7 @@ class Trainer(Check):
 
 class Data(Check):
     """``data``: keyword arguments of the stage's DataModule (with the shared ``data`` settings), and sizes that
-    make sense (positive batch and crop sizes, ``num_workers >= 0``, a valid ``scale_range``)."""
+    make sense (positive batch and crop sizes, ``num_workers`` and ``grid_shuffle >= 0``, a valid ``scale_range``)."""
 
     def __call__(self, value: Any, where: Where) -> None:
         if where.datamodule is None:
@@ -318,7 +318,7 @@ def check_sizes(shared: Mapping[str, Any], own: Mapping[str, Any], where: Where)
     from ..errors import DataError
 
     merged = deep_merge(shared, own)
-    for name in ("batch_size", "eval_batch_size", "crop_size", "num_workers", "scale_range"):
+    for name in ("batch_size", "eval_batch_size", "crop_size", "num_workers", "grid_shuffle", "scale_range"):
         if name in merged:
             try:
                 datamodule_sizes(**{name: merged[name]})

@@ -134,3 +134,14 @@ def test_grid_shuffle_permutes_the_cells_of_the_crop_and_keeps_the_labels(tiny_v
         ImageLabelDataModule(str(tiny_voc), grid_shuffle=-1)
     assert ImageLabelDataModule(str(tiny_voc), grid_shuffle=2).train_transform().transforms[-2].__class__.__name__ \
         == "RandomGridShuffle"
+
+
+def test_normalize_is_the_inverse_of_denormalize_and_matches_the_eval_transform():
+    from lightning_wsss.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, normalize
+
+    image = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    array = normalize(image)
+    assert array.shape == (3, 7, 5) and array.dtype == np.float32 and array.flags["C_CONTIGUOUS"]
+    assert np.array_equal(denormalize(array, IMAGENET_MEAN, IMAGENET_STD), image)
+    expected = eval_transform()(image=image)["image"].transpose(2, 0, 1)
+    assert np.allclose(array, expected, atol=1e-5)

@@ -438,6 +438,7 @@ def test_context_reliance_versions_and_known_answer(tmp_path):
     sys.path.insert(0, str(TOOLS))
     import context_reliance as tool
     from conftest import write_tiny_voc
+    from lightning_wsss.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     root = write_tiny_voc(tmp_path / "voc", num_images=8, splits={"train": list(range(8))})
     sample = VOCSegmentation(root, "train").load("img_1")
@@ -454,7 +455,7 @@ def test_context_reliance_versions_and_known_answer(tmp_path):
 
     class ColourStub(torch.nn.Module):
         def forward(self, images):
-            rgb = images * torch.tensor(tool.IMAGENET_STD)[:, None, None] + torch.tensor(tool.IMAGENET_MEAN)[:, None, None]
+            rgb = images * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
             r, g = rgb[:, 0], rgb[:, 1]
             shares = [((r > 0.7) & (g < 0.3)).float().mean((1, 2)), ((g > 0.6) & (r < 0.3)).float().mean((1, 2)),
                       torch.zeros(images.shape[0])]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_average_precision
 
-from lightning_wsss.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from lightning_wsss.datamodules.transforms import IMAGENET_MEAN, normalize
 from lightning_wsss.datasets import IGNORE_INDEX, open_split
 from lightning_wsss.pipeline.config import resolve_class
 from lightning_wsss.serialization import load_model_checkpoint
@@ -68,13 +68,6 @@ def image_versions(image: np.ndarray, mask: np.ndarray, dilate: int, fill: str) 
             "objects only": fill_region(image, ~objects, "mean")}
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """float [1, 3, H, W], normalised as the DataModules normalise."""
-    array = (image.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD,
-                                                                                                      np.float32)
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())[None]
-
-
 def average_precisions(scores: torch.Tensor, labels: torch.Tensor) -> List[float]:
     """AP per class (float [N, C] scores, {0, 1} [N, C] labels); NaN for a class without positives or negatives."""
     out = []
@@ -98,7 +91,7 @@ def context_reliance(model, root: str, split: str, images: int, dilate: int, fil
     for image_id in ids:
         sample = dataset.load(image_id)
         for version, picture in image_versions(sample["image"], sample["mask"], dilate, fill).items():
-            scores[version].append(torch.sigmoid(model(to_tensor(picture))).float()[0])
+            scores[version].append(torch.sigmoid(model(torch.from_numpy(normalize(picture))[None])).float()[0])
         labels.append(torch.as_tensor(np.asarray(sample["labels"]), dtype=torch.float32))
     target = torch.stack(labels)
     ap = {version: average_precisions(torch.stack(rows), target) for version, rows in scores.items()}

@@ -92,6 +92,12 @@ def apply_transform(transform: A.Compose, sample: Dict[str, Any]) -> Dict[str, A
     return result
 
 
+def normalize(image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Normalise a uint8 image [H, W, 3] as the pipelines do; returns float32 [3, H, W] (:func:`denormalize`'s inverse)."""
+    array = (np.asarray(image, np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
 def denormalize(image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Invert normalisation of a float image [3, H, W]; returns uint8 [H, W, 3]."""
     array = np.asarray(image, dtype=np.float32).transpose(1, 2, 0)

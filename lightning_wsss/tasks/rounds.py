@@ -191,9 +191,9 @@ class RoundsMixin:
     @torch.no_grad()
     def whole_image_probs(self, image: np.ndarray) -> Tensor:
         """Softmax float [C, H, W] (``predict_logits``, eval mode) of one raw uint8 image [H, W, 3]."""
-        mean, std = self.normalization()
-        array = (np.asarray(image, np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        tensor = torch.from_numpy(array.transpose(2, 0, 1).copy())[None].to(self.device)
+        from ..datamodules.transforms import normalize
+
+        tensor = torch.from_numpy(normalize(image, *self.normalization()))[None].to(self.device)
         was_training = self.training
         self.eval()
         try:

@@ -95,7 +95,7 @@ def test_base_config_chain_and_its_errors(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["image_erasing", "image_cda", "image_sec", "image_selftrain", "image_irn",
-                                    "image_lpcam", "image_recam"])
+                                    "image_lpcam", "image_recam", "image_probecam"])
 def test_demo_methods_are_their_configs_on_the_demo(method, tmp_path):
     """``wsss demo --methods M``: the demo's image pipeline with the method config's own keys, under M's name."""
     from lightning_wsss.pipeline.demo import METHODS, demo_config, method_config, method_overrides
@@ -105,8 +105,10 @@ def test_demo_methods_are_their_configs_on_the_demo(method, tmp_path):
     assert config["summary_key"] == method and config["dataset"] == demo_config(tmp_path, "image", False, False)["dataset"]
     for stage, section in method_overrides(method).get("stages", {}).items():
         assert deep_merge(config["stages"][stage], section) == config["stages"][stage]
-    if method == "image_lpcam":
-        assert config["stages"]["cams"]["class_path"] == "LPCAMClassifier"
+    if method in ("image_lpcam", "image_probecam"):  # the CAM stage only: the baseline's classifier
+        assert config["stages"]["cams"]["class_path"] == {"image_lpcam": "LPCAMClassifier",
+                                                          "image_probecam": "ProbeCAMClassifier"}[method]
+        assert config["stages"]["classifier"] == demo_config(tmp_path, "image", False, False)["stages"]["classifier"]
         assert config["stages"]["affinity"] == demo_config(tmp_path, "image", False, False)["stages"]["affinity"]
     if method == "image_recam":  # the classifier of experiments/synthetic/study/demo_recam_background.yaml
         init_args = config["stages"]["classifier"]["model"]["init_args"]

@@ -477,3 +477,32 @@ def test_context_reliance_cli(tiny_voc, tmp_path):
                    "--split", "train", "--fill", "mean").splitlines()
     assert out[0].startswith("4 images of train") and [line.split()[0] for line in out[3:]] == \
         ["chance", "intact", "context", "objects"]
+
+
+def test_feature_ceiling_fits_the_ground_truth(tiny_voc, tmp_path):
+    """The oracle probe on the tiny set's coloured squares (a linear job for any features that see colour) beats the
+    one-epoch classifier's plain CAM and localizes well; the table has its three kinds of rows."""
+    tiny_classifier_checkpoint(tiny_voc, tmp_path / "c.ckpt")
+    sys.path.insert(0, str(TOOLS))
+    import feature_ceiling as tool
+
+    assert tool.parse_feature_set("imagenet:2,3,4") == ("imagenet", [2, 3, 4])
+    with pytest.raises(ValueError, match="feature set"):
+        tool.parse_feature_set("dino:4")
+    result = tool.feature_ceiling(str(tmp_path / "c.ckpt"), str(tiny_voc), "train", 0, ["classifier:1,2"],
+                                  holdout=False, steps=300)
+    rows = result["rows"]
+    assert set(rows) == {"cam", "classifier:1,2 cam-like", "classifier:1,2 probability"}
+    assert rows["classifier:1,2 cam-like"]["best_miou"] > max(0.6, rows["cam"]["best_miou"])
+    out = run_tool("feature_ceiling.py", "--checkpoint", str(tmp_path / "c.ckpt"), "--root", str(tiny_voc),
+                   "--features", "classifier:2", "--holdout", "--steps", "50")
+    assert "2 images of train scored (probes fit on the other 2)" in out and "classifier:2 cam-like" in out
+
+
+def test_cam_variants_parses_numbers_and_words():
+    sys.path.insert(0, str(TOOLS))
+    import cam_variants as tool
+
+    assert tool.parse_variant("ProbeCAMClassifier:seed_threshold=0.8,probe_features=classifier") == (
+        "ProbeCAMClassifier", {"seed_threshold": 0.8, "probe_features": "classifier"})
+    assert tool.parse_variant("CAMClassifier") == ("CAMClassifier", {})

@@ -6,7 +6,7 @@
 
 Each variant is ``Class:key=value,key=value`` (a ``CAMClassifier`` subclass that only changes how maps are made,
 and the hyper-parameters to set); the checkpoint loads into it as the pipeline's ``cams`` stage does. LPCAM's
-prototypes are built from the same images. Every map set is scored like ``wsss evaluate-cams``: the best
+prototypes and ProbeCAM's probes are built from the same images. Every map set is scored like ``wsss evaluate-cams``: the best
 constant background threshold of 0.05 .. 0.95 and its mIoU. Quicker than a CAM stage per setting: use it to
 choose settings, then run the stage.
 """
@@ -25,10 +25,18 @@ from lightning_wsss.serialization import load_model_checkpoint
 from lightning_wsss.tasks.classifier import present_class_ids
 
 def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
-    """``"LPCAMClassifier:a=1,b=0.5"`` -> ``("LPCAMClassifier", {"a": 1.0, "b": 0.5})`` (values as floats)."""
+    """``"LPCAMClassifier:a=1,b=0.5,c=x"`` -> ``("LPCAMClassifier", {"a": 1.0, "b": 0.5, "c": "x"})`` (numbers as
+    floats, anything else as text)."""
     name, _, settings = text.partition(":")
     values = dict(item.split("=", 1) for item in settings.split(",") if item)
-    return name, {key: float(value) for key, value in values.items()}
+    return name, {key: _number_or_text(value) for key, value in values.items()}
+
+
+def _number_or_text(value: str) -> Any:
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def best_threshold_miou(model, batches: Sequence[Dict[str, Any]]) -> Tuple[float, float]:
@@ -68,10 +76,13 @@ def main() -> None:
         model.hparams.cam_scales, model.hparams.cam_flip = list(args.scales), bool(args.flip)
         for key, value in settings.items():
             model.hparams[key] = value
-        if hasattr(model, "build_prototypes"):
+        if hasattr(model, "build_prototypes"):  # LPCAM
             model.build_prototypes(batches)
+        if hasattr(model, "build_probes"):  # ProbeCAM
+            model.build_probes(batches)
         miou, threshold = best_threshold_miou(model, batches)
-        label = name + (":" + ",".join(f"{k}={v:g}" for k, v in settings.items()) if settings else "")
+        label = name + (":" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in settings.items()) if settings else "")
         print(f"{label:<60} mIoU {100 * miou:6.2f}  at threshold {threshold:.2f}")
 
 

@@ -73,9 +73,10 @@ def demo(argv: List[str]) -> int:
                         help="also run hybrid supervision at these box fractions (default with no value: 0 0.1 0.3 1) "
                              "and plot val mIoU against annotation hours (reuses the image-label stages; one box init and segmenter per fraction)")
     parser.add_argument("--methods", nargs="*", default=None, metavar="METHOD",
-                        help="also run the methods beyond the baselines, IRN's boundary relations, LPCAM's "
-                             "and ReCAM's maps as image pipelines (default with no value: all of image_erasing "
-                             "image_cda image_sec image_selftrain image_irn image_lpcam image_recam), sharing the "
+                        help="also run the methods beyond the baselines, IRN's boundary relations, LPCAM's, "
+                             "ReCAM's and ProbeCAM's maps as image pipelines (default with no value: all of "
+                             "image_erasing image_cda image_sec image_selftrain image_irn image_lpcam image_recam "
+                             "image_probecam), sharing the "
                              "baseline's stages")
     parser.add_argument("--segmenter-seeds", nargs="+", type=int, default=(), metavar="SEED",
                         help=SEGMENTER_SEEDS_HELP)

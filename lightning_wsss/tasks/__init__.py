@@ -10,11 +10,13 @@ from .classifier import CAMClassifier
 from .erasing import ErasingCAMClassifier
 from .irn import BoundaryRefiner
 from .lpcam import LPCAMClassifier
+from .probecam import ProbeCAMClassifier
 from .recam import ReCAMClassifier
 from .sec import SECSegmenter
 from .segmenter import DeepLabSegmenter
 from .self_training import SelfTrainingSegmenter
 
-__all__ = ["WSSSTask", "CAMClassifier", "ErasingCAMClassifier", "LPCAMClassifier", "ReCAMClassifier", "AffinityRefiner",
+__all__ = ["WSSSTask", "CAMClassifier", "ErasingCAMClassifier", "LPCAMClassifier", "ProbeCAMClassifier",
+           "ReCAMClassifier", "AffinityRefiner",
            "BoundaryRefiner", "DeepLabSegmenter", "SECSegmenter", "SelfTrainingSegmenter", "BoxSupSegmenter",
            "BoxSupTrainer"]

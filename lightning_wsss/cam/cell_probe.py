@@ -1,0 +1,132 @@
+"""Linear cell probes on backbone features: pure functions over tensors.
+
+A probe is one logistic regression per class over feature cells (pixels of a feature map). Two users:
+
+- :class:`~lightning_wsss.tasks.probecam.ProbeCAMClassifier` fits it from image labels only: a class's positive
+  cells are where its CAM is confident in the images labelled with it, its negative cells are *every* cell of
+  the images labelled without it. Those negatives are certain, and they hold the context that predicts the
+  label (road without a car, sky without a tree) without the object, so the probe learns what the object adds;
+- ``tools/feature_ceiling.py`` fits it to the ground-truth masks, which measures how well any linear map of a
+  feature set can localize (the ceiling of a CAM read from those features).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["hypercolumn", "valid_cells", "cell_targets", "fit_cell_probes", "probe_logits", "probe_maps"]
+
+
+def hypercolumn(levels: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
+    """Feature levels resized to one grid and concatenated, each L2-normalised over its channels first (so a level
+    with many channels or large activations does not drown the others).
+
+    Args:
+        levels: float [B, D_i, h_i, w_i] each.
+        size: the grid (h, w), usually the finest level's.
+
+    Returns:
+        float [B, sum D_i, h, w].
+    """
+    if not levels:
+        raise ValueError("hypercolumn needs at least one feature level")
+    resized = [level if tuple(level.shape[-2:]) == tuple(size) else
+               F.interpolate(level, size=size, mode="bilinear", align_corners=False) for level in levels]
+    return torch.cat([F.normalize(level.float(), dim=1) for level in resized], dim=1)
+
+
+def valid_cells(sizes: Tensor, padded: Tuple[int, int], grid: Tuple[int, int]) -> Tensor:
+    """Which cells of a feature grid lie inside each image of a padded batch (eval batches pad at the bottom and
+    right).
+
+    Args:
+        sizes: long [B, 2], every image's (height, width) before padding.
+        padded: the batch's (H, W).
+        grid: the feature map's (h, w).
+
+    Returns:
+        bool [B, h * w] (row-major cells).
+    """
+    rows = torch.arange(grid[0], dtype=torch.float32) * padded[0] / grid[0]
+    cols = torch.arange(grid[1], dtype=torch.float32) * padded[1] / grid[1]
+    inside = [((rows < int(h))[:, None] & (cols < int(w))[None]).flatten() for h, w in sizes.tolist()]
+    return torch.stack(inside)
+
+
+def cell_targets(mask: Tensor, num_classes: int, grid: Tuple[int, int], ignore_index: int = 255) -> Tensor:
+    """Share of every grid cell covered by each foreground class of a label map (area pooling).
+
+    Args:
+        mask: long [H, W] class indices (0 background, ``ignore_index`` ignored: counts as no class).
+        num_classes: classes including background.
+        grid: (h, w) of the feature map.
+
+    Returns:
+        float [C-1, h, w] in [0, 1].
+    """
+    labelled = mask != ignore_index
+    one_hot = torch.zeros(num_classes, *mask.shape)
+    one_hot[:, labelled] = F.one_hot(mask[labelled].long(), num_classes).T.float()
+    return F.adaptive_avg_pool2d(one_hot[None], grid)[0, 1:]
+
+
+def fit_cell_probes(features: Tensor, positive: Tensor, negative: Tensor, steps: int = 200, lr: float = 0.01,
+                    weight_decay: float = 1e-4) -> Tuple[Tensor, Tensor]:
+    """One logistic regression per class over cells, positives and negatives weighted half and half.
+
+    Full-batch Adam from zero weights (deterministic for the same inputs). Cells neither positive nor negative for a
+    class do not enter its loss; a class without positives or negatives gets weight 0 and bias 0 (its probe is 0.5
+    everywhere, a flat map).
+
+    Args:
+        features: float [M, D] cell features.
+        positive: [M, C] targets in [0, 1] (bool for hard labels, shares for soft ones).
+        negative: bool [M, C], cells that are certainly not the class (target 0).
+        steps: Adam steps; lr, weight_decay: its settings.
+
+    Returns:
+        ``(weight float [C, D], bias float [C])``: the probe of class c is ``sigmoid(features @ weight[c] + bias[c])``.
+    """
+    if features.dim() != 2 or positive.shape[0] != features.shape[0] or positive.shape != negative.shape:
+        raise ValueError(f"features [M, D], positive and negative [M, C] expected, got {tuple(features.shape)}, "
+                         f"{tuple(positive.shape)}, {tuple(negative.shape)}")
+    target = positive.float()
+    is_positive, is_negative = target > 0, negative.bool() & ~(target > 0)
+    weights = (0.5 * is_positive.float() / is_positive.sum(0).clamp(min=1)
+               + 0.5 * is_negative.float() / is_negative.sum(0).clamp(min=1))
+    usable = is_positive.any(0) & is_negative.any(0)
+    weight = torch.zeros(target.shape[1], features.shape[1], device=features.device, requires_grad=True)
+    bias = torch.zeros(target.shape[1], device=features.device, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    features = features.float()
+    with torch.inference_mode(False), torch.enable_grad():
+        for _ in range(int(steps)):
+            optimizer.zero_grad()
+            logits = features @ weight.T + bias
+            loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights).sum()
+            loss.backward()
+            optimizer.step()
+    weight, bias = weight.detach(), bias.detach()
+    return weight * usable[:, None], bias * usable
+
+
+def probe_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The probes' logits on every cell.
+
+    Args:
+        features: float [B, D, h, w]; weight: [K, D]; bias: [K] (the rows of the classes wanted).
+
+    Returns:
+        float [B, K, h, w].
+    """
+    return (torch.einsum("bdhw,kd->bkhw", features.float(), weight.to(features.device).float())
+            + bias.to(features.device).float()[None, :, None, None])
+
+
+def probe_maps(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The probes' probabilities on every cell: float [B, K, h, w] in (0, 1) (:func:`probe_logits`' arguments)."""
+    return torch.sigmoid(probe_logits(features, weight, bias))

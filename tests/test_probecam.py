@@ -1,0 +1,169 @@
+"""ProbeCAM: the cell-probe core on known answers, and the task through predict on tiny data."""
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_trainer
+from lightning_wsss.callbacks import ArtifactWriter
+from lightning_wsss.cam.functional import upsample
+from lightning_wsss.cam.cell_probe import (cell_targets, fit_cell_probes, hypercolumn, probe_logits, probe_maps,
+                                           valid_cells)
+from lightning_wsss.datamodules import ImageLabelDataModule
+from lightning_wsss.tasks import CAMClassifier, ProbeCAMClassifier
+
+
+# ---------------------------------------------------------------------------------------------- core
+def test_hypercolumn_normalises_each_level_and_resizes_to_the_grid():
+    fine = torch.zeros(1, 2, 4, 4)
+    fine[0, 0] = 3.0  # unit vector (1, 0) after normalisation
+    coarse = torch.zeros(1, 1, 2, 2)
+    coarse[0, 0] = 10.0  # (1,) after normalisation, whatever its scale
+    column = hypercolumn([fine, coarse], (4, 4))
+    assert column.shape == (1, 3, 4, 4)
+    assert torch.allclose(column[0, :, 1, 2], torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="at least one"):
+        hypercolumn([], (4, 4))
+
+
+def test_valid_cells_of_a_padded_batch():
+    # a batch padded to 32 x 32; the second image is 16 px high and 24 px wide; a 4 x 4 grid (8 px cells)
+    inside = valid_cells(torch.tensor([[32, 32], [16, 24]]), (32, 32), (4, 4))
+    assert inside[0].all()
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:2, :3] = True
+    assert torch.equal(inside[1].view(4, 4), expected)
+
+
+def test_cell_targets_are_class_shares_per_cell():
+    mask = torch.zeros(4, 4, dtype=torch.long)
+    mask[0, 0] = 1  # a quarter of the top-left 2x2 cell
+    mask[2:, 2:] = 2  # the whole bottom-right cell
+    mask[0, 3] = 255  # ignored: no class
+    shares = cell_targets(mask, 3, (2, 2))
+    assert torch.allclose(shares[0], torch.tensor([[0.25, 0.0], [0.0, 0.0]]))
+    assert torch.allclose(shares[1], torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+
+
+def test_certain_negatives_teach_the_object_not_its_context():
+    """The failure ProbeCAM targets, in two feature dimensions: 'road' cells are in every image, 'car' cells only in
+    the car images, and the car's CAM seeds cover the road as much as the car. Negatives from the images without a
+    car are road, so the probe scores car cells high and road cells low."""
+    generator = torch.Generator().manual_seed(0)
+    road, car = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    noise = lambda n: 0.05 * torch.randn(n, 2, generator=generator)
+    features = torch.cat([road + noise(60), car + noise(20), road + noise(80)])  # car images: 80 cells, others 80
+    in_car_image = torch.cat([torch.ones(80), torch.zeros(80)]).bool()[:, None]
+    seeds = torch.cat([torch.rand(60, generator=generator) > 0.3, torch.ones(20), torch.zeros(80)]).bool()[:, None]
+    weight, bias = fit_cell_probes(features, in_car_image & seeds, ~in_car_image, steps=300, lr=0.05)
+    maps = probe_maps(features.T.reshape(1, 2, 160, 1), weight, bias)[0, 0, :, 0]
+    # the car's cells near 1; its seeds' road cells below 0.6 (the seeds hold twice as much road as car), the
+    # negative images' road lower still
+    assert float(maps[60:80].min()) > 0.9 and float(maps[:60].max()) < 0.6 and float(maps[80:].max()) < 0.6
+    # deterministic; a class without negatives (in every image) is left flat
+    again = fit_cell_probes(features, in_car_image & seeds, ~in_car_image, steps=300, lr=0.05)
+    assert torch.equal(weight, again[0]) and torch.equal(bias, again[1])
+    flat_w, flat_b = fit_cell_probes(features, in_car_image & seeds, torch.zeros_like(in_car_image), steps=10)
+    assert float(flat_w.abs().sum()) == 0.0 and float(flat_b.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="expected"):
+        fit_cell_probes(features, in_car_image, ~in_car_image[:10])
+
+
+def test_probe_maps_are_the_sigmoid_of_the_linear_probe():
+    features = torch.randn(2, 3, 4, 5)
+    weight, bias = torch.randn(2, 3), torch.randn(2)
+    expected = torch.sigmoid(F.conv2d(features, weight[:, :, None, None], bias))
+    assert torch.allclose(probe_maps(features, weight, bias), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- task
+def _datamodule(root, **kwargs):
+    options = dict(batch_size=2, eval_batch_size=2, crop_size=32, num_workers=0, predict_split="train")
+    options.update(kwargs)
+    return ImageLabelDataModule(str(root), **options)
+
+
+def test_probecam_loads_a_plain_checkpoint_and_predicts_probe_maps(tiny_voc, tmp_path):
+    torch.manual_seed(0)
+    plain = CAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
+    trainer = tiny_trainer(max_epochs=2, limit_val_batches=0, enable_checkpointing=True,
+                           default_root_dir=str(tmp_path))
+    trainer.fit(plain, _datamodule(tiny_voc))
+    ckpt = tmp_path / "plain.ckpt"
+    trainer.save_checkpoint(ckpt)
+    model = ProbeCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False,
+                                                    probe_features="classifier", probe_levels=[1, 2],
+                                                    seed_threshold=0.3, probe_steps=20)
+    assert torch.equal(model.net.head.weight, plain.net.head.weight)
+    assert set(model.state_dict()) == set(plain.state_dict())  # the probe backbone is not a submodule
+    writer = ArtifactWriter(str(tmp_path / "pred"))
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, inference_mode=False,
+              callbacks=[writer]).predict(model, _datamodule(tiny_voc), return_predictions=False)
+    assert model.probe_weight.shape[0] == 3 and model.probe_weight.shape[1] == model.hypercolumn_features(
+        torch.zeros(1, 3, 32, 32)).shape[1]
+    data = np.load(tmp_path / "pred" / "cams" / "img_1.npz")
+    assert data["cams"].shape == (2, 48, 48) and list(data["keys"]) == [1, 2]
+    assert 0.0 <= data["cams"].min() and abs(float(data["cams"].max()) - 1.0) < 1e-2
+    images = torch.randn(1, 3, 48, 48)
+    ids = torch.tensor([[1, 2, -1]])
+    maps = model.compute_cams(images, ids)
+    assert float(maps[0, 2].abs().max()) == 0.0  # padding gives a zero map
+    assert not torch.allclose(maps[:, :2], plain.compute_cams(images, ids[:, :2]), atol=1e-3)
+
+
+def test_probecam_arguments_are_checked():
+    with pytest.raises(ValueError, match="probe_features"):
+        ProbeCAMClassifier(4, backbone="test_resnet", probe_features="dino")
+    with pytest.raises(ValueError, match="seed_threshold"):
+        ProbeCAMClassifier(4, backbone="test_resnet", seed_threshold=1.5)
+    with pytest.raises(ValueError, match="probe_output"):
+        ProbeCAMClassifier(4, backbone="test_resnet", probe_output="softmax")
+    with pytest.raises(ValueError, match="rounds"):
+        ProbeCAMClassifier(4, backbone="test_resnet", rounds=0)
+    model = ProbeCAMClassifier(4, backbone="test_resnet", probe_features="classifier", probe_levels=[7])
+    with pytest.raises(ValueError, match="probe_levels"):
+        model.hypercolumn_features(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="build_probes"):
+        model.compute_cams(torch.zeros(1, 3, 32, 32), torch.tensor([[1]]))
+
+
+def test_probecam_imagenet_hypercolumn_of_efficientnet_lite0():
+    """The default feature source: the packaged ImageNet EfficientNet-Lite0 at levels 2-4 (40 + 112 + 320 channels)
+    on the stride-8 grid, built once and kept out of the state dict."""
+    model = ProbeCAMClassifier(4, backbone="efficientnet_lite0", weights=None, output_stride=16)
+    features = model.hypercolumn_features(torch.zeros(1, 3, 64, 64))
+    assert features.shape == (1, 40 + 112 + 320, 8, 8)
+    assert model.probe_backbone() is model.probe_backbone()
+    assert not any(key.startswith("_probe") for key in model.state_dict())
+
+
+def test_a_class_in_every_image_keeps_its_plain_cam(tiny_voc):
+    """Red is in every training image of the tiny set: no negatives, no probe; its maps are the plain CAM's."""
+    torch.manual_seed(0)
+    plain = CAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
+    tiny_trainer(max_epochs=1, limit_val_batches=0).fit(plain, _datamodule(tiny_voc))
+    model = ProbeCAMClassifier(4, backbone="test_resnet", cam_scales=[1.0], cam_flip=False,
+                               probe_features="classifier", probe_levels=[1, 2], seed_threshold=0.3, probe_steps=20)
+    model.load_state_dict(plain.state_dict())
+    datamodule = _datamodule(tiny_voc)
+    datamodule.setup("predict")
+    report = model.build_probes(datamodule.predict_dataloader())
+    # tv-monitor (3) is in no training image: no positives, no probe either
+    assert report["plain_cam"] == [1, 3] and report["negatives"][0] == 0 and report["negatives"][1] > 0
+    images = torch.randn(1, 3, 48, 48)
+    grid = model.hypercolumn_features(images).shape[-2:]
+    with torch.no_grad():
+        red = F.relu(F.conv2d(plain.net.features(images), plain.net.head.weight))[:, :1]  # the plain CAM's raw map
+        red = upsample(F.interpolate(red, size=grid, mode="bilinear", align_corners=False), (48, 48))
+        green = upsample(probe_maps(model.hypercolumn_features(images), model.probe_weight[1:2], model.probe_bias[1:2]),
+                         (48, 48))
+    maps = model.compute_cams(images, torch.tensor([[1, 2]]))
+    assert torch.allclose(maps[0, 0], (red / red.max())[0, 0], atol=1e-4)
+    assert torch.allclose(maps[0, 1], (green / green.max())[0, 0], atol=1e-4)
+    model.hparams.probe_output = "logit"  # the ReLU'd logit instead of the sigmoid
+    with torch.no_grad():
+        green = upsample(F.relu(probe_logits(model.hypercolumn_features(images), model.probe_weight[1:2],
+                                             model.probe_bias[1:2])), (48, 48))
+    assert torch.allclose(model.compute_cams(images, torch.tensor([[2]]))[0, 0], (green / green.max())[0, 0], atol=1e-4)

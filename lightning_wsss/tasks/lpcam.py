@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from ..cam import multiscale_cams
+from ..cam.cell_probe import valid_cells
 from ..cam.prototypes import cluster_means, prototype_map, select_prototypes, spherical_kmeans
 from .classifier import CAMClassifier
 
@@ -92,7 +93,7 @@ class LPCAMClassifier(CAMClassifier):
             features = self.net.features(images)
             maps = self.raw_cams(features)
             maps = maps / (maps.flatten(2).amax(-1)[..., None, None] + 1e-5)
-            valid = self._valid_cells(batch, features.shape[-2:])
+            valid = valid_cells(batch["size"], tuple(images.shape[-2:]), tuple(features.shape[-2:])).to(images.device)
             for row in range(images.shape[0]):
                 flat = features[row].flatten(1).T[valid[row]].float().cpu()
                 for index in torch.nonzero(batch["labels"][row] > 0.5).flatten().tolist():
@@ -101,17 +102,6 @@ class LPCAMClassifier(CAMClassifier):
                     slot["object"].append(flat[inside])
                     slot["context"].append(flat[~inside])
         return collected
-
-    @staticmethod
-    def _valid_cells(batch: Dict[str, Any], size) -> Tensor:
-        """bool [B, h*w]: feature cells inside the image (eval batches pad images at the bottom and right)."""
-        height, width = batch["image"].shape[-2:]
-        rows = torch.arange(size[0]) * height / size[0]
-        cols = torch.arange(size[1]) * width / size[1]
-        cells = []
-        for h, w in batch["size"].tolist():
-            cells.append(((rows < h)[:, None] & (cols < w)[None]).flatten())
-        return torch.stack(cells).to(batch["image"].device)
 
     def build_prototypes(self, batches: Iterable[Dict[str, Any]]) -> Dict[str, Dict[int, int]]:
         """Cluster the collected features of every class into its prototypes and context prototypes.

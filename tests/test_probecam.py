@@ -167,3 +167,15 @@ def test_a_class_in_every_image_keeps_its_plain_cam(tiny_voc):
         green = upsample(F.relu(probe_logits(model.hypercolumn_features(images), model.probe_weight[1:2],
                                              model.probe_bias[1:2])), (48, 48))
     assert torch.allclose(model.compute_cams(images, torch.tensor([[2]]))[0, 0], (green / green.max())[0, 0], atol=1e-4)
+
+
+def test_probecam_without_imagenet_weights_says_what_to_set(monkeypatch):
+    import lightning_wsss.tasks.probecam as module
+
+    def offline(*args, **kwargs):
+        raise OSError("no connection")
+
+    monkeypatch.setattr(module, "build_backbone", offline)
+    model = ProbeCAMClassifier(4, backbone="test_resnet")
+    with pytest.raises(RuntimeError, match="probe_features: classifier"):
+        model.hypercolumn_features(torch.zeros(1, 3, 32, 32))

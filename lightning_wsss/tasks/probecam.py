@@ -111,8 +111,13 @@ class ProbeCAMClassifier(CAMClassifier):
         if hp.probe_features == "classifier":
             return self.net.features.backbone
         if not self._probe_backbone:
-            backbone = build_backbone(hp.backbone, "imagenet", output_stride=hp.output_stride,
-                                      out_indices=tuple(int(level) for level in hp.probe_levels))
+            try:
+                backbone = build_backbone(hp.backbone, "imagenet", output_stride=hp.output_stride,
+                                          out_indices=tuple(int(level) for level in hp.probe_levels))
+            except Exception as exc:  # timm's hub lookup fails offline, or the model has no pretrained weights
+                raise RuntimeError(f"ProbeCAM's probe_features: imagenet needs ImageNet weights for {hp.backbone!r}, "
+                                   f"and none could be loaded ({type(exc).__name__}: {exc}); set probe_features: "
+                                   "classifier to read the trained classifier's own backbone") from exc
             self._probe_backbone.append(backbone.eval().to(self.device))
         return self._probe_backbone[0]
 

@@ -162,6 +162,16 @@ def test_a_class_in_every_image_keeps_its_plain_cam(tiny_voc):
     maps = model.compute_cams(images, torch.tensor([[1, 2]]))
     assert torch.allclose(maps[0, 0], (red / red.max())[0, 0], atol=1e-4)
     assert torch.allclose(maps[0, 1], (green / green.max())[0, 0], atol=1e-4)
+    model.hparams.multiply_cam = True  # green's probe map times green's plain CAM; red (no probe) stays the plain CAM
+    with torch.no_grad():
+        green_cam = F.relu(F.conv2d(plain.net.features(images), plain.net.head.weight))[:, 1:2]
+        green_cam = F.interpolate(green_cam, size=grid, mode="bilinear", align_corners=False)
+        product = upsample(probe_maps(model.hypercolumn_features(images), model.probe_weight[1:2],
+                                      model.probe_bias[1:2]) * green_cam, (48, 48))
+    maps = model.compute_cams(images, torch.tensor([[1, 2]]))
+    assert torch.allclose(maps[0, 0], (red / red.max())[0, 0], atol=1e-4)
+    assert torch.allclose(maps[0, 1], (product / product.max())[0, 0], atol=1e-4)
+    model.hparams.multiply_cam = False
     model.hparams.probe_output = "logit"  # the ReLU'd logit instead of the sigmoid
     with torch.no_grad():
         green = upsample(F.relu(probe_logits(model.hypercolumn_features(images), model.probe_weight[1:2],

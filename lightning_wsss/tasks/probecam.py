@@ -63,6 +63,9 @@ class ProbeCAMClassifier(CAMClassifier):
         seed_threshold: max-normalised plain CAM above which a labelled class's cell is a positive.
         probe_output: ``"probability"``, the probe's sigmoid, or ``"logit"``, its ReLU'd logit (a linear map
             like a CAM's, which does not saturate near 1 before the max-normalisation).
+        multiply_cam: multiply every probe map by the plain CAM of its class (a cell must be both), for data
+            sets whose CAMs already localize (README "ProbeCAM": alone, the probe falls below the plain CAM on
+            the synthetic set).
         rounds: probe fits; each after the first takes the previous maps above ``refine_threshold`` as positives.
         refine_threshold: see ``rounds``.
         probe_steps, probe_lr, probe_weight_decay: the fit (:func:`~lightning_wsss.cam.cell_probe.fit_cell_probes`).
@@ -78,6 +81,7 @@ class ProbeCAMClassifier(CAMClassifier):
         probe_levels: Sequence[int] = (2, 3, 4),
         seed_threshold: float = 0.8,
         probe_output: str = "probability",
+        multiply_cam: bool = False,
         rounds: int = 1,
         refine_threshold: float = 0.9,
         probe_steps: int = 200,
@@ -228,9 +232,11 @@ class ProbeCAMClassifier(CAMClassifier):
                               for b in range(images.shape[0])])
         maps = F.relu(logits) if self.hparams.get("probe_output", "probability") == "logit" else torch.sigmoid(logits)
         plain = ~self.probe_usable[rows]  # [B, K]: classes without a probe (in every image) keep the plain CAM
-        if bool(plain.any()):
+        if bool(plain.any()) or self.hparams.get("multiply_cam", False):
             cams = F.interpolate(self.raw_cams(self.net.features(images)), size=maps.shape[-2:], mode="bilinear",
                                  align_corners=False)
-            cams = torch.gather(cams, 1, rows[..., None, None].expand(-1, -1, *cams.shape[-2:]))
-            maps = torch.where(plain[..., None, None], cams.to(maps), maps)
+            cams = torch.gather(cams, 1, rows[..., None, None].expand(-1, -1, *cams.shape[-2:])).to(maps)
+            if self.hparams.get("multiply_cam", False):
+                maps = maps * cams
+            maps = torch.where(plain[..., None, None], cams, maps)
         return maps * (class_ids > 0)[..., None, None].to(maps)

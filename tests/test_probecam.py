@@ -189,3 +189,20 @@ def test_probecam_without_imagenet_weights_says_what_to_set(monkeypatch):
     model = ProbeCAMClassifier(4, backbone="test_resnet")
     with pytest.raises(RuntimeError, match="probe_features: classifier"):
         model.hypercolumn_features(torch.zeros(1, 3, 32, 32))
+
+
+def test_collect_cells_keeps_a_uniform_bounded_subset(tiny_voc):
+    """max_cells bounds what is held while reading; the subset is the same on every call and spans the images."""
+    model = ProbeCAMClassifier(4, backbone="test_resnet", probe_features="classifier", probe_levels=[1, 2])
+    datamodule = _datamodule(tiny_voc, eval_batch_size=1)
+    datamodule.setup("predict")
+    everything = model.collect_cells(datamodule.predict_dataloader())
+    model.hparams.max_cells = 50
+    subset = model.collect_cells(datamodule.predict_dataloader())
+    assert everything["features"].shape[0] > 50 and subset["features"].shape[0] == 50
+    assert set(subset) == {"features", "seeds", "labels", "image"}
+    assert len(set(subset["image"].tolist())) == len(set(everything["image"].tolist()))  # drawn from every image
+    again = model.collect_cells(datamodule.predict_dataloader())
+    assert torch.equal(subset["features"], again["features"])
+    rows = [torch.nonzero((everything["features"] == f).all(1)).flatten() for f in subset["features"]]
+    assert all(len(r) >= 1 for r in rows)  # every kept cell is one of the cells read

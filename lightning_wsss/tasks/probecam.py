@@ -24,8 +24,8 @@ last stage (``tools/feature_ceiling.py``, README). ``rounds`` > 1 refits the pro
 
 The probes are built before prediction from the images of the predict loader (the training split in the pipeline's
 CAM stage), read once through the DataModule's ``predict_dataloader`` (every DDP rank builds the same probes), or
-from any loader passed to :meth:`ProbeCAMClassifier.build_probes`. At most ``max_cells`` cells (a fixed-seed
-subset) enter the fit.
+from any loader passed to :meth:`ProbeCAMClassifier.build_probes`. At most ``max_cells`` cells (a uniform
+fixed-seed subset, kept while reading) enter the fit.
 
 Hooks overridden: :meth:`compute_cams` (probe maps), ``on_predict_start`` (builds the probes). Training is the
 plain classifier's, so a plain :class:`CAMClassifier` checkpoint loads into this class (the pipeline's ``cams``
@@ -69,7 +69,8 @@ class ProbeCAMClassifier(CAMClassifier):
         rounds: probe fits; each after the first takes the previous maps above ``refine_threshold`` as positives.
         refine_threshold: see ``rounds``.
         probe_steps, probe_lr, probe_weight_decay: the fit (:func:`~lightning_wsss.cam.cell_probe.fit_cell_probes`).
-        max_cells: at most this many cells enter the fit (a fixed-seed random subset).
+        max_cells: at most this many cells enter the fit (a uniform fixed-seed subset, kept while the cells are
+            read, so a large data set never holds all its cells in memory).
         probe_seed: seeds that subset.
         **kwargs: :class:`CAMClassifier` arguments.
     """
@@ -150,8 +151,12 @@ class ProbeCAMClassifier(CAMClassifier):
     @torch.no_grad()
     def collect_cells(self, batches: Iterable[Dict[str, Any]]) -> Dict[str, Tensor]:
         """``{"features" [M, D], "seeds" [M, C-1] (plain CAM on the cell), "labels" bool [M, C-1] (the cell's
-        image labels), "image" long [M]}`` over the valid cells of every image."""
-        parts: Dict[str, List[Tensor]] = {"features": [], "seeds": [], "labels": [], "image": []}
+        image labels), "image" long [M]}`` over the valid cells of every image; at most ``max_cells`` of them, a
+        uniform fixed-seed subset kept while reading (each cell draws a key; the lowest keys stay), so memory stays
+        bounded on large data sets."""
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(int(hp.probe_seed))
+        kept: Dict[str, Tensor] = {}
         count = 0
         for batch in batches:
             images = batch["image"].to(self.device)
@@ -159,15 +164,23 @@ class ProbeCAMClassifier(CAMClassifier):
             grid = tuple(features.shape[-2:])
             seeds = self.seed_cams(images, grid)
             inside = valid_cells(batch["size"], tuple(images.shape[-2:]), grid)
+            parts: Dict[str, List[Tensor]] = {"features": [], "seeds": [], "labels": [], "image": []}
             for row in range(images.shape[0]):
                 keep = inside[row].to(features.device)
+                cells = int(keep.sum())
                 parts["features"].append(features[row].flatten(1).T[keep].float().cpu())
                 parts["seeds"].append(seeds[row].flatten(1).T[keep].float().cpu())
-                labels = (batch["labels"][row] > 0.5).cpu()
-                parts["labels"].append(labels[None].expand(int(keep.sum()), -1))
-                parts["image"].append(torch.full((int(keep.sum()),), count))
+                parts["labels"].append((batch["labels"][row] > 0.5).cpu()[None].expand(cells, -1))
+                parts["image"].append(torch.full((cells,), count))
                 count += 1
-        return {key: torch.cat(values) for key, values in parts.items()}
+            new = {key: torch.cat(values) for key, values in parts.items()}
+            new["key"] = torch.rand(new["image"].shape[0], generator=generator)
+            kept = new if not kept else {key: torch.cat([kept[key], new[key]]) for key in kept}
+            if kept["key"].shape[0] > int(hp.max_cells):
+                lowest = kept["key"].topk(int(hp.max_cells), largest=False).indices.sort().values
+                kept = {key: value[lowest] for key, value in kept.items()}
+        kept.pop("key", None)
+        return kept
 
     def build_probes(self, batches: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
         """Fit the probes on the images of ``batches`` (kept in ``self.probe_weight`` [C-1, D], ``self.probe_bias``).
@@ -180,10 +193,6 @@ class ProbeCAMClassifier(CAMClassifier):
         self.eval()
         cells = self.collect_cells(batches)
         self.train(was_training)
-        if cells["features"].shape[0] > int(hp.max_cells):
-            generator = torch.Generator().manual_seed(int(hp.probe_seed))
-            subset = torch.randperm(cells["features"].shape[0], generator=generator)[: int(hp.max_cells)]
-            cells = {key: value[subset] for key, value in cells.items()}
         labels, negative = cells["labels"], ~cells["labels"]
         positive = labels & (cells["seeds"] > float(hp.seed_threshold))
         for round_index in range(int(hp.rounds)):

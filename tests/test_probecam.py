@@ -1,5 +1,7 @@
 """ProbeCAM: the cell-probe core on known answers, and the task through predict on tiny data."""
 
+import re
+
 import lightning as L
 import numpy as np
 import pytest
@@ -206,3 +208,18 @@ def test_collect_cells_keeps_a_uniform_bounded_subset(tiny_voc):
     assert torch.equal(subset["features"], again["features"])
     rows = [torch.nonzero((everything["features"] == f).all(1)).flatten() for f in subset["features"]]
     assert all(len(r) >= 1 for r in rows)  # every kept cell is one of the cells read
+
+
+def test_prototype_and_probe_builders_name_what_they_need_without_a_datamodule():
+    """LPCAM and ProbeCAM read the prediction images through one CAMClassifier helper; without a DataModule it
+    names the class, what the images give and the call to make instead."""
+    from types import SimpleNamespace
+
+    from lightning_wsss.tasks import LPCAMClassifier
+
+    for cls, needs, call in ((ProbeCAMClassifier, "probe's images", "build_probes(loader)"),
+                             (LPCAMClassifier, "prototype images", "build_prototypes(loader)")):
+        model = cls(4, backbone="test_resnet")
+        model._trainer = SimpleNamespace(datamodule=None)
+        with pytest.raises(RuntimeError, match=rf"{cls.__name__} needs a DataModule .*{needs}.*{re.escape(call)}"):
+            model.on_predict_start()

@@ -53,7 +53,7 @@ def collect(model: ProbeCAMClassifier, batches: Sequence[Dict[str, Any]]) -> Lis
     records = []
     for batch in batches:
         images = batch["image"]
-        features = (model.hypercolumn_features(images) + model.hypercolumn_features(images.flip(-1)).flip(-1)) / 2
+        features = model.flip_averaged_features(images)
         height, width = batch["size"][0].tolist()
         mask = batch["mask"][0, :height, :width]
         grid = tuple(features.shape[-2:])

@@ -205,6 +205,22 @@ class CAMClassifier(WSSSTask):
         from features [B, D, h, w]."""
         return self.net.raw_cams(features, self.cam_weight())
 
+    def predict_images_loader(self, needs: str, instead: str):
+        """The DataModule's predict loader, read once by methods that build something from the prediction images
+        before predicting (LPCAM's prototypes, ProbeCAM's probes); every DDP rank sees all images.
+
+        Args:
+            needs: what the images give (for the error); instead: the call to make without a DataModule.
+
+        Raises:
+            RuntimeError: the trainer has no DataModule.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise RuntimeError(f"{type(self).__name__} needs a DataModule at prediction (its predict_dataloader gives "
+                               f"the {needs}), or call {instead} before predicting")
+        return datamodule.predict_dataloader()
+
     def cam_extractor(self) -> CAMExtractor:
         """The extractor for ``cam_method`` on ``self.net`` (built once; hooks live as long as the module)."""
         if self._extractor is None or self._extractor.method != self.hparams.cam_method.lower():

@@ -144,11 +144,7 @@ class LPCAMClassifier(CAMClassifier):
 
     # ------------------------------------------------------------------ hooks
     def on_predict_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            raise RuntimeError("LPCAMClassifier needs a DataModule at prediction (its predict_dataloader gives the "
-                               "prototype images), or call build_prototypes(loader) before predicting")
-        self.build_prototypes(datamodule.predict_dataloader())
+        self.build_prototypes(self.predict_images_loader("prototype images", "build_prototypes(loader)"))
 
     def compute_cams(self, images: Tensor, class_ids: Tensor) -> Tensor:
         """Multi-scale + flip prototype maps of ``class_ids`` (dataset indices, -1 padding): float [B, K, H, W]

@@ -139,6 +139,10 @@ class ProbeCAMClassifier(CAMClassifier):
             levels = [levels[level] for level in wanted]
         return hypercolumn(levels, tuple(levels[0].shape[-2:]))
 
+    def flip_averaged_features(self, images: Tensor) -> Tensor:
+        """:meth:`hypercolumn_features` of the images and of their mirror images (un-flipped), averaged."""
+        return (self.hypercolumn_features(images) + self.hypercolumn_features(images.flip(-1)).flip(-1)) / 2
+
     def seed_cams(self, images: Tensor, grid) -> Tensor:
         """Plain single-scale CAMs of every foreground class, image and flip averaged, max-normalised, on ``grid``:
         float [B, C-1, h, w]."""
@@ -160,7 +164,7 @@ class ProbeCAMClassifier(CAMClassifier):
         count = 0
         for batch in batches:
             images = batch["image"].to(self.device)
-            features = (self.hypercolumn_features(images) + self.hypercolumn_features(images.flip(-1)).flip(-1)) / 2
+            features = self.flip_averaged_features(images)
             grid = tuple(features.shape[-2:])
             seeds = self.seed_cams(images, grid)
             inside = valid_cells(batch["size"], tuple(images.shape[-2:]), grid)
@@ -218,11 +222,7 @@ class ProbeCAMClassifier(CAMClassifier):
 
     # ------------------------------------------------------------------ hooks
     def on_predict_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            raise RuntimeError("ProbeCAMClassifier needs a DataModule at prediction (its predict_dataloader gives the "
-                               "probe's images), or call build_probes(loader) before predicting")
-        self.build_probes(datamodule.predict_dataloader())
+        self.build_probes(self.predict_images_loader("probe's images", "build_probes(loader)"))
 
     def compute_cams(self, images: Tensor, class_ids: Tensor) -> Tensor:
         """Multi-scale + flip probe maps of ``class_ids`` (dataset indices, -1 padding): float [B, K, H, W] in

@@ -106,6 +106,31 @@ def tiny_voc(tmp_path: Path) -> Path:
     return write_tiny_voc(tmp_path / "tiny_voc")
 
 
+def tiny_image_datamodule(root: Path, **kwargs):
+    """An image-label DataModule on a tiny set: batches of 2, 32 px crops, predicting the training split."""
+    from lightning_wsss.datamodules import ImageLabelDataModule
+
+    options = dict(batch_size=2, eval_batch_size=2, crop_size=32, num_workers=0, predict_split="train")
+    options.update(kwargs)
+    return ImageLabelDataModule(str(root), **options)
+
+
+def plain_cam_checkpoint(root: Path, folder: Path):
+    """A plain CAMClassifier (test_resnet, one scale, no flip) trained two epochs on ``root`` from seed 0 and saved as
+    ``folder/plain.ckpt``: ``(model, checkpoint path)``, for the methods that load a plain checkpoint."""
+    import torch
+
+    from lightning_wsss.tasks import CAMClassifier
+
+    torch.manual_seed(0)
+    plain = CAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
+    trainer = tiny_trainer(max_epochs=2, limit_val_batches=0, enable_checkpointing=True, default_root_dir=str(folder))
+    trainer.fit(plain, tiny_image_datamodule(root))
+    checkpoint = folder / "plain.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    return plain, checkpoint
+
+
 @contextlib.contextmanager
 def lock_held_elsewhere(stage_dir: Path, seconds: int = 300) -> Iterator[None]:
     """Another process holds the stage lock of ``stage_dir`` (``flock`` on its ``.lock``) during the block."""

@@ -6,10 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_trainer
+from conftest import plain_cam_checkpoint, tiny_image_datamodule, tiny_trainer
 from lightning_wsss.callbacks import ArtifactWriter
 from lightning_wsss.cam.prototypes import cluster_means, prototype_map, select_prototypes, spherical_kmeans
-from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.tasks import CAMClassifier, LPCAMClassifier, ReCAMClassifier
 from lightning_wsss.tasks.optim import poly_factor
 from lightning_wsss.tasks.recam import background_masked_features, class_masked_features, recam_loss
@@ -89,10 +88,6 @@ def test_recam_loss_with_the_background_by_hand():
 
 
 # ---------------------------------------------------------------------------------------------- tasks
-def _datamodule(root, **kwargs):
-    options = dict(batch_size=2, eval_batch_size=2, crop_size=32, num_workers=0, predict_split="train")
-    options.update(kwargs)
-    return ImageLabelDataModule(str(root), **options)
 
 
 def test_recam_trains_both_heads_and_uses_its_own_for_cams(tiny_voc):
@@ -100,7 +95,7 @@ def test_recam_trains_both_heads_and_uses_its_own_for_cams(tiny_voc):
     model = ReCAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
     before_head = model.net.head.weight.detach().clone()
     before_recam = model.net.recam_head.weight.detach().clone()
-    tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
+    tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, tiny_image_datamodule(tiny_voc))
     assert not torch.equal(model.net.head.weight, before_head) and not torch.equal(model.net.recam_head.weight, before_recam)
     features = torch.randn(1, model.net.head.in_channels, 3, 3)
     assert torch.allclose(model.raw_cams(features), F.relu(F.conv2d(features, model.net.recam_head.weight)))
@@ -122,24 +117,18 @@ def test_recam_background_row_trains_and_makes_no_cam(tiny_voc):
     model = ReCAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False, recam_background=True)
     assert float(model.net.recam_background_row.abs().sum()) == 0.0
     assert any(p is model.net.recam_background_row for p in model.net.head_parameters())
-    tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
+    tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, tiny_image_datamodule(tiny_voc))
     assert float(model.net.recam_background_row.abs().sum()) > 0.0
     assert model.cam_weight().shape == model.net.recam_head.weight.flatten(1).shape  # the classes' rows only
     assert ReCAMClassifier(4, backbone="test_resnet").net.recam_background_row is None
 
 def test_lpcam_loads_a_plain_checkpoint_and_predicts_prototype_maps(tiny_voc, tmp_path):
-    torch.manual_seed(0)
-    plain = CAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
-    trainer = tiny_trainer(max_epochs=2, limit_val_batches=0, enable_checkpointing=True,
-                           default_root_dir=str(tmp_path))
-    trainer.fit(plain, _datamodule(tiny_voc))
-    ckpt = tmp_path / "plain.ckpt"
-    trainer.save_checkpoint(ckpt)
+    plain, ckpt = plain_cam_checkpoint(tiny_voc, tmp_path)
     model = LPCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, num_clusters=3)
     assert torch.equal(model.net.head.weight, plain.net.head.weight)
     writer = ArtifactWriter(str(tmp_path / "pred"))
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, inference_mode=False,
-              callbacks=[writer]).predict(model, _datamodule(tiny_voc), return_predictions=False)
+              callbacks=[writer]).predict(model, tiny_image_datamodule(tiny_voc), return_predictions=False)
     assert set(model.prototypes) == {1, 2}  # red in every training image, green in the odd ones
     assert all(1 <= v.shape[0] <= 3 for v in model.prototypes.values())
     data = np.load(tmp_path / "pred" / "cams" / "img_1.npz")
@@ -160,7 +149,7 @@ def test_recam_before_its_start_epoch_is_the_plain_classifier(tiny_voc):
         L.seed_everything(0)
         model = cls(4, backbone="test_resnet", lr=0.05, **extra)
         initial = model.net.head.weight.detach().clone()
-        tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, _datamodule(tiny_voc))
+        tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, tiny_image_datamodule(tiny_voc))
         weights.append(model.net.head.weight.detach().clone())
         if extra.get("recam_cam") == "product":  # its own draw, untouched before the start epoch
             assert torch.equal(model.net.recam_head.weight, ReCAMClassifier(4, backbone="test_resnet", **extra).net.recam_head.weight)
@@ -210,7 +199,7 @@ def test_recam_fine_tunes_a_plain_schedule_at_its_own_rate(tiny_voc):
         L.seed_everything(0)
         model = cls(4, backbone="test_resnet", lr=0.05, poly_power=1.0, **extra)
         logs[name] = _RateLog()
-        tiny_trainer(max_epochs=epochs, limit_val_batches=0, callbacks=[logs[name]]).fit(model, _datamodule(tiny_voc))
+        tiny_trainer(max_epochs=epochs, limit_val_batches=0, callbacks=[logs[name]]).fit(model, tiny_image_datamodule(tiny_voc))
     plain, recam = np.array(logs["plain"].rates), np.array(logs["recam"].rates)
     n = len(plain)
     assert n >= 2 and recam.shape == (2 * n, 2)

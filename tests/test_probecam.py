@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_trainer
+from conftest import plain_cam_checkpoint, tiny_image_datamodule, tiny_trainer
 from lightning_wsss.callbacks import ArtifactWriter
 from lightning_wsss.cam.functional import upsample
 from lightning_wsss.cam.cell_probe import (cell_targets, fit_cell_probes, hypercolumn, probe_logits, probe_maps,
                                            valid_cells)
-from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.tasks import CAMClassifier, ProbeCAMClassifier
 
 
@@ -81,20 +80,10 @@ def test_probe_maps_are_the_sigmoid_of_the_linear_probe():
 
 
 # ---------------------------------------------------------------------------------------------- task
-def _datamodule(root, **kwargs):
-    options = dict(batch_size=2, eval_batch_size=2, crop_size=32, num_workers=0, predict_split="train")
-    options.update(kwargs)
-    return ImageLabelDataModule(str(root), **options)
 
 
 def test_probecam_loads_a_plain_checkpoint_and_predicts_probe_maps(tiny_voc, tmp_path):
-    torch.manual_seed(0)
-    plain = CAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
-    trainer = tiny_trainer(max_epochs=2, limit_val_batches=0, enable_checkpointing=True,
-                           default_root_dir=str(tmp_path))
-    trainer.fit(plain, _datamodule(tiny_voc))
-    ckpt = tmp_path / "plain.ckpt"
-    trainer.save_checkpoint(ckpt)
+    plain, ckpt = plain_cam_checkpoint(tiny_voc, tmp_path)
     model = ProbeCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False,
                                                     probe_features="classifier", probe_levels=[1, 2],
                                                     seed_threshold=0.3, probe_steps=20)
@@ -102,7 +91,7 @@ def test_probecam_loads_a_plain_checkpoint_and_predicts_probe_maps(tiny_voc, tmp
     assert set(model.state_dict()) == set(plain.state_dict())  # the probe backbone is not a submodule
     writer = ArtifactWriter(str(tmp_path / "pred"))
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, inference_mode=False,
-              callbacks=[writer]).predict(model, _datamodule(tiny_voc), return_predictions=False)
+              callbacks=[writer]).predict(model, tiny_image_datamodule(tiny_voc), return_predictions=False)
     assert model.probe_weight.shape[0] == 3 and model.probe_weight.shape[1] == model.hypercolumn_features(
         torch.zeros(1, 3, 32, 32)).shape[1]
     data = np.load(tmp_path / "pred" / "cams" / "img_1.npz")
@@ -145,11 +134,11 @@ def test_a_class_in_every_image_keeps_its_plain_cam(tiny_voc):
     """Red is in every training image of the tiny set: no negatives, no probe; its maps are the plain CAM's."""
     torch.manual_seed(0)
     plain = CAMClassifier(4, backbone="test_resnet", lr=0.05, cam_scales=[1.0], cam_flip=False)
-    tiny_trainer(max_epochs=1, limit_val_batches=0).fit(plain, _datamodule(tiny_voc))
+    tiny_trainer(max_epochs=1, limit_val_batches=0).fit(plain, tiny_image_datamodule(tiny_voc))
     model = ProbeCAMClassifier(4, backbone="test_resnet", cam_scales=[1.0], cam_flip=False,
                                probe_features="classifier", probe_levels=[1, 2], seed_threshold=0.3, probe_steps=20)
     model.load_state_dict(plain.state_dict())
-    datamodule = _datamodule(tiny_voc)
+    datamodule = tiny_image_datamodule(tiny_voc)
     datamodule.setup("predict")
     report = model.build_probes(datamodule.predict_dataloader())
     # tv-monitor (3) is in no training image: no positives, no probe either
@@ -196,7 +185,7 @@ def test_probecam_without_imagenet_weights_says_what_to_set(monkeypatch):
 def test_collect_cells_keeps_a_uniform_bounded_subset(tiny_voc):
     """max_cells bounds what is held while reading; the subset is the same on every call and spans the images."""
     model = ProbeCAMClassifier(4, backbone="test_resnet", probe_features="classifier", probe_levels=[1, 2])
-    datamodule = _datamodule(tiny_voc, eval_batch_size=1)
+    datamodule = tiny_image_datamodule(tiny_voc, eval_batch_size=1)
     datamodule.setup("predict")
     everything = model.collect_cells(datamodule.predict_dataloader())
     model.hparams.max_cells = 50
@@ -210,7 +199,7 @@ def test_collect_cells_keeps_a_uniform_bounded_subset(tiny_voc):
     assert all(len(r) >= 1 for r in rows)  # every kept cell is one of the cells read
 
 
-def test_prototype_and_probe_builders_name_what_they_need_without_a_datamodule():
+def test_prototype_and_probe_builders_name_what_they_need_without_atiny_image_datamodule():
     """LPCAM and ProbeCAM read the prediction images through one CAMClassifier helper; without a DataModule it
     names the class, what the images give and the call to make instead."""
     from types import SimpleNamespace

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from conftest import plain_cam_checkpoint, tiny_image_datamodule, tiny_trainer
 from lightning_wsss.callbacks import ArtifactWriter
 from lightning_wsss.cam.functional import upsample
-from lightning_wsss.cam.cell_probe import (cell_targets, fit_cell_probes, hypercolumn, probe_logits, probe_maps,
-                                           valid_cells)
+from lightning_wsss.cam.cell_probe import (cell_targets, fit_cell_probes, fit_image_label_probes, hypercolumn,
+                                           parse_pooling, pool_cells, probe_logits, probe_maps, valid_cells)
 from lightning_wsss.tasks import CAMClassifier, ProbeCAMClassifier
 
 
@@ -72,6 +72,46 @@ def test_certain_negatives_teach_the_object_not_its_context():
         fit_cell_probes(features, in_car_image, ~in_car_image[:10])
 
 
+def test_pool_cells_ignores_padding():
+    logits = torch.tensor([[[1.0, 2.0, 3.0, 100.0]]])  # one image, one class, the last cell is padding
+    valid = torch.tensor([[True, True, True, False]])
+    assert torch.allclose(pool_cells(logits, valid, "gap"), torch.tensor([[2.0]]))
+    assert torch.allclose(pool_cells(logits, valid, "max"), torch.tensor([[3.0]]))
+    assert torch.allclose(pool_cells(logits, valid, "topk:0.7"), torch.tensor([[2.5]]))  # k = int(0.7 * 3) = 2
+    expected = torch.log(torch.exp(torch.tensor([2.0, 4.0, 6.0])).sum() / 3) / 2
+    assert torch.allclose(pool_cells(logits, valid, "lse:2"), expected.view(1, 1))
+    assert parse_pooling("topk:0.05") == ("topk", 0.05)
+    for bad in ("mean", "topk", "topk:0", "topk:1.5", "lse:-1", "max:3"):
+        with pytest.raises(ValueError, match="pooling is"):
+            parse_pooling(bad)
+
+
+def test_image_label_probes_find_the_cells_that_make_the_label():
+    """Multiple-instance probes from image labels only: 'road' cells are in every image, 'car' cells in the car
+    images; a peak pooling with cell negatives scores car cells high and road cells low; padding cells, however
+    large, change nothing."""
+    generator = torch.Generator().manual_seed(0)
+    road, car = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    images = []
+    for index in range(20):
+        cells = road.repeat(10, 1)
+        if index < 10:
+            cells[:2] = car  # the car images: two car cells among ten
+        images.append(cells + 0.05 * torch.randn(10, 2, generator=generator))
+    features = torch.stack(images).transpose(1, 2)  # [20, 2, 10]
+    labels = (torch.arange(20) < 10)[:, None]
+    valid = torch.ones(20, 10, dtype=torch.bool)
+    weight, bias = fit_image_label_probes(features, valid, labels, "topk:0.2", steps=300, lr=0.05)
+    maps = probe_maps(features[:, :, :, None], weight, bias)[:, 0, :, 0]  # [20, 10]
+    assert float(maps[:10, :2].min()) > 0.8 and float(maps[:, 2:].max()) < 0.2
+    padded = torch.cat([features, torch.full((20, 2, 3), 50.0)], dim=2)
+    again = fit_image_label_probes(padded, torch.cat([valid, torch.zeros(20, 3, dtype=torch.bool)], 1), labels,
+                                   "topk:0.2", steps=300, lr=0.05)
+    assert torch.allclose(again[0], weight, atol=1e-5) and torch.allclose(again[1], bias, atol=1e-5)
+    with pytest.raises(ValueError, match="expected"):
+        fit_image_label_probes(features, valid[:, :5], labels)
+
+
 def test_probe_maps_are_the_sigmoid_of_the_linear_probe():
     features = torch.randn(2, 3, 4, 5)
     weight, bias = torch.randn(2, 3), torch.randn(2)
@@ -82,11 +122,12 @@ def test_probe_maps_are_the_sigmoid_of_the_linear_probe():
 # ---------------------------------------------------------------------------------------------- task
 
 
-def test_probecam_loads_a_plain_checkpoint_and_predicts_probe_maps(tiny_voc, tmp_path):
+@pytest.mark.parametrize("positives", ["cam_seeds", "image_labels"])
+def test_probecam_loads_a_plain_checkpoint_and_predicts_probe_maps(tiny_voc, tmp_path, positives):
     plain, ckpt = plain_cam_checkpoint(tiny_voc, tmp_path)
     model = ProbeCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False,
                                                     probe_features="classifier", probe_levels=[1, 2],
-                                                    seed_threshold=0.3, probe_steps=20)
+                                                    seed_threshold=0.3, probe_steps=20, probe_positives=positives)
     assert torch.equal(model.net.head.weight, plain.net.head.weight)
     assert set(model.state_dict()) == set(plain.state_dict())  # the probe backbone is not a submodule
     writer = ArtifactWriter(str(tmp_path / "pred"))
@@ -104,6 +145,31 @@ def test_probecam_loads_a_plain_checkpoint_and_predicts_probe_maps(tiny_voc, tmp
     assert not torch.allclose(maps[:, :2], plain.compute_cams(images, ids[:, :2]), atol=1e-3)
 
 
+def test_image_label_positives_regroup_the_kept_cells_per_image():
+    """probe_positives: image_labels fits from the cells collect_cells kept (a subset, in reading order, some images
+    with fewer cells, an image absent): regrouped per image, the fit is the one on the images' own cell sets."""
+    generator = torch.Generator().manual_seed(0)
+    per_image = {0: 5, 2: 3, 3: 4}  # image 1 lost all its cells to the subset
+    features = {i: torch.randn(n, 6, generator=generator) for i, n in per_image.items()}
+    labels = {0: [True, False], 2: [False, True], 3: [True, True]}
+    order = [(i, c) for i, n in per_image.items() for c in range(n)]
+    order = [order[j] for j in torch.randperm(len(order), generator=generator).tolist()]
+    cells = {"features": torch.stack([features[i][c] for i, c in order]),
+             "image": torch.tensor([i for i, _ in order]),
+             "labels": torch.tensor([labels[i] for i, _ in order])}
+    model = ProbeCAMClassifier(3, backbone="test_resnet", probe_positives="image_labels", probe_pooling="max",
+                               probe_steps=30)
+    weight, bias = model._fit_from_image_labels(cells)
+    stacked = torch.zeros(3, 6, 5)
+    valid = torch.zeros(3, 5, dtype=torch.bool)
+    for slot, (image, count) in enumerate(per_image.items()):
+        stacked[slot, :, :count] = features[image].T
+        valid[slot, :count] = True
+    expected = fit_image_label_probes(stacked, valid, torch.tensor(list(labels.values())), "max", steps=30)
+    # the cells of an image sit in a different order; max pooling and the cell negatives do not see the order
+    assert torch.allclose(weight, expected[0], atol=1e-5) and torch.allclose(bias, expected[1], atol=1e-5)
+
+
 def test_probecam_arguments_are_checked():
     with pytest.raises(ValueError, match="probe_features"):
         ProbeCAMClassifier(4, backbone="test_resnet", probe_features="dino")
@@ -113,6 +179,10 @@ def test_probecam_arguments_are_checked():
         ProbeCAMClassifier(4, backbone="test_resnet", probe_output="softmax")
     with pytest.raises(ValueError, match="rounds"):
         ProbeCAMClassifier(4, backbone="test_resnet", rounds=0)
+    with pytest.raises(ValueError, match="probe_positives"):
+        ProbeCAMClassifier(4, backbone="test_resnet", probe_positives="boxes")
+    with pytest.raises(ValueError, match="pooling is"):
+        ProbeCAMClassifier(4, backbone="test_resnet", probe_positives="image_labels", probe_pooling="median")
     model = ProbeCAMClassifier(4, backbone="test_resnet", probe_features="classifier", probe_levels=[7])
     with pytest.raises(ValueError, match="probe_levels"):
         model.hypercolumn_features(torch.zeros(1, 3, 32, 32))

@@ -490,9 +490,15 @@ def test_feature_ceiling_fits_the_ground_truth(tiny_voc, tmp_path):
     with pytest.raises(ValueError, match="feature set"):
         tool.parse_feature_set("dino:4")
     result = tool.feature_ceiling(str(tmp_path / "c.ckpt"), str(tiny_voc), "train", 0, ["classifier:1,2"],
-                                  holdout=False, steps=300)
+                                  holdout=False, steps=300, image_label_probes=["topk:0.1+neg"])
     rows = result["rows"]
-    assert set(rows) == {"cam", "classifier:1,2 cam-like", "classifier:1,2 probability"}
+    assert set(rows) == {"cam", "classifier:1,2 cam-like", "classifier:1,2 probability",
+                         "classifier:1,2 image labels topk:0.1+neg"}
+    # four images' labels select less than the masks do (the core's known answer is in test_probecam.py)
+    assert rows["classifier:1,2 cam-like"]["best_miou"] > rows["classifier:1,2 image labels topk:0.1+neg"][
+        "best_miou"] > 0.0
+    with pytest.raises(ValueError, match="POOLING or POOLING"):
+        tool.fit_from_image_labels([], "gap+other", 1)
     assert rows["classifier:1,2 cam-like"]["best_miou"] > max(0.6, rows["cam"]["best_miou"])
     out = run_tool("feature_ceiling.py", "--checkpoint", str(tmp_path / "c.ckpt"), "--root", str(tiny_voc),
                    "--features", "classifier:2", "--holdout", "--steps", "50")

@@ -7,7 +7,9 @@ A probe is one logistic regression per class over feature cells (pixels of a fea
   the images labelled without it. Those negatives are certain, and they hold the context that predicts the
   label (road without a car, sky without a tree) without the object, so the probe learns what the object adds;
 - ``tools/feature_ceiling.py`` fits it to the ground-truth masks, which measures how well any linear map of a
-  feature set can localize (the ceiling of a CAM read from those features).
+  feature set can localize (the ceiling of a CAM read from those features), and fits it from the image labels alone
+  (:func:`fit_image_label_probes`: multiple-instance learning, each image's cells pooled into one score), which
+  measures how much of that ceiling image labels select, whatever CAM method reads them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["hypercolumn", "valid_cells", "cell_targets", "fit_cell_probes", "probe_logits", "probe_maps"]
+__all__ = ["hypercolumn", "valid_cells", "cell_targets", "fit_cell_probes", "probe_logits", "probe_maps",
+           "parse_pooling", "pool_cells", "fit_image_label_probes"]
 
 
 def hypercolumn(levels: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
@@ -130,3 +133,84 @@ def probe_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 def probe_maps(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """The probes' probabilities on every cell: float [B, K, h, w] in (0, 1) (:func:`probe_logits`' arguments)."""
     return torch.sigmoid(probe_logits(features, weight, bias))
+
+
+def parse_pooling(text: str) -> Tuple[str, float]:
+    """A pooling of cell scores into an image score: ``"gap"`` (mean, the CAM classifier's), ``"max"``,
+    ``"topk:F"`` (mean of the top fraction F of the image's cells) or ``"lse:R"`` (log-sum-exp with sharpness R)
+    -> ``(kind, argument)``."""
+    kind, _, argument = text.partition(":")
+    if kind in ("gap", "max") and not argument:
+        return kind, 0.0
+    if kind in ("topk", "lse") and argument:
+        value = float(argument)
+        if (kind == "topk" and 0.0 < value <= 1.0) or (kind == "lse" and value > 0.0):
+            return kind, value
+    raise ValueError(f"pooling is 'gap', 'max', 'topk:F' (0 < F <= 1) or 'lse:R' (R > 0), got {text!r}")
+
+
+def pool_cells(logits: Tensor, valid: Tensor, pooling: str) -> Tensor:
+    """Pool every image's cell logits into one score per class, over its valid cells only.
+
+    Args:
+        logits: float [N, C, M]; valid: bool [N, M] (padding cells False; every image needs one valid cell).
+        pooling: see :func:`parse_pooling`.
+
+    Returns:
+        float [N, C].
+    """
+    kind, argument = parse_pooling(pooling)
+    count = valid.sum(1).clamp(min=1).to(logits.dtype)[:, None]  # [N, 1]
+    masked = logits.masked_fill(~valid[:, None], float("-inf"))
+    if kind == "gap":
+        return (logits * valid[:, None]).sum(-1) / count
+    if kind == "max":
+        return masked.amax(-1)
+    if kind == "lse":
+        return (torch.logsumexp(argument * masked, -1) - torch.log(count)) / argument
+    k = max(1, int(argument * int(valid.sum(1).min())))
+    return masked.topk(k, dim=-1).values.mean(-1)
+
+
+def fit_image_label_probes(features: Tensor, valid: Tensor, labels: Tensor, pooling: str = "topk:0.05",
+                           cell_negatives: bool = True, steps: int = 300, lr: float = 0.01,
+                           weight_decay: float = 1e-4) -> Tuple[Tensor, Tensor]:
+    """One linear probe per class fit from image labels alone (multiple-instance learning, no CAM, no masks).
+
+    Each image's cell logits are pooled (:func:`pool_cells`) into its class scores, fit to its labels with a
+    binary cross-entropy whose positives are weighted up to balance the negatives; with ``cell_negatives`` every
+    valid cell of an image without a class is also a negative of that class (the images without it are certain
+    negatives cell by cell, as in ProbeCAM). Full-batch Adam from zero weights, deterministic.
+
+    Args:
+        features: float [N, D, M] cells of N images (padded to M cells); valid: bool [N, M].
+        labels: [N, C] image labels (1: the class is in the image).
+        pooling: see :func:`parse_pooling`; steps, lr, weight_decay: Adam's.
+
+    Returns:
+        ``(weight float [C, D], bias float [C])``, used as :func:`probe_maps`' arguments.
+    """
+    if features.dim() != 3 or valid.shape != (features.shape[0], features.shape[2]) \
+            or labels.shape[0] != features.shape[0]:
+        raise ValueError(f"features [N, D, M], valid [N, M] and labels [N, C] expected, got {tuple(features.shape)}, "
+                         f"{tuple(valid.shape)}, {tuple(labels.shape)}")
+    parse_pooling(pooling)
+    target = labels.float()
+    positive_weight = (1 - target).sum(0) / target.sum(0).clamp(min=1)
+    negative_cells = (1 - target)[..., None] * valid[:, None].float()  # [N, C, M]
+    weight = torch.zeros(target.shape[1], features.shape[1], device=features.device, requires_grad=True)
+    bias = torch.zeros(target.shape[1], device=features.device, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    features = features.float()
+    with torch.inference_mode(False), torch.enable_grad():
+        for _ in range(int(steps)):
+            optimizer.zero_grad()
+            logits = torch.einsum("ndm,cd->ncm", features, weight) + bias[None, :, None]
+            loss = F.binary_cross_entropy_with_logits(pool_cells(logits, valid, pooling), target,
+                                                      pos_weight=positive_weight)
+            if cell_negatives:
+                cells = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+                loss = loss + (cells * negative_cells).sum() / negative_cells.sum().clamp(min=1)
+            loss.backward()
+            optimizer.step()
+    return weight.detach(), bias.detach()

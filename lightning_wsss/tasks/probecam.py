@@ -10,7 +10,11 @@ negative images, used per cell:
 1. every prediction image's plain single-scale (+ flip) CAM, max-normalised, on the probe's grid;
 2. per foreground class, a logistic regression over feature cells (:func:`~lightning_wsss.cam.cell_probe.
    fit_cell_probes`): positives are the cells where the class's CAM exceeds ``seed_threshold`` in the images
-   labelled with it, negatives are all cells of the images labelled without it (certainly not the class);
+   labelled with it, negatives are all cells of the images labelled without it (certainly not the class).
+   With ``probe_positives: image_labels`` no CAM chooses the positives: the probe is fit from the image labels by
+   multiple-instance learning (:func:`~lightning_wsss.cam.cell_probe.fit_image_label_probes`), each image's cell
+   logits pooled by ``probe_pooling`` (the mean of its top 20 % by default) into its class scores, with the same
+   cell negatives, so the fit itself picks which cells of a labelled image make the label;
 3. a class's map is its probe's probability, multi-scale + flip and max-normalised as the plain CAM. A class
    without negative images (one in every image, as the horses) or without seeds has no probe and keeps its plain
    CAM.
@@ -42,7 +46,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ..cam import multiscale_cams
-from ..cam.cell_probe import fit_cell_probes, hypercolumn, probe_logits, valid_cells
+from ..cam.cell_probe import (fit_cell_probes, fit_image_label_probes, hypercolumn, parse_pooling, probe_logits,
+                              valid_cells)
 from ..models.backbones import build_backbone
 from .classifier import CAMClassifier
 
@@ -50,6 +55,7 @@ __all__ = ["ProbeCAMClassifier"]
 
 PROBE_FEATURES = ("imagenet", "classifier")
 PROBE_OUTPUTS = ("probability", "logit")
+PROBE_POSITIVES = ("cam_seeds", "image_labels")
 
 
 class ProbeCAMClassifier(CAMClassifier):
@@ -61,6 +67,10 @@ class ProbeCAMClassifier(CAMClassifier):
         probe_levels: backbone levels of the hypercolumn (timm ``features_only`` indices; EfficientNet-Lite0 and
             ResNets: 2, 3, 4 are strides 8, 16, 16 at output stride 16); the grid is the first level's.
         seed_threshold: max-normalised plain CAM above which a labelled class's cell is a positive.
+        probe_positives: ``"cam_seeds"`` (the cells above ``seed_threshold``) or ``"image_labels"`` (no CAM: the
+            fit picks them by multiple-instance learning over ``probe_pooling``; README "ProbeCAM" measures both).
+        probe_pooling: how ``image_labels`` pools an image's cells: ``gap``, ``max``, ``topk:F``, ``lse:R``
+            (:func:`~lightning_wsss.cam.cell_probe.parse_pooling`).
         probe_output: ``"probability"``, the probe's sigmoid, or ``"logit"``, its ReLU'd logit (a linear map
             like a CAM's, which does not saturate near 1 before the max-normalisation).
         multiply_cam: multiply every probe map by the plain CAM of its class (a cell must be both), for data
@@ -81,6 +91,8 @@ class ProbeCAMClassifier(CAMClassifier):
         probe_features: str = "imagenet",
         probe_levels: Sequence[int] = (2, 3, 4),
         seed_threshold: float = 0.8,
+        probe_positives: str = "cam_seeds",
+        probe_pooling: str = "topk:0.2",
         probe_output: str = "probability",
         multiply_cam: bool = False,
         rounds: int = 1,
@@ -99,6 +111,9 @@ class ProbeCAMClassifier(CAMClassifier):
         for name, value in (("seed_threshold", seed_threshold), ("refine_threshold", refine_threshold)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if probe_positives not in PROBE_POSITIVES:
+            raise ValueError(f"probe_positives must be one of {PROBE_POSITIVES}, got {probe_positives!r}")
+        parse_pooling(probe_pooling)
         if probe_output not in PROBE_OUTPUTS:
             raise ValueError(f"probe_output must be one of {PROBE_OUTPUTS}, got {probe_output!r}")
         if rounds < 1 or probe_steps < 1 or max_cells < 1:
@@ -200,8 +215,12 @@ class ProbeCAMClassifier(CAMClassifier):
         labels, negative = cells["labels"], ~cells["labels"]
         positive = labels & (cells["seeds"] > float(hp.seed_threshold))
         for round_index in range(int(hp.rounds)):
-            weight, bias = fit_cell_probes(cells["features"], positive, negative, int(hp.probe_steps),
-                                           float(hp.probe_lr), float(hp.probe_weight_decay))
+            if round_index == 0 and hp.get("probe_positives", "cam_seeds") == "image_labels":
+                weight, bias = self._fit_from_image_labels(cells)
+                positive = labels  # every labelled image holds positives; the fit chose which cells
+            else:
+                weight, bias = fit_cell_probes(cells["features"], positive, negative, int(hp.probe_steps),
+                                               float(hp.probe_lr), float(hp.probe_weight_decay))
             if round_index + 1 < int(hp.rounds):
                 probs = torch.sigmoid(cells["features"] @ weight.T + bias)
                 positive = labels & (self._per_image_max_normalised(probs, cells["image"]) > float(hp.refine_threshold))
@@ -212,6 +231,25 @@ class ProbeCAMClassifier(CAMClassifier):
         rank_zero_info(f"ProbeCAM: {report['cells']} cells, positives per class {report['positives']}; classes "
                        f"without negative images keep the plain CAM: {report['plain_cam']}")
         return report
+
+    def _fit_from_image_labels(self, cells: Dict[str, Tensor]):
+        """Multiple-instance probes from the image labels of :meth:`collect_cells`' cells, regrouped per image."""
+        hp = self.hparams
+        image = torch.unique(cells["image"], return_inverse=True)[1]
+        slot = torch.zeros_like(image)
+        counts = torch.bincount(image)
+        order = torch.argsort(image, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot[order] = torch.arange(image.shape[0]) - starts[image[order]]
+        features = cells["features"].new_zeros(counts.shape[0], cells["features"].shape[1], int(counts.max()))
+        features[image, :, slot] = cells["features"]
+        valid = torch.zeros(counts.shape[0], int(counts.max()), dtype=torch.bool)
+        valid[image, slot] = True
+        labels = torch.zeros(counts.shape[0], cells["labels"].shape[1], dtype=torch.bool)
+        labels[image] = cells["labels"]
+        return fit_image_label_probes(features, valid, labels, hp.get("probe_pooling", "topk:0.2"),
+                                      cell_negatives=True, steps=int(hp.probe_steps), lr=float(hp.probe_lr),
+                                      weight_decay=float(hp.probe_weight_decay))
 
     @staticmethod
     def _per_image_max_normalised(values: Tensor, image: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -167,10 +168,17 @@ def test_crop_label_loss(tiny_voc):
 def test_cam_variants(tiny_voc, tmp_path):
     tiny_classifier_checkpoint(tiny_voc, tmp_path / "c.ckpt")
     out = run_tool("cam_variants.py", "--checkpoint", str(tmp_path / "c.ckpt"), "--root", str(tiny_voc), "--images", "3",
-                   "--variants", "LPCAMClassifier:num_clusters=2,select_threshold=0.3").splitlines()
+                   "--variants", "LPCAMClassifier:num_clusters=2,select_threshold=0.3", "--json-dir",
+                   str(tmp_path / "rows")).splitlines()
     assert out[0].startswith("3 images of train") and out[1].startswith("CAMClassifier ")
     assert out[2].startswith("LPCAMClassifier:num_clusters=2,select_threshold=0.3") and "mIoU" in out[2]
     assert all(0.0 <= float(line.split("mIoU")[1].split()[0]) <= 100.0 for line in out[1:])
+    # the rows' full results, which tools/cam_seed_table.py reads: the same best mIoU as printed, named classes
+    for index, line in enumerate(out[1:]):
+        row = json.loads((tmp_path / "rows" / f"{index}.json").read_text())
+        assert f"{100 * row['best_miou']:6.2f}" in line and "background" in row["per_class"]
+    table = run_tool("cam_seed_table.py", f"LPCAM={tmp_path / 'rows' / '1.json'}")
+    assert "LPCAM" in table
 
 
 def test_cam_seed_table(tmp_path):

@@ -13,7 +13,7 @@ negative images, used per cell:
    labelled with it, negatives are all cells of the images labelled without it (certainly not the class).
    With ``probe_positives: image_labels`` no CAM chooses the positives: the probe is fit from the image labels by
    multiple-instance learning (:func:`~lightning_wsss.cam.cell_probe.fit_image_label_probes`), each image's cell
-   logits pooled by ``probe_pooling`` (the mean of its top 20 % by default) into its class scores, with the same
+   logits pooled by ``probe_pooling`` (the mean of its top 5 % by default) into its class scores, with the same
    cell negatives, so the fit itself picks which cells of a labelled image make the label;
 3. a class's map is its probe's probability, multi-scale + flip and max-normalised as the plain CAM. A class
    without negative images (one in every image, as the horses) or without seeds has no probe and keeps its plain
@@ -92,7 +92,7 @@ class ProbeCAMClassifier(CAMClassifier):
         probe_levels: Sequence[int] = (2, 3, 4),
         seed_threshold: float = 0.8,
         probe_positives: str = "cam_seeds",
-        probe_pooling: str = "topk:0.2",
+        probe_pooling: str = "topk:0.05",
         probe_output: str = "probability",
         multiply_cam: bool = False,
         rounds: int = 1,
@@ -247,7 +247,7 @@ class ProbeCAMClassifier(CAMClassifier):
         valid[image, slot] = True
         labels = torch.zeros(counts.shape[0], cells["labels"].shape[1], dtype=torch.bool)
         labels[image] = cells["labels"]
-        return fit_image_label_probes(features, valid, labels, hp.get("probe_pooling", "topk:0.2"),
+        return fit_image_label_probes(features, valid, labels, hp.get("probe_pooling", "topk:0.05"),
                                       cell_negatives=True, steps=int(hp.probe_steps), lr=float(hp.probe_lr),
                                       weight_decay=float(hp.probe_weight_decay))
 

@@ -102,18 +102,13 @@ def fit_cell_probes(features: Tensor, positive: Tensor, negative: Tensor, steps:
     weights = (0.5 * is_positive.float() / is_positive.sum(0).clamp(min=1)
                + 0.5 * is_negative.float() / is_negative.sum(0).clamp(min=1))
     usable = is_positive.any(0) & is_negative.any(0)
-    weight = torch.zeros(target.shape[1], features.shape[1], device=features.device, requires_grad=True)
-    bias = torch.zeros(target.shape[1], device=features.device, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
     features = features.float()
-    with torch.inference_mode(False), torch.enable_grad():
-        for _ in range(int(steps)):
-            optimizer.zero_grad()
-            logits = features @ weight.T + bias
-            loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights).sum()
-            loss.backward()
-            optimizer.step()
-    weight, bias = weight.detach(), bias.detach()
+
+    def loss_of(weight: Tensor, bias: Tensor) -> Tensor:
+        logits = features @ weight.T + bias
+        return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights).sum()
+
+    weight, bias = _fit_linear(loss_of, target.shape[1], features.shape[1], features.device, steps, lr, weight_decay)
     return weight * usable[:, None], bias * usable
 
 
@@ -198,19 +193,30 @@ def fit_image_label_probes(features: Tensor, valid: Tensor, labels: Tensor, pool
     target = labels.float()
     positive_weight = (1 - target).sum(0) / target.sum(0).clamp(min=1)
     negative_cells = (1 - target)[..., None] * valid[:, None].float()  # [N, C, M]
-    weight = torch.zeros(target.shape[1], features.shape[1], device=features.device, requires_grad=True)
-    bias = torch.zeros(target.shape[1], device=features.device, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
     features = features.float()
+
+    def loss_of(weight: Tensor, bias: Tensor) -> Tensor:
+        logits = torch.einsum("ndm,cd->ncm", features, weight) + bias[None, :, None]
+        pooled = pool_cells(logits, valid, pooling)
+        loss = F.binary_cross_entropy_with_logits(pooled, target, pos_weight=positive_weight)
+        if cell_negatives:
+            cells = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+            loss = loss + (cells * negative_cells).sum() / negative_cells.sum().clamp(min=1)
+        return loss
+
+    return _fit_linear(loss_of, target.shape[1], features.shape[1], features.device, steps, lr, weight_decay)
+
+
+def _fit_linear(loss_of, classes: int, dim: int, device, steps: int, lr: float,
+                weight_decay: float) -> Tuple[Tensor, Tensor]:
+    """Full-batch Adam on ``loss_of(weight [classes, dim], bias [classes])`` from zeros (deterministic); the
+    detached ``(weight, bias)``."""
+    weight = torch.zeros(classes, dim, device=device, requires_grad=True)
+    bias = torch.zeros(classes, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
     with torch.inference_mode(False), torch.enable_grad():
         for _ in range(int(steps)):
             optimizer.zero_grad()
-            logits = torch.einsum("ndm,cd->ncm", features, weight) + bias[None, :, None]
-            loss = F.binary_cross_entropy_with_logits(pool_cells(logits, valid, pooling), target,
-                                                      pos_weight=positive_weight)
-            if cell_negatives:
-                cells = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
-                loss = loss + (cells * negative_cells).sum() / negative_cells.sum().clamp(min=1)
-            loss.backward()
+            loss_of(weight, bias).backward()
             optimizer.step()
     return weight.detach(), bias.detach()

@@ -73,9 +73,9 @@ class ProbeCAMClassifier(CAMClassifier):
             (:func:`~lightning_wsss.cam.cell_probe.parse_pooling`).
         probe_output: ``"probability"``, the probe's sigmoid, or ``"logit"``, its ReLU'd logit (a linear map
             like a CAM's, which does not saturate near 1 before the max-normalisation).
-        multiply_cam: multiply every probe map by the plain CAM of its class (a cell must be both), for data
-            sets whose CAMs already localize (README "ProbeCAM": alone, the probe falls below the plain CAM on
-            the synthetic set).
+        multiply_cam: multiply every probe map by the plain CAM of its class (a cell must be both). README
+            "ProbeCAM" measures it: on the synthetic set it lifts the seeds' probe to the plain CAM, no higher;
+            ``probe_positives: image_labels`` beats the plain CAM there.
         rounds: probe fits; each after the first takes the previous maps above ``refine_threshold`` as positives.
         refine_threshold: see ``rounds``.
         probe_steps, probe_lr, probe_weight_decay: the fit (:func:`~lightning_wsss.cam.cell_probe.fit_cell_probes`).

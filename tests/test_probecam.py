@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import plain_cam_checkpoint, tiny_image_datamodule, tiny_trainer
 from lightning_wsss.callbacks import ArtifactWriter
 from lightning_wsss.cam.functional import upsample
-from lightning_wsss.cam.cell_probe import (cell_targets, fit_cell_probes, fit_image_label_probes, hypercolumn,
+from lightning_wsss.cam.cell_probe import (cells_per_image, cell_targets, fit_cell_probes, fit_image_label_probes, hypercolumn,
                                            parse_pooling, pool_cells, probe_logits, probe_maps, valid_cells)
 from lightning_wsss.tasks import CAMClassifier, ProbeCAMClassifier
 
@@ -143,6 +143,15 @@ def test_probecam_loads_a_plain_checkpoint_and_predicts_probe_maps(tiny_voc, tmp
     maps = model.compute_cams(images, ids)
     assert float(maps[0, 2].abs().max()) == 0.0  # padding gives a zero map
     assert not torch.allclose(maps[:, :2], plain.compute_cams(images, ids[:, :2]), atol=1e-3)
+
+
+def test_cells_per_image_pads_each_images_cells_in_order():
+    features = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    grouped, valid, labels = cells_per_image(features, torch.tensor([7, 2, 7, 7]),
+                                             torch.tensor([[True], [False], [True], [True]]))
+    assert torch.equal(grouped[:, 0], torch.tensor([[2.0, 0.0, 0.0], [1.0, 3.0, 4.0]]))  # image 2 first, then 7
+    assert torch.equal(valid, torch.tensor([[True, False, False], [True, True, True]]))
+    assert torch.equal(labels, torch.tensor([[False], [True]]))
 
 
 def test_image_label_positives_regroup_the_kept_cells_per_image():

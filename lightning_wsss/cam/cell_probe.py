@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["hypercolumn", "valid_cells", "cell_targets", "fit_cell_probes", "probe_logits", "probe_maps",
-           "parse_pooling", "pool_cells", "fit_image_label_probes"]
+           "parse_pooling", "pool_cells", "cells_per_image", "fit_image_label_probes"]
 
 
 def hypercolumn(levels: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
@@ -165,6 +165,31 @@ def pool_cells(logits: Tensor, valid: Tensor, pooling: str) -> Tensor:
         return (torch.logsumexp(argument * masked, -1) - torch.log(count)) / argument
     k = max(1, int(argument * int(valid.sum(1).min())))
     return masked.topk(k, dim=-1).values.mean(-1)
+
+
+def cells_per_image(features: Tensor, image: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Regroup cells listed one per row (any order, any number per image) into padded per-image sets.
+
+    Args:
+        features: float [M, D]; image: long [M], each cell's image id (ids need not be contiguous);
+        labels: bool [M, C], each cell's image labels.
+
+    Returns:
+        ``(features float [N, D, K], valid bool [N, K], labels bool [N, C])`` for the N distinct images in
+        increasing id order, K the most cells of one image; each image's cells keep their listed order.
+    """
+    index = torch.unique(image, return_inverse=True)[1]
+    counts = torch.bincount(index)
+    order = torch.argsort(index, stable=True)
+    slot = torch.zeros_like(index)
+    slot[order] = torch.arange(index.shape[0]) - (torch.cumsum(counts, 0) - counts)[index[order]]
+    grouped = features.new_zeros(counts.shape[0], features.shape[1], int(counts.max()))
+    grouped[index, :, slot] = features
+    valid = torch.zeros(counts.shape[0], int(counts.max()), dtype=torch.bool)
+    valid[index, slot] = True
+    image_labels = torch.zeros(counts.shape[0], labels.shape[1], dtype=torch.bool)
+    image_labels[index] = labels.bool()
+    return grouped, valid, image_labels
 
 
 def fit_image_label_probes(features: Tensor, valid: Tensor, labels: Tensor, pooling: str = "topk:0.05",

@@ -46,8 +46,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ..cam import multiscale_cams
-from ..cam.cell_probe import (fit_cell_probes, fit_image_label_probes, hypercolumn, parse_pooling, probe_logits,
-                              valid_cells)
+from ..cam.cell_probe import (cells_per_image, fit_cell_probes, fit_image_label_probes, hypercolumn, parse_pooling,
+                              probe_logits, valid_cells)
 from ..models.backbones import build_backbone
 from .classifier import CAMClassifier
 
@@ -228,25 +228,16 @@ class ProbeCAMClassifier(CAMClassifier):
         self.probe_usable = (positive.any(0) & negative.any(0)).to(self.device)
         report = {"cells": int(cells["features"].shape[0]), "positives": positive.sum(0).tolist(),
                   "negatives": negative.sum(0).tolist(), "plain_cam": (~self.probe_usable).nonzero().flatten().add(1).tolist()}
-        rank_zero_info(f"ProbeCAM: {report['cells']} cells, positives per class {report['positives']}; classes "
+        kind = ("cells of the labelled images (the fit picks the positives among them)"
+                if hp.get("probe_positives", "cam_seeds") == "image_labels" else "positives")
+        rank_zero_info(f"ProbeCAM: {report['cells']} cells, {kind} per class {report['positives']}; classes "
                        f"without negative images keep the plain CAM: {report['plain_cam']}")
         return report
 
     def _fit_from_image_labels(self, cells: Dict[str, Tensor]):
         """Multiple-instance probes from the image labels of :meth:`collect_cells`' cells, regrouped per image."""
         hp = self.hparams
-        image = torch.unique(cells["image"], return_inverse=True)[1]
-        slot = torch.zeros_like(image)
-        counts = torch.bincount(image)
-        order = torch.argsort(image, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        slot[order] = torch.arange(image.shape[0]) - starts[image[order]]
-        features = cells["features"].new_zeros(counts.shape[0], cells["features"].shape[1], int(counts.max()))
-        features[image, :, slot] = cells["features"]
-        valid = torch.zeros(counts.shape[0], int(counts.max()), dtype=torch.bool)
-        valid[image, slot] = True
-        labels = torch.zeros(counts.shape[0], cells["labels"].shape[1], dtype=torch.bool)
-        labels[image] = cells["labels"]
+        features, valid, labels = cells_per_image(cells["features"], cells["image"], cells["labels"])
         return fit_image_label_probes(features, valid, labels, hp.get("probe_pooling", "topk:0.05"),
                                       cell_negatives=True, steps=int(hp.probe_steps), lr=float(hp.probe_lr),
                                       weight_decay=float(hp.probe_weight_decay))

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightning_wsss.cam.cell_probe import cell_targets, fit_cell_probes, fit_image_label_probes, probe_maps, valid_cells
+from lightning_wsss.cam.cell_probe import (cell_targets, cells_per_image, fit_cell_probes, fit_image_label_probes,
+                                           probe_maps, valid_cells)
 from lightning_wsss.cam.threshold_sweep import DEFAULT_THRESHOLDS, ThresholdSweep
 from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.datasets import open_split
@@ -87,14 +88,10 @@ def fit_from_image_labels(records: Sequence[Dict[str, Any]], spec: str,
     pooling, _, flag = spec.partition("+")
     if flag not in ("", "neg"):
         raise ValueError(f"an image-label probe is POOLING or POOLING+neg, got {spec!r}")
-    cells = max(r["valid"].numel() for r in records)
-    features = torch.zeros(len(records), records[0]["features"].shape[0], cells)
-    valid = torch.zeros(len(records), cells, dtype=torch.bool)
-    for index, record in enumerate(records):
-        flat = record["features"].flatten(1)
-        features[index, :, : flat.shape[1]] = flat
-        valid[index, : flat.shape[1]] = record["valid"]
-    labels = torch.stack([r["labels"] for r in records])
+    features, valid, labels = cells_per_image(
+        torch.cat([r["features"].flatten(1).T[r["valid"]] for r in records]),
+        torch.cat([torch.full((int(r["valid"].sum()),), index) for index, r in enumerate(records)]),
+        torch.cat([r["labels"][None].expand(int(r["valid"].sum()), -1) for r in records]))
     return fit_image_label_probes(features, valid, labels, pooling, cell_negatives=flag == "neg", steps=steps)
 
 

@@ -214,8 +214,9 @@ class ProbeCAMClassifier(CAMClassifier):
         self.train(was_training)
         labels, negative = cells["labels"], ~cells["labels"]
         positive = labels & (cells["seeds"] > float(hp.seed_threshold))
+        from_image_labels = hp.get("probe_positives", "cam_seeds") == "image_labels"
         for round_index in range(int(hp.rounds)):
-            if round_index == 0 and hp.get("probe_positives", "cam_seeds") == "image_labels":
+            if round_index == 0 and from_image_labels:
                 weight, bias = self._fit_from_image_labels(cells)
                 positive = labels  # every labelled image holds positives; the fit chose which cells
             else:
@@ -228,8 +229,8 @@ class ProbeCAMClassifier(CAMClassifier):
         self.probe_usable = (positive.any(0) & negative.any(0)).to(self.device)
         report = {"cells": int(cells["features"].shape[0]), "positives": positive.sum(0).tolist(),
                   "negatives": negative.sum(0).tolist(), "plain_cam": (~self.probe_usable).nonzero().flatten().add(1).tolist()}
-        kind = ("cells of the labelled images (the fit picks the positives among them)"
-                if hp.get("probe_positives", "cam_seeds") == "image_labels" else "positives")
+        kind = ("cells of the labelled images (the fit picks the positives among them)" if from_image_labels
+                else "positives")
         rank_zero_info(f"ProbeCAM: {report['cells']} cells, {kind} per class {report['positives']}; classes "
                        f"without negative images keep the plain CAM: {report['plain_cam']}")
         return report

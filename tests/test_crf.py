@@ -12,7 +12,10 @@ from lightning_wsss.refine.crf import (  # noqa: E402
     batch_crf,
     crf_from_labels,
     crf_from_probs,
+    crf_from_scores,
     crf_labels,
+    crf_params_for,
+    scaled_crf_params,
 )
 
 
@@ -70,6 +73,36 @@ def test_zero_iterations_returns_normalised_unary():
     q = crf_from_probs(image, probs, CRFParams(iterations=0))
     p = np.clip(probs, 1e-5, 1)
     np.testing.assert_allclose(q, p / p.sum(0, keepdims=True), atol=1e-5)
+
+
+def test_crf_params_for_reads_the_stage_settings():
+    """False / None: no CRF; True: psa's parameters; a mapping: CRFParams fields, with ``scale_params`` the
+    spatial widths times max(H, W) / reference (psa's 80 px bilateral width is 20.48 px on a 128 px image)."""
+    assert crf_params_for(False, (128, 128)) is None and crf_params_for(None, (128, 128)) is None
+    assert crf_params_for(True, (128, 128)) == CRFParams()
+    assert crf_params_for({"bilateral_srgb": 5}, (128, 128)) == CRFParams(bilateral_srgb=5)
+    scaled = crf_params_for({"scale_params": True, "bilateral_srgb": 5}, (100, 128))
+    assert scaled.bilateral_sxy == pytest.approx(80 * 128 / 500) and scaled.gauss_sxy == 1.0
+    assert scaled.bilateral_srgb == 5 and scaled == scaled_crf_params((100, 128), CRFParams(bilateral_srgb=5))
+    assert crf_params_for({"scale_params": True, "reference": 1000}, (250, 250)).bilateral_sxy == pytest.approx(20)
+    with pytest.raises(ValueError, match="bilateral_sxyz"):
+        crf_params_for({"bilateral_sxyz": 3}, (10, 10))
+    with pytest.raises(ValueError, match="mapping"):
+        crf_params_for(3, (10, 10))
+
+
+def test_crf_from_scores_normalises_then_refines():
+    """Scores in any scale (walked maps) are divided by their per-pixel sum: ``False`` returns exactly that, a CRF
+    spec the marginals of the normalised scores; a negative score counts as zero."""
+    image, truth = two_region_scene(16, 20)
+    probs = noisy_probs(truth, 2, noise=0.5)
+    scores = 7.0 * probs
+    scores[0, 0, 0] = -1.0
+    expected = probs.copy()
+    expected[:, 0, 0] = [0.0, 1.0]
+    np.testing.assert_allclose(crf_from_scores(image, scores, False), expected, atol=1e-6)
+    np.testing.assert_allclose(crf_from_scores(image, scores, {"iterations": 3}),
+                               crf_from_probs(image, expected, CRFParams(iterations=3)), atol=1e-6)
 
 
 @pytest.mark.parametrize(

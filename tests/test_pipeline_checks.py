@@ -42,6 +42,8 @@ ONE_LINE_ERRORS = {
                             "stages.classifier.data.past_prob: unknown key"),
     "stage option": ({"stages": {"random_walk": {"walk": {"mod": "irn"}}}},
                      "stages.random_walk.walk.mod: unknown key; did you mean mode?"),
+    "walk CRF setting": ({"stages": {"random_walk": {"walk": {"crf": {"scale_params": True, "bilateral_srgbb": 5}}}}},
+                         "stages.random_walk.walk.crf.bilateral_srgbb: unknown key; did you mean bilateral_srgb?"),
     "affinity-label setting": ({"stages": {"affinity": {"labels": {"mode": "irn", "fg_threshhold": 0.3}}}},
                                "stages.affinity.labels.fg_threshhold: unknown key; did you mean fg_threshold?"),
     "CAM setting": ({"stages": {"cams": {"cam": {"cam_scale": [1.0]}}}},

@@ -57,16 +57,32 @@ def test_sweep_scores_the_settings_the_walk_stage_would_write(tiny_voc, tmp_path
     assert result["best"]["miou"] == max(s["miou"] for s in result["settings"])
     # each setting's score is the mIoU of the labels the random-walk stage writes with it
     reader = open_split(tiny_voc, "train")
-    for setting in (result["settings"][1], result["settings"][5]):
-        walk = {"walk_mode": setting["mode"], "beta": setting["beta"], "t": setting["t"]}
+
+    def stage_miou(setting, crf=False):
+        walk = {"walk_mode": setting["mode"], "beta": setting["beta"], "t": setting["t"], "crf": crf}
         walk.update({"bg_alpha": setting["bg_alpha"]} if setting["mode"] == "psa" else
                     {"bg_threshold": setting["bg_threshold"]})
         walker = load_model_checkpoint(AffinityRefiner, ckpt, cams_dir=str(cams_dir), **walk)
-        out = tmp_path / f"rw_{setting['mode']}"
+        out = tmp_path / f"rw_{setting['mode']}_{setting['t']}_{bool(crf)}"
         L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[ArtifactWriter(str(out))]).predict(
             walker, ImageLabelDataModule(root=str(tiny_voc), predict_split="train", eval_batch_size=1),
             return_predictions=False)
-        assert evaluate_reader(out / "labels", reader, "train")["miou"] == pytest.approx(setting["miou"], abs=1e-6)
+        return evaluate_reader(out / "labels", reader, "train")["miou"]
+
+    for setting in (result["settings"][1], result["settings"][5]):
+        assert stage_miou(setting) == pytest.approx(setting["miou"], abs=1e-6)
+    # --crf: every setting also scored after the CRF the stage's walk.crf runs, the plain scores unchanged
+    crf = {"scale_params": True, "bilateral_srgb": 5}
+    assert main(args + ["--json", "--crf", "{scale_params: true, bilateral_srgb: 5}"]) == 0
+    with_crf = json.loads(capsys.readouterr().out)
+    assert len(with_crf["settings"]) == 2 * len(result["settings"])
+    assert [s["miou"] for s in with_crf["settings"] if not s["crf"]] == [s["miou"] for s in result["settings"]]
+    refined = [s for s in with_crf["settings"] if s["crf"]]
+    assert any(s["miou"] != p["miou"] for s, p in zip(refined, result["settings"]))
+    for setting in (refined[1], refined[5]):
+        assert stage_miou(setting, crf) == pytest.approx(setting["miou"], abs=1e-6)
+    with pytest.raises(SystemExit):
+        main(args + ["--crf", "{bilateral: 5}"])
     assert main(args + ["--limit", "2"]) == 0
     text = capsys.readouterr().out
     assert "best: stages.random_walk.walk: {mode:" in text and "on 2 images" in text

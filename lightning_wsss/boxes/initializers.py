@@ -35,6 +35,7 @@ import numpy as np
 from ..datasets.boxes import validate_boxes
 from ..errors import PathLike
 from ..images import check_rgb_image
+from ..refine.crf import scaled_crf_params
 
 IGNORE = 255
 
@@ -203,28 +204,6 @@ def box_prior(
     if n == 0:
         probs[0] = 1.0
     return (probs / probs.sum(axis=0, keepdims=True)).astype(np.float32)
-
-
-def scaled_crf_params(image_hw: Tuple[int, int], params=None, reference: float = 500.0):
-    """CRF parameters whose spatial widths scale with the image: psa's (bilateral sxy 80, Gaussian sxy 3) are
-    meant for ~500 px VOC images; on a 160 px tile a bilateral kernel of 80 px spans the whole image and floods
-    thin objects' boxes.
-
-    Args:
-        image_hw: ``(H, W)``.
-        params: the ``CRFParams`` at the reference size (default: psa's).
-        reference: the image side (max of H, W) ``params`` are meant for.
-
-    Returns:
-        ``CRFParams`` with ``gauss_sxy`` and ``bilateral_sxy`` times ``max(H, W) / reference`` (at least 1 px).
-    """
-    from dataclasses import replace
-
-    from ..refine.crf import CRFParams
-
-    base = params or CRFParams()
-    factor = max(image_hw) / float(reference)
-    return replace(base, gauss_sxy=max(1.0, base.gauss_sxy * factor), bilateral_sxy=max(1.0, base.bilateral_sxy * factor))
 
 
 def plausible_fill(fg: np.ndarray, min_fill: float = 0.0, max_fill: float = 1.0) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from .quiet import quiet_lightning
 from .registry import command
@@ -75,6 +75,19 @@ def parse_overrides(parser: argparse.ArgumentParser, items: List[str]) -> Dict[s
     return overrides
 
 
+def parse_yaml_value(parser: argparse.ArgumentParser, flag: str, text: Optional[str]) -> Any:
+    """An option's YAML value (``None`` when not given); text that is not YAML ends the command with a usage
+    error naming the option."""
+    import yaml
+
+    if text is None:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        parser.error(f"{flag} takes YAML, got {text!r}: {exc}")
+
+
 @command("sweep-walk", "score a grid of random-walk settings on a split's masks and print the best")
 def sweep_walk(argv: List[str]) -> int:
     """``wsss sweep-walk --checkpoint CKPT --cams DIR --root ROOT``: score random-walk settings on the training
@@ -97,9 +110,20 @@ def sweep_walk(argv: List[str]) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="refiner arguments for the walk, as in stages.random_walk.walk "
                              "(e.g. boundary_cams=false for a BoundaryRefiner); values are read as YAML")
+    parser.add_argument("--crf", default=None, metavar="YAML",
+                        help="also score every setting after a dense CRF of its walked scores, the random-walk "
+                             "stage's walk.crf: true (psa's parameters) or a mapping such as '{scale_params: true, "
+                             "bilateral_srgb: 5}'")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     overrides = parse_overrides(parser, args.overrides)
+    crf = parse_yaml_value(parser, "--crf", args.crf)
+    from ..refine.crf import crf_params_for
+
+    try:
+        crf_params_for(crf, (1, 1))
+    except ValueError as exc:
+        parser.error(f"--crf: {exc}")
     quiet_lightning()
     from ..refine.walk_sweep import format_walk_sweep, sweep_walk as run_sweep, walk_grid
     from ..serialization import load_model_checkpoint
@@ -108,6 +132,6 @@ def sweep_walk(argv: List[str]) -> int:
     grid = walk_grid(args.modes, number_list(args.betas), number_list(args.steps, int),
                      number_list(args.bg_alphas), number_list(args.bg_thresholds))
     model = load_model_checkpoint(refiner_class(args.checkpoint), args.checkpoint, **overrides).to(args.device)
-    result = run_sweep(model, args.cams, args.root, args.split, grid, limit=args.limit, progress=not args.json)
+    result = run_sweep(model, args.cams, args.root, args.split, grid, limit=args.limit, progress=not args.json, crf=crf)
     print(json.dumps(result, indent=2) if args.json else format_walk_sweep(result, args.top))
     return 0

@@ -86,6 +86,21 @@ def _cam_class(where: Where):
         return resolve_class("CAMClassifier", "model")
 
 
+class CRFSetting(Check):
+    """A dense-CRF setting (:data:`~lightning_wsss.refine.crf.CRFSpec`): true, false or a mapping of ``CRFParams``
+    fields plus ``scale_params`` / ``reference``."""
+
+    def __call__(self, value: Any, where: Where) -> None:
+        if value is None or isinstance(value, bool):
+            return
+        from dataclasses import fields
+
+        from ..refine.crf import CRFParams
+
+        schema = {f.name: (int if f.name == "iterations" else float) for f in fields(CRFParams)}
+        check_fields(value, {**schema, "scale_params": bool, "reference": float}, where)
+
+
 class Walk(Check):
     """``walk: {mode, beta, log_t, ...}``: the refiner's walk arguments (``mode`` is its ``walk_mode``)."""
 
@@ -97,6 +112,8 @@ class Walk(Check):
             refiner = resolve_class("AffinityRefiner", "model")
         keywords = dict(parameters(refiner) or {})
         keywords["mode"] = keywords.pop("walk_mode", str)
+        if "crf" in keywords:
+            keywords["crf"] = CRFSetting()
         check_fields(value, keywords, where)
 
 

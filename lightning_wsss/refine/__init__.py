@@ -16,6 +16,8 @@ from lightning_wsss.refine.crf import (
     crf_from_labels,
     crf_from_probs,
     crf_labels,
+    crf_params_for,
+    scaled_crf_params,
 )
 from lightning_wsss.refine.random_walk import (
     Transition,
@@ -33,6 +35,8 @@ __all__ = [
     "crf_from_labels",
     "crf_labels",
     "batch_crf",
+    "crf_params_for",
+    "scaled_crf_params",
     "neighbor_offsets",
     "shift_map",
     "in_map_mask",

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -28,6 +28,9 @@ PROB_CLIP = 1e-5
 __all__ = [
     "CRFParams",
     "IRN_CRF_PARAMS",
+    "scaled_crf_params",
+    "crf_params_for",
+    "crf_from_scores",
     "crf_from_probs",
     "crf_from_labels",
     "crf_labels",
@@ -55,6 +58,55 @@ class CRFParams:
 
 #: Parameters of IRN's ``crf_inference_label`` (used for its IR labels).
 IRN_CRF_PARAMS = CRFParams(bilateral_sxy=50, bilateral_srgb=5)
+
+
+def scaled_crf_params(image_hw: Tuple[int, int], params: Optional[CRFParams] = None,
+                      reference: float = 500.0) -> CRFParams:
+    """CRF parameters whose spatial widths scale with the image: psa's (bilateral sxy 80, Gaussian sxy 3) are
+    meant for ~500 px VOC images; on a 160 px tile a bilateral kernel of 80 px spans the whole image and floods
+    thin objects' boxes.
+
+    Args:
+        image_hw: ``(H, W)``.
+        params: the ``CRFParams`` at the reference size (default: psa's).
+        reference: the image side (max of H, W) ``params`` are meant for.
+
+    Returns:
+        ``CRFParams`` with ``gauss_sxy`` and ``bilateral_sxy`` times ``max(H, W) / reference`` (at least 1 px).
+    """
+    base = params or CRFParams()
+    factor = max(image_hw) / float(reference)
+    return replace(base, gauss_sxy=max(1.0, base.gauss_sxy * factor),
+                   bilateral_sxy=max(1.0, base.bilateral_sxy * factor))
+
+
+CRFSpec = Union[bool, Mapping[str, Any], None]
+"""How a stage asks for a dense CRF: ``False`` / ``None`` (none), ``True`` (psa's parameters as they are), or a
+mapping of :class:`CRFParams` fields plus ``scale_params`` (scale the spatial widths from ``reference`` px,
+default 500, to the image: :func:`scaled_crf_params`)."""
+
+
+def crf_params_for(spec: CRFSpec, image_hw: Tuple[int, int]) -> Optional[CRFParams]:
+    """The :class:`CRFParams` a :data:`CRFSpec` asks for on an image of size ``image_hw`` (``None``: no CRF).
+
+    Raises:
+        ValueError: a key that is neither a ``CRFParams`` field nor ``scale_params`` / ``reference``.
+    """
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return CRFParams()
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a CRF setting is true, false or a mapping of CRFParams fields, got {spec!r}")
+    options = dict(spec)
+    scale = bool(options.pop("scale_params", False))
+    reference = float(options.pop("reference", 500.0))
+    known = {f.name for f in fields(CRFParams)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown CRF setting(s) {unknown}; expected {sorted(known)}, 'scale_params' or 'reference'")
+    params = CRFParams(**options)
+    return scaled_crf_params(image_hw, params, reference) if scale else params
 
 
 _IMPORT_HINT = (
@@ -133,6 +185,25 @@ def crf_from_probs(
     p = np.clip(probs.astype(np.float32, copy=False), PROB_CLIP, 1.0)
     unary = -np.log(p).reshape(probs.shape[0], -1)
     return _run_crf(image, np.ascontiguousarray(unary, dtype=np.float32), params)
+
+
+def crf_from_scores(image: np.ndarray, scores: np.ndarray, spec: CRFSpec = True) -> np.ndarray:
+    """Dense CRF of non-negative scores (walked maps, CAMs with a background channel), each pixel's scores divided
+    by their sum first.
+
+    Args:
+        image: uint8 RGB image [H, W, 3].
+        scores: float scores [C, H, W] >= 0 (negative values count as 0).
+        spec: the CRF's :data:`CRFSpec` (``False`` / ``None``: the normalised scores are returned unchanged).
+
+    Returns:
+        float32 array [C, H, W]: CRF marginals (or the normalised scores).
+    """
+    image, scores = _check_probs(image, scores)
+    p = np.clip(scores.astype(np.float32), 0.0, None)
+    p = p / np.clip(p.sum(axis=0, keepdims=True), 1e-8, None)
+    params = crf_params_for(spec, image.shape[:2])
+    return p if params is None else crf_from_probs(image, p, params)
 
 
 def crf_from_labels(

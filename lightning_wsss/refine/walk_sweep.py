@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, PathLike
-from .crf import IGNORE_INDEX
+from .crf import IGNORE_INDEX, CRFSpec, crf_from_scores, crf_params_for
 from .random_walk import irn_scores, walk_snapshots
 
 __all__ = ["walk_grid", "sweep_walk", "confusion_miou", "format_walk_sweep"]
@@ -54,16 +54,16 @@ def confusion_miou(confusion: np.ndarray) -> Tuple[float, np.ndarray]:
     return (float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")), iou
 
 
-def _walked_labels(model, cams_fg: torch.Tensor, aff: torch.Tensor, grid: List[Dict[str, Any]],
-                   image_size: Tuple[int, int]) -> Iterator[Tuple[int, np.ndarray]]:
-    """(setting index, channel-index label map [H, W]) for every setting, from foreground CAMs [1, K, h, w]."""
+def _walked_scores(model, cams_fg: torch.Tensor, aff: torch.Tensor, grid: List[Dict[str, Any]],
+                   image_size: Tuple[int, int]) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(setting index, walked scores [C, H, W] at image size, background first) for every setting, from
+    foreground CAMs [1, K, h, w]."""
     height, width = image_size
     h, w = aff.shape[-2:]
     full = (h * model.stride, w * model.stride)
 
-    def labels(scores: torch.Tensor) -> np.ndarray:
-        up = F.interpolate(scores, size=full, mode="bilinear", align_corners=False)[:, :, :height, :width]
-        return up[0].argmax(0).cpu().numpy()
+    def upsampled(scores: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(scores, size=full, mode="bilinear", align_corners=False)[0, :, :height, :width]
 
     groups: Dict[Tuple[str, float, Optional[float]], List[int]] = {}
     for index, s in enumerate(grid):
@@ -71,7 +71,7 @@ def _walked_labels(model, cams_fg: torch.Tensor, aff: torch.Tensor, grid: List[D
     for (mode, beta, alpha), indices in groups.items():
         if cams_fg.shape[1] == 0:  # no foreground: background everywhere, whatever the setting
             for index in indices:
-                yield index, np.zeros((height, width), np.int64)
+                yield index, cams_fg.new_ones(1, height, width)
             continue
         if mode == "psa":
             bg = (1.0 - cams_fg.amax(dim=1, keepdim=True)).clamp(min=0) ** alpha
@@ -83,13 +83,19 @@ def _walked_labels(model, cams_fg: torch.Tensor, aff: torch.Tensor, grid: List[D
             walked = snaps[grid[index]["t"]]
             if mode == "irn":
                 walked = irn_scores(walked, grid[index]["bg_threshold"], model.hparams.get("irn_normalize", "class"))
-            yield index, labels(walked)
+            yield index, upsampled(walked)
+
+
+def _confusion(target: np.ndarray, valid: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Confusion [C, C] of a label map against the mask's valid pixels (rows: ground truth)."""
+    gt = target[valid].astype(np.int64)
+    return np.bincount(gt * num_classes + label[valid], minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
 @torch.no_grad()
 def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", grid: Optional[List[Dict]] = None,
                limit: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
-               progress: bool = False) -> Dict[str, Any]:
+               progress: bool = False, crf: CRFSpec = None) -> Dict[str, Any]:
     """mIoU of the walked labels of every setting of ``grid`` on the split's masks.
 
     Args:
@@ -99,10 +105,13 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
         root, split: the data set (VOC layout, or a COCO JSON split) whose masks score the labels.
         grid: settings from :func:`walk_grid`.
         limit: score the first ``limit`` images only.
+        crf: also score every setting's labels after a dense CRF of its walked scores (a
+            :data:`~lightning_wsss.refine.crf.CRFSpec`, as the refiner's ``crf``): each setting then appears twice,
+            ``"crf": False`` and ``"crf": True``.
 
     Returns:
-        ``{"settings": [{..., "miou": m}], "best": the best setting, "num_images": n, "per_class": {name: IoU}
-        at the best}``.
+        ``{"settings": [{..., "crf": bool, "miou": m}], "best": the best setting, "num_images": n, "per_class":
+        {name: IoU} at the best}``.
 
     Raises:
         DataError: a missing CAM file or one whose size differs from its mask (naming it).
@@ -119,7 +128,8 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
     dm.setup("predict")
     reader = dm.datasets["predict"].reader
     num_classes = reader.num_classes
-    confusion = np.zeros((len(grid), num_classes, num_classes), np.int64)
+    with_crf = crf_params_for(crf, (1, 1)) is not None
+    confusion = np.zeros((len(grid), 1 + with_crf, num_classes, num_classes), np.int64)
     model.eval()
     device = next(model.parameters()).device
     count = 0
@@ -142,18 +152,21 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
         cams_fg = model.walk_cams(model.downsample_cams(cams, tuple(embedding.shape[-2:]), (height, width)), embedding)
         keys = np.concatenate([[0], data["keys"]]).astype(np.int64)
         valid = target != IGNORE_INDEX
-        gt = target[valid].astype(np.int64)
-        for index, label in _walked_labels(model, cams_fg, aff, grid, (height, width)):
-            pred = keys[label][valid]
-            confusion[index] += np.bincount(gt * num_classes + pred, minlength=num_classes ** 2).reshape(
-                num_classes, num_classes)
+        image = np.asarray(reader.load(image_id)["image"]) if with_crf else None
+        for index, scores in _walked_scores(model, cams_fg, aff, grid, (height, width)):
+            scores = scores.float().cpu().numpy()
+            confusion[index, 0] += _confusion(target, valid, keys[scores.argmax(0)], num_classes)
+            if with_crf:
+                refined = crf_from_scores(image, scores, crf) if scores.shape[0] > 1 else scores
+                confusion[index, 1] += _confusion(target, valid, keys[refined.argmax(0)], num_classes)
         count += 1
     settings = []
     per_class = []
     for setting, conf in zip(grid, confusion):
-        miou, iou = confusion_miou(conf)
-        settings.append({**setting, "miou": miou})
-        per_class.append(iou)
+        for refined in range(1 + with_crf):
+            miou, iou = confusion_miou(conf[refined])
+            settings.append({**setting, "crf": bool(refined), "miou": miou})
+            per_class.append(iou)
     best = int(np.nanargmax([s["miou"] for s in settings])) if count else 0
     names = list(getattr(reader, "class_names", None) or [str(i) for i in range(num_classes)])
     return {"settings": settings, "best": settings[best], "num_images": count,
@@ -164,18 +177,21 @@ def format_walk_sweep(result: Dict[str, Any], top: int = 15) -> str:
     """The sweep as text: the ``top`` settings by mIoU, the best per mode, and the best as a config line."""
     rows = sorted(result["settings"], key=lambda s: -np.nan_to_num(s["miou"], nan=-1.0))
     lines = [f"random-walk settings on {result['num_images']} images (mIoU of the walked labels vs the masks)",
-             f"{'mode':>4} {'beta':>5} {'t':>5} {'bg':>6}  mIoU (%)"]
+             f"{'mode':>4} {'beta':>5} {'t':>5} {'bg':>6} {'crf':>4}  mIoU (%)"]
     for s in rows[:top]:
         bg = s.get("bg_alpha", s.get("bg_threshold"))
-        lines.append(f"{s['mode']:>4} {s['beta']:5g} {s['t']:5d} {bg:6g}  {100 * s['miou']:8.2f}")
+        crf = "yes" if s.get("crf") else "no"
+        lines.append(f"{s['mode']:>4} {s['beta']:5g} {s['t']:5d} {bg:6g} {crf:>4}  {100 * s['miou']:8.2f}")
     for mode in ("psa", "irn"):
-        of_mode = [s for s in rows if s["mode"] == mode]
-        if of_mode:
-            lines.append(f"best {mode}: {100 * of_mode[0]['miou']:.2f}")
+        for refined in (False, True):
+            of_mode = [s for s in rows if s["mode"] == mode and bool(s.get("crf")) == refined]
+            if of_mode:
+                lines.append(f"best {mode}{' + CRF' if refined else ''}: {100 * of_mode[0]['miou']:.2f}")
     best = result["best"]
     bg_key = "bg_alpha" if best["mode"] == "psa" else "bg_threshold"
+    crf = ", crf: <the sweep's CRF>" if best.get("crf") else ""
     lines.append(f"best: stages.random_walk.walk: {{mode: {best['mode']}, beta: {best['beta']:g}, t: {best['t']}, "
-                 f"{bg_key}: {best[bg_key]:g}}}  (mIoU {100 * best['miou']:.2f})")
+                 f"{bg_key}: {best[bg_key]:g}{crf}}}  (mIoU {100 * best['miou']:.2f})")
     lines.append("per-class IoU (%) at the best setting: " + ", ".join(
         f"{k} {'n/a' if v is None else f'{100 * v:.1f}'}" for k, v in result["per_class"].items()))
     return "\n".join(lines)

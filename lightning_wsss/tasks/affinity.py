@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from ..cam.files import load_cams
 from ..models.affinity import AffinityNet
 from ..models.backbones import build_backbone
 from ..errors import DataError
+from ..refine.crf import crf_from_scores, crf_params_for
 from ..refine.affinity_labels import affinity_loss, affinity_pairs, neighbor_offsets  # affinity_loss: re-exported
 from ..refine.random_walk import affinity_from_features, irn_scores, random_walk
 from ..refine.separation import affinity_separation_sums, separation_means
@@ -102,7 +103,9 @@ class AffinityRefiner(WSSSTask):
             backbone when training begins (loaded in ``setup("fit")``, so a resumed run keeps its own weights);
             where the names or shapes do not match the backbone, a warning says so and ``weights`` is kept.
         cams_dir: folder of the CAM stage's ``<id>.npz`` files (needed by ``predict``).
-        crf: dense-CRF post-processing of the walked probabilities.
+        crf: dense-CRF post-processing of the walked probabilities: ``False`` (none), ``True`` (psa's parameters)
+            or a mapping of :class:`~lightning_wsss.refine.crf.CRFParams` fields plus ``scale_params`` (spatial
+            widths scaled from 500 px to the image, :func:`~lightning_wsss.refine.crf.crf_params_for`).
         **kwargs: :class:`~lightning_wsss.tasks.base.WSSSTask` arguments (``lr``, ``head_lr_mult``,
             ``weight_decay``, ``momentum``, ``optimizer``, ``poly_power``).
     """
@@ -127,7 +130,7 @@ class AffinityRefiner(WSSSTask):
         bg_threshold: float = 0.25,
         irn_normalize: str = "class",
         backbone_init: Optional[str] = None,
-        crf: bool = False,
+        crf: Union[bool, Dict[str, Any]] = False,
         **kwargs: Any,
     ) -> None:
         if walk_mode not in WALK_MODES:
@@ -136,6 +139,7 @@ class AffinityRefiner(WSSSTask):
             raise ValueError(f"irn_normalize must be 'class' or 'global', got {irn_normalize!r}")
         if t is not None and int(t) < 0:
             raise ValueError(f"t must be >= 0, got {t}")
+        crf_params_for(crf, (1, 1))  # an unknown CRF setting fails here, not after training
         super().__init__(num_classes, **kwargs)
         self._separation: Optional[Dict[str, Tensor]] = None
         self.register_buffer("offsets", neighbor_offsets(radius), persistent=False)
@@ -331,13 +335,11 @@ class AffinityRefiner(WSSSTask):
         return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
 
     def crf_refine(self, batch: Dict[str, Any], index: int, probs: Tensor) -> Tensor:
-        """Dense-CRF of normalised walked scores [1, C, H, W] on the denormalised image."""
+        """Dense-CRF of walked scores [1, C, H, W] on the denormalised image (``crf``: its setting)."""
         from ..datamodules.transforms import denormalize
-        from ..refine.crf import crf_from_probs
 
         height, width = probs.shape[-2:]
         mean, std = self.normalization()
         image = denormalize(batch["image"][index, :, :height, :width].cpu().numpy(), mean, std)
-        p = probs[0].clamp(min=0)
-        p = p / p.sum(0, keepdim=True).clamp(min=1e-8)
-        return torch.from_numpy(crf_from_probs(image, p.cpu().numpy().astype(np.float32)))[None]
+        scores = probs[0].float().cpu().numpy()
+        return torch.from_numpy(crf_from_scores(image, scores, self.hparams.crf))[None]

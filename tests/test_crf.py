@@ -103,6 +103,10 @@ def test_crf_from_scores_normalises_then_refines():
     np.testing.assert_allclose(crf_from_scores(image, scores, False), expected, atol=1e-6)
     np.testing.assert_allclose(crf_from_scores(image, scores, {"iterations": 3}),
                                crf_from_probs(image, expected, CRFParams(iterations=3)), atol=1e-6)
+    # an image with no foreground class has the background channel only: nothing to refine
+    np.testing.assert_array_equal(crf_from_scores(image, scores[:1], True), np.ones((1, 16, 20), np.float32))
+    with pytest.raises(ValueError, match="does not"):
+        crf_from_scores(image, scores[:1, :8], True)
 
 
 @pytest.mark.parametrize(

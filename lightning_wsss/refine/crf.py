@@ -197,8 +197,12 @@ def crf_from_scores(image: np.ndarray, scores: np.ndarray, spec: CRFSpec = True)
         spec: the CRF's :data:`CRFSpec` (``False`` / ``None``: the normalised scores are returned unchanged).
 
     Returns:
-        float32 array [C, H, W]: CRF marginals (or the normalised scores).
+        float32 array [C, H, W]: CRF marginals (or the normalised scores; all ones where ``C`` is 1).
     """
+    scores = np.asarray(scores)
+    if scores.ndim == 3 and scores.shape[0] == 1:  # one channel (an image with no foreground class): nothing to refine
+        _check_probs(image, np.concatenate([scores, scores]))
+        return np.ones(scores.shape, np.float32)
     image, scores = _check_probs(image, scores)
     p = np.clip(scores.astype(np.float32), 0.0, None)
     p = p / np.clip(p.sum(axis=0, keepdims=True), 1e-8, None)

@@ -157,7 +157,7 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
             scores = scores.float().cpu().numpy()
             confusion[index, 0] += _confusion(target, valid, keys[scores.argmax(0)], num_classes)
             if with_crf:
-                refined = crf_from_scores(image, scores, crf) if scores.shape[0] > 1 else scores
+                refined = crf_from_scores(image, scores, crf)
                 confusion[index, 1] += _confusion(target, valid, keys[refined.argmax(0)], num_classes)
         count += 1
     settings = []

@@ -151,8 +151,9 @@ def _run_crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndar
     return np.asarray(q, dtype=np.float32).reshape(n_labels, h, w)
 
 
-def _check_probs(image: np.ndarray, probs: np.ndarray):
-    """``(uint8 image [H, W, 3], probs [C, H, W])`` after checking that they fit (ValueError otherwise)."""
+def _check_probs(image: np.ndarray, probs: np.ndarray, min_classes: int = 2):
+    """``(uint8 image [H, W, 3], probs [C, H, W])`` after checking that they fit and ``C >= min_classes``
+    (ValueError otherwise)."""
     image = check_rgb_image(image)
     probs = np.asarray(probs)
     if probs.ndim != 3:
@@ -162,8 +163,8 @@ def _check_probs(image: np.ndarray, probs: np.ndarray):
             f"probs spatial shape {tuple(probs.shape[1:])} (probs {tuple(probs.shape)}) does not "
             f"match image {tuple(image.shape)}"
         )
-    if probs.shape[0] < 2:
-        raise ValueError(f"probs needs at least 2 classes, got {tuple(probs.shape)}")
+    if probs.shape[0] < min_classes:
+        raise ValueError(f"probs needs at least {min_classes} classes, got {tuple(probs.shape)}")
     return image, probs
 
 
@@ -199,11 +200,9 @@ def crf_from_scores(image: np.ndarray, scores: np.ndarray, spec: CRFSpec = True)
     Returns:
         float32 array [C, H, W]: CRF marginals (or the normalised scores; all ones where ``C`` is 1).
     """
-    scores = np.asarray(scores)
-    if scores.ndim == 3 and scores.shape[0] == 1:  # one channel (an image with no foreground class): nothing to refine
-        _check_probs(image, np.concatenate([scores, scores]))
+    image, scores = _check_probs(image, scores, min_classes=1)
+    if scores.shape[0] == 1:  # one channel (an image with no foreground class): nothing to refine
         return np.ones(scores.shape, np.float32)
-    image, scores = _check_probs(image, scores)
     p = np.clip(scores.astype(np.float32), 0.0, None)
     p = p / np.clip(p.sum(axis=0, keepdims=True), 1e-8, None)
     params = crf_params_for(spec, image.shape[:2])

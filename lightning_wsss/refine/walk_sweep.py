@@ -139,7 +139,8 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
             break
         image_id = batch["id"][0]
         height, width = batch["size"][0].tolist()
-        target = reader.load(image_id)["mask"]
+        item = reader.load(image_id)
+        target = item["mask"]
         if target is None:
             raise DataError(f"{root}", f"image {image_id} of split {split} has no mask to score the walk on")
         path = Path(cams_dir) / f"{image_id}.npz"
@@ -152,7 +153,7 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
         cams_fg = model.walk_cams(model.downsample_cams(cams, tuple(embedding.shape[-2:]), (height, width)), embedding)
         keys = np.concatenate([[0], data["keys"]]).astype(np.int64)
         valid = target != IGNORE_INDEX
-        image = np.asarray(reader.load(image_id)["image"]) if with_crf else None
+        image = np.asarray(item["image"]) if with_crf else None
         for index, scores in _walked_scores(model, cams_fg, aff, grid, (height, width)):
             scores = scores.float().cpu().numpy()
             confusion[index, 0] += _confusion(target, valid, keys[scores.argmax(0)], num_classes)

@@ -95,10 +95,10 @@ class CRFSetting(Check):
             return
         from dataclasses import fields
 
-        from ..refine.crf import CRFParams
+        from ..refine.crf import CRF_SPEC_OPTIONS, CRFParams
 
         schema = {f.name: (int if f.name == "iterations" else float) for f in fields(CRFParams)}
-        check_fields(value, {**schema, "scale_params": bool, "reference": float}, where)
+        check_fields(value, {**schema, **CRF_SPEC_OPTIONS}, where)
 
 
 class Walk(Check):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,6 +30,7 @@ __all__ = [
     "IRN_CRF_PARAMS",
     "scaled_crf_params",
     "crf_params_for",
+    "CRF_SPEC_OPTIONS",
     "crf_from_scores",
     "crf_from_probs",
     "crf_from_labels",
@@ -85,6 +86,9 @@ CRFSpec = Union[bool, Mapping[str, Any], None]
 mapping of :class:`CRFParams` fields plus ``scale_params`` (scale the spatial widths from ``reference`` px,
 default 500, to the image: :func:`scaled_crf_params`)."""
 
+CRF_SPEC_OPTIONS: Dict[str, type] = {"scale_params": bool, "reference": float}
+"""The keys a :data:`CRFSpec` mapping takes besides the :class:`CRFParams` fields, and their types."""
+
 
 def crf_params_for(spec: CRFSpec, image_hw: Tuple[int, int]) -> Optional[CRFParams]:
     """The :class:`CRFParams` a :data:`CRFSpec` asks for on an image of size ``image_hw`` (``None``: no CRF).
@@ -104,7 +108,7 @@ def crf_params_for(spec: CRFSpec, image_hw: Tuple[int, int]) -> Optional[CRFPara
     known = {f.name for f in fields(CRFParams)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"unknown CRF setting(s) {unknown}; expected {sorted(known)}, 'scale_params' or 'reference'")
+        raise ValueError(f"unknown CRF setting(s) {unknown}; expected {sorted(known)} or {sorted(CRF_SPEC_OPTIONS)}")
     params = CRFParams(**options)
     return scaled_crf_params(image_hw, params, reference) if scale else params
 

@@ -239,3 +239,47 @@ def test_a_mode_ignores_the_other_modes_parameters(monkeypatch):
     np.testing.assert_array_equal(merged, affinity_label_map_irn(image, cams, [5, 2], 21, fg_threshold=0.3, stride=1))
     with pytest.raises(TypeError):
         affinity_label_map(image, cams, [5, 2], 21, "irn", alpha_mid=8)
+
+
+def test_label_crf_setting_scales_the_modes_own_parameters():
+    """``labels.crf_params: {scale_params: true}`` scales psa's or irn's own label-CRF widths from 500 px to the
+    image; other keys replace fields; no setting leaves the mode's default (no ``params`` passed)."""
+    from lightning_wsss.refine.affinity_targets import label_kwargs
+    from lightning_wsss.refine.crf import IRN_CRF_PARAMS, CRFParams
+
+    psa = label_kwargs("psa", {"alpha_low": 4}, {"scale_params": True}, (100, 125))
+    assert psa["alpha_low"] == 4
+    assert psa["params"] == CRFParams(gauss_sxy=1.0, bilateral_sxy=20.0)  # 3 -> 0.75, kept at 1 px; 80 * 125 / 500
+    irn = label_kwargs("irn", {}, {"scale_params": True, "bilateral_srgb": 7}, (250, 50))
+    assert irn["params"] == CRFParams(gauss_sxy=1.5, bilateral_sxy=25.0, bilateral_srgb=7.0)  # irn's 50 px, 5 -> 7
+    assert label_kwargs("irn", {}, True, (250, 50))["params"] == IRN_CRF_PARAMS
+    assert "params" not in label_kwargs("psa", {}, None, (100, 125))
+    with pytest.raises(ValueError, match="bilateral_sxyy"):
+        label_kwargs("psa", {}, {"bilateral_sxyy": 3}, (100, 125))
+
+
+def test_written_labels_follow_the_crf_setting(tmp_path, monkeypatch):
+    """write_affinity_labels hands each image the CRF parameters its setting resolves to at that image's size."""
+    from lightning_wsss.refine import affinity_targets
+
+    seen = []
+
+    def spy(image, cams, keys, num_classes, mode, **kwargs):
+        seen.append((np.asarray(image).shape[:2], kwargs["params"].bilateral_sxy))
+        return np.zeros(np.asarray(image).shape[:2], np.uint8)
+
+    class Reader:
+        ids = ["a", "b"]
+        num_classes = 3
+        sizes = {"a": (50, 40), "b": (20, 100)}
+
+        def load(self, image_id):
+            return {"image": np.zeros((*self.sizes[image_id], 3), np.uint8)}
+
+    for image_id, size in Reader.sizes.items():
+        np.savez(tmp_path / f"{image_id}.npz", cams=np.zeros((1, *size), np.float32), keys=np.array([1]))
+    monkeypatch.setattr(affinity_targets, "affinity_label_map", spy)
+    affinity_targets.write_affinity_labels(Reader(), tmp_path, tmp_path / "labels", "psa",
+                                           crf_params={"scale_params": True}, progress=False)
+    assert seen == [((50, 40), pytest.approx(8.0)), ((20, 100), pytest.approx(16.0))]
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["a.png", "b.png"]

@@ -46,6 +46,8 @@ ONE_LINE_ERRORS = {
                          "stages.random_walk.walk.crf.bilateral_srgbb: unknown key; did you mean bilateral_srgb?"),
     "affinity-label setting": ({"stages": {"affinity": {"labels": {"mode": "irn", "fg_threshhold": 0.3}}}},
                                "stages.affinity.labels.fg_threshhold: unknown key; did you mean fg_threshold?"),
+    "affinity-label CRF": ({"stages": {"affinity": {"labels": {"crf_params": {"scale_params": True, "sxy": 5}}}}},
+                           "stages.affinity.labels.crf_params.sxy: unknown key"),
     "CAM setting": ({"stages": {"cams": {"cam": {"cam_scale": [1.0]}}}},
                     "stages.cams.cam.cam_scale: unknown key; did you mean cam_scales?"),
     "unknown stage in order": ({"order": ["classifier", "cams", "affinty", "random_walk", "segmenter"]},

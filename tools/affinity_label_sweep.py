@@ -1,7 +1,7 @@
 """How good AffinityNet's confident labels would be under several label settings, scored on a split's masks.
 
     python tools/affinity_label_sweep.py --cams RUN/image/cams/<hash>/cams --root DATA \
-        --settings psa:4,32 irn:0.30,0.05 irn:0.75,0.4 [--split train] [--limit 150] [--json]
+        --settings psa:4,32 irn:0.30,0.05 irn:0.75,0.4 [--split train] [--limit 150] [--crf YAML] [--json]
 
 A setting is ``psa:ALPHA_LOW,ALPHA_HIGH`` (two CRFs with background powers) or ``irn:FG,BG`` (two constant
 thresholds refined by label CRFs), the two modes of ``stages.affinity.labels``. The label maps are computed as the
@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+import yaml
 
 from lightning_wsss.cam.files import load_cams
 from lightning_wsss.datasets import open_split
-from lightning_wsss.refine.affinity_targets import MODE_PARAMETERS, affinity_label_map
+from lightning_wsss.refine.affinity_targets import MODE_PARAMETERS, affinity_label_map, label_kwargs
+from lightning_wsss.refine.crf import CRFSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_confusion import confusion  # noqa: E402
@@ -69,10 +71,12 @@ def label_quality(counts: np.ndarray) -> Dict[str, float]:
 
 
 def label_pairs(samples: Iterable[Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]], num_classes: int,
-                mode: str, kwargs: Dict[str, float]) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
-    """``(label, truth)`` per ``(image, mask, cams)`` sample under one setting."""
+                mode: str, kwargs: Dict[str, float], crf: CRFSpec = None) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
+    """``(label, truth)`` per ``(image, mask, cams)`` sample under one setting (``crf``: the stage's
+    ``labels.crf_params``)."""
     for image, mask, cams in samples:
-        yield affinity_label_map(image, cams["cams"], cams["keys"], num_classes, mode, **kwargs), mask
+        yield affinity_label_map(image, cams["cams"], cams["keys"], num_classes, mode,
+                                 **label_kwargs(mode, kwargs, crf, image.shape[:2])), mask
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -83,6 +87,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--settings", required=True, nargs="+", type=parse_setting,
                         help="psa:ALPHA_LOW,ALPHA_HIGH or irn:FG,BG, one or more")
     parser.add_argument("--limit", type=int, default=None, help="the first N images of the split only")
+    parser.add_argument("--crf", type=yaml.safe_load, default=None,
+                        help="the label CRFs' setting, as stages.affinity.labels.crf_params (e.g. "
+                             "'{scale_params: true}': the mode's own parameters scaled from 500 px to the image)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     dataset = open_split(args.root, args.split, require_masks=True)
@@ -90,11 +97,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     samples = []
     for image_id in ids:
         sample = dataset.load(image_id)
-        samples.append((sample["image"], np.asarray(sample["mask"]), load_cams(args.cams / f"{image_id}.npz")))
+        samples.append((np.asarray(sample["image"]), np.asarray(sample["mask"]), load_cams(args.cams / f"{image_id}.npz")))
     results = {}
     for mode, kwargs in args.settings:
         name = f"{mode}:" + ",".join(f"{v:g}" for v in kwargs.values())
-        results[name] = label_quality(confusion(label_pairs(samples, dataset.num_classes, mode, kwargs),
+        results[name] = label_quality(confusion(label_pairs(samples, dataset.num_classes, mode, kwargs, args.crf),
                                                 dataset.num_classes))
         if not args.json:
             if len(results) == 1:

@@ -55,17 +55,16 @@ class InitializerKwargs(Check):
 
 
 class AffinityLabels(Check):
-    """``labels: {mode: psa | irn, crf_params: {...}, ...}``: the confident-label function's keyword arguments."""
+    """``labels: {mode: psa | irn, crf_params: {...}, ...}``: the confident-label function's keyword arguments
+    (``crf_params``: a CRF setting, :class:`CRFSetting`)."""
 
     def __call__(self, value: Any, where: Where) -> None:
         from ..refine import affinity_labels
         from ..refine.affinity_targets import mode_kwargs
-        from ..refine.crf import CRFParams
-
         labels = dict(check_mapping(value, where))
         mode = labels.pop("mode", "psa")
         OneOf(("psa", "irn"))(mode, where.at("mode"))
-        check_keywords(labels.pop("crf_params", None), CRFParams, where.at("crf_params"))
+        CRFSetting()(labels.pop("crf_params", None), where.at("crf_params"))
         function = {"psa": affinity_labels.affinity_label_map_psa, "irn": affinity_labels.affinity_label_map_irn}[mode]
         # the other mode's parameters (merged from a base config) are ignored at run time, as here
         check_keywords(mode_kwargs(mode, labels), function, where,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -12,12 +12,15 @@ from ..cam.files import load_cams
 from ..datasets.base import SegmentationDataset
 from ..io import write_label_png
 from .affinity_labels import affinity_label_map_irn, affinity_label_map_psa
-from .crf import CRFParams
+from .crf import IRN_CRF_PARAMS, CRFParams, CRFSpec, crf_params_for
 
 
 MODE_PARAMETERS = {"psa": ("alpha_low", "alpha_high"), "irn": ("fg_threshold", "bg_threshold")}
 """The parameters of each mode: those of the other mode are ignored, so a config that switches a base's
 ``labels: {mode: psa, alpha_low: 4, alpha_high: 32}`` to ``{mode: irn}`` does not inherit psa's settings."""
+
+MODE_CRF_PARAMS = {"psa": CRFParams(), "irn": IRN_CRF_PARAMS}
+"""Each mode's own label-CRF parameters (psa's and irn's, both meant for ~500 px images)."""
 
 
 def mode_kwargs(mode: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -43,23 +46,32 @@ def affinity_label_map(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, nu
 
 
 def write_affinity_labels(dataset: SegmentationDataset, cams_dir: Path, out_dir: Path, mode: str = "psa",
-                          crf_params: Optional[Dict[str, float]] = None, progress: bool = True,
-                          **kwargs: Any) -> Path:
+                          crf_params: CRFSpec = None, progress: bool = True, **kwargs: Any) -> Path:
     """Write ``out_dir/<id>.png`` for every image of ``dataset`` (images already written are skipped).
+
+    Args:
+        crf_params: the label CRFs' parameters, a :data:`~lightning_wsss.refine.crf.CRFSpec` resolved per image
+            over the mode's own (:data:`MODE_CRF_PARAMS`): ``{scale_params: true}`` scales their spatial widths
+            from 500 px to the image, other keys replace fields; ``None`` / ``False`` / ``True``: the mode's own.
 
     Returns:
         ``out_dir``.
     """
-    params = CRFParams(**(crf_params or {})) if crf_params is not None else None
-    extra = dict(kwargs)
-    if params is not None:
-        extra["params"] = params
+    crf_params_for(crf_params, (1, 1))  # an unknown key fails before the first image
     for image_id in tqdm(dataset.ids, desc=f"affinity labels ({mode})", disable=not progress):
         path = Path(out_dir) / f"{image_id}.png"
         if path.is_file():
             continue
         cams = load_cams(Path(cams_dir) / f"{image_id}.npz")
         image = dataset.load(image_id)["image"]
-        label = affinity_label_map(image, cams["cams"], cams["keys"], dataset.num_classes, mode, **extra)
+        label = affinity_label_map(image, cams["cams"], cams["keys"], dataset.num_classes, mode,
+                                   **label_kwargs(mode, kwargs, crf_params, np.asarray(image).shape[:2]))
         write_label_png(path, label)
     return Path(out_dir)
+
+
+def label_kwargs(mode: str, kwargs: Dict[str, Any], crf_params: CRFSpec, image_hw: Tuple[int, int]) -> Dict[str, Any]:
+    """``kwargs`` plus ``params``: the label-CRF parameters ``crf_params`` asks for on an image of size ``image_hw``
+    over ``mode``'s own (:data:`MODE_CRF_PARAMS`; none added where it asks for none)."""
+    params = crf_params_for(crf_params, image_hw, MODE_CRF_PARAMS.get(mode, CRFParams()))
+    return dict(kwargs) if params is None else {**kwargs, "params": params}

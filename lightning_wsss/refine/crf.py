@@ -90,8 +90,10 @@ CRF_SPEC_OPTIONS: Dict[str, type] = {"scale_params": bool, "reference": float}
 """The keys a :data:`CRFSpec` mapping takes besides the :class:`CRFParams` fields, and their types."""
 
 
-def crf_params_for(spec: CRFSpec, image_hw: Tuple[int, int]) -> Optional[CRFParams]:
+def crf_params_for(spec: CRFSpec, image_hw: Tuple[int, int], base: CRFParams = CRFParams()) -> Optional[CRFParams]:
     """The :class:`CRFParams` a :data:`CRFSpec` asks for on an image of size ``image_hw`` (``None``: no CRF).
+
+    ``base`` holds the fields a mapping leaves out (default: psa's parameters); ``True`` is ``base`` itself.
 
     Raises:
         ValueError: a key that is neither a ``CRFParams`` field nor ``scale_params`` / ``reference``.
@@ -99,7 +101,7 @@ def crf_params_for(spec: CRFSpec, image_hw: Tuple[int, int]) -> Optional[CRFPara
     if spec is None or spec is False:
         return None
     if spec is True:
-        return CRFParams()
+        return base
     if not isinstance(spec, Mapping):
         raise ValueError(f"a CRF setting is true, false or a mapping of CRFParams fields, got {spec!r}")
     options = dict(spec)
@@ -109,7 +111,7 @@ def crf_params_for(spec: CRFSpec, image_hw: Tuple[int, int]) -> Optional[CRFPara
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown CRF setting(s) {unknown}; expected {sorted(known)} or {sorted(CRF_SPEC_OPTIONS)}")
-    params = CRFParams(**options)
+    params = replace(base, **options)
     return scaled_crf_params(image_hw, params, reference) if scale else params
 
 

@@ -88,17 +88,23 @@ def _miou_lines(out: str) -> list:
     return [float(line.split()[1]) for line in out.splitlines() if line.startswith("mIoU")]
 
 
-def test_segmenter_fit(tiny_voc, tmp_path):
+def tiny_segmenter_checkpoint(root: Path, path: Path) -> Path:
+    """A DeepLab segmenter (tu-resnet18) trained one epoch on ``root``'s masks, saved at ``path``."""
     from lightning_wsss.datamodules import MaskDataModule
-    from lightning_wsss.pipeline.predictions import predict_val
     from lightning_wsss.tasks import DeepLabSegmenter
 
     torch.manual_seed(0)
     model = DeepLabSegmenter(num_classes=4, encoder="tu-resnet18", decoder_channels=16, lr=0.01)
     trainer = tiny_trainer(max_epochs=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=MaskDataModule(root=str(tiny_voc), crop_size=32, batch_size=2))
-    checkpoint = tmp_path / "seg.ckpt"
-    trainer.save_checkpoint(checkpoint)
+    trainer.fit(model, datamodule=MaskDataModule(root=str(root), crop_size=32, batch_size=2))
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_segmenter_fit(tiny_voc, tmp_path):
+    from lightning_wsss.pipeline.predictions import predict_val
+
+    checkpoint = tiny_segmenter_checkpoint(tiny_voc, tmp_path / "seg.ckpt")
     reader = VOCSegmentation(tiny_voc, "train")
     own, truth = tmp_path / "own", tmp_path / "truth"
     for image_id, prediction in zip(reader.ids, predict_val(checkpoint, reader, reader.ids)):
@@ -307,6 +313,26 @@ def test_label_confusion_cli(tiny_voc, tmp_path):
     first = reader.class_names[1]
     assert rates[first]["precision"] == 1.0 and rates[first]["on_gt_bg"] == 0.0
     assert rates[first]["lost_to_bg"] == pytest.approx(lost / total) and rates[first]["recall"] == pytest.approx(1 - lost / total)
+
+
+def test_label_confusion_of_a_segmenter_checkpoint(tiny_voc, tmp_path):
+    """--checkpoint scores the segmenter's predictions exactly as --pred scores a folder of them; --matrix rows are
+    shares of each ground-truth class's pixels, and a class's recall is its diagonal."""
+    from lightning_wsss.pipeline.predictions import predict_val
+
+    checkpoint = tiny_segmenter_checkpoint(tiny_voc, tmp_path / "seg.ckpt")
+    reader = VOCSegmentation(tiny_voc, "train")
+    for image_id, prediction in zip(reader.ids, predict_val(checkpoint, reader, reader.ids)):
+        write_label_png(tmp_path / "pred" / f"{image_id}.png", prediction)
+    common = ("--root", str(tiny_voc), "--matrix", "--json")
+    from_model = json.loads(run_tool("label_confusion.py", "--checkpoint", str(checkpoint), *common))
+    from_folder = json.loads(run_tool("label_confusion.py", "--pred", str(tmp_path / "pred"), *common))
+    assert from_model == from_folder
+    matrix = np.array(from_model["matrix"])
+    sums = matrix.sum(axis=1)  # a class without pixels in the split keeps a row of zeros
+    assert matrix.shape == (4, 5) and np.allclose(sums[sums > 0], 1.0) and (sums > 0).sum() >= 2
+    for c, name in enumerate(reader.class_names[1:], start=1):
+        assert matrix[c, c] == pytest.approx(from_model[name]["recall"])
 
 
 def test_class_gains(tiny_voc, tmp_path):

@@ -3,6 +3,11 @@ of the class it loses to background.
 
     python tools/label_confusion.py --pred RUN/image/affinity/<hash>/affinity_labels --root DATA [--split train]
     python tools/label_confusion.py --pred RUN/box/box_init/<hash>/crf --root DATA
+    python tools/label_confusion.py --checkpoint RUN/image/segmenter/<hash>/checkpoints/final.ckpt --root DATA \
+        --split val --matrix
+
+``--checkpoint`` scores a segmenter's argmax predictions instead of a label folder; ``--matrix`` also prints the
+confusion matrix, each ground-truth row in percent of its pixels (where a class's pixels go).
 
 For every class ``c`` (pixels whose ground truth is 255 are left out; predicted 255 is "unlabelled", as in the
 confident affinity labels):
@@ -55,23 +60,54 @@ def class_rates(counts: np.ndarray, names: Sequence[str]) -> Dict[str, Dict[str,
     return rates
 
 
+def prediction_pairs(checkpoint: Path, dataset) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
+    """``(prediction, truth)`` for every image of ``dataset``: a segmenter checkpoint's argmax predictions."""
+    from lightning_wsss.pipeline.predictions import predict_val
+
+    ids = list(dataset.ids)
+    for prediction, image_id in zip(predict_val(checkpoint, dataset, ids), ids):
+        yield prediction, np.asarray(dataset.load(image_id)["mask"])
+
+
+def row_shares(counts: np.ndarray) -> np.ndarray:
+    """The ``[C, C + 1]`` counts with each ground-truth row divided by its sum (rows without pixels: 0)."""
+    return counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
+
+
+def format_matrix(counts: np.ndarray, names: Sequence[str]) -> str:
+    """The row shares in percent: one row per ground-truth class, one column per label (and 255)."""
+    columns = [name[:8] for name in names] + ["255"]
+    lines = ["ground truth -> label, % of the row:", f"{'':<12}" + "".join(f"{c:>9}" for c in columns)]
+    for name, row in zip(names, row_shares(counts)):
+        lines.append(f"{name:<12}" + "".join(f"{100 * v:9.1f}" for v in row))
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pred", required=True, type=Path, help="folder of <id>.png label maps")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pred", type=Path, help="folder of <id>.png label maps")
+    source.add_argument("--checkpoint", type=Path, help="a segmenter checkpoint whose predictions are scored")
     parser.add_argument("--root", required=True)
     parser.add_argument("--split", default="train")
+    parser.add_argument("--matrix", action="store_true", help="also print the confusion matrix (rows in percent)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     dataset = open_split(args.root, args.split, require_masks=True)
-    counts = confusion(label_pairs(args.pred, dataset, args.split), dataset.num_classes)
+    pairs = (prediction_pairs(args.checkpoint, dataset) if args.checkpoint
+             else label_pairs(args.pred, dataset, args.split))
+    counts = confusion(pairs, dataset.num_classes)
     rates = class_rates(counts, dataset.class_names)
     if args.json:
-        print(json.dumps(rates, indent=1))
+        print(json.dumps({**rates, **({"matrix": row_shares(counts).tolist()} if args.matrix else {})}, indent=1))
         return
-    print(f"{'class':<12} precision  on gt bg    recall  lost to bg   ({args.pred}, {len(dataset.ids)} images)")
+    print(f"{'class':<12} precision  on gt bg    recall  lost to bg   ({args.pred or args.checkpoint}, "
+          f"{len(dataset.ids)} images)")
     for name, r in rates.items():
         print(f"{name:<12} {100 * r['precision']:9.1f} {100 * r['on_gt_bg']:9.1f} {100 * r['recall']:9.1f} "
               f"{100 * r['lost_to_bg']:11.1f}")
+    if args.matrix:
+        print(format_matrix(counts, dataset.class_names))
 
 
 if __name__ == "__main__":

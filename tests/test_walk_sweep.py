@@ -31,6 +31,13 @@ def test_walk_grid_and_confusion_miou():
     assert miou == pytest.approx((3 / 5 + 1 / 3) / 2)
 
 
+def foreground_share_of(label_png, mask) -> tuple:
+    """(pixels labelled foreground, pixels scored) of one label map where its mask is not 255."""
+    label = read_label_png(label_png)
+    valid = np.asarray(mask) != 255
+    return int((label[valid] > 0).sum()), int(valid.sum())
+
+
 def test_sweep_scores_the_settings_the_walk_stage_would_write(tiny_voc, tmp_path, capsys):
     labels_dir, cams_dir = tmp_path / "aff", tmp_path / "cams"
     for i in range(6):
@@ -67,8 +74,13 @@ def test_sweep_scores_the_settings_the_walk_stage_would_write(tiny_voc, tmp_path
         L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[ArtifactWriter(str(out))]).predict(
             walker, ImageLabelDataModule(root=str(tiny_voc), predict_split="train", eval_batch_size=1),
             return_predictions=False)
+        shares = [foreground_share_of(out / "labels" / f"{i}.png", reader.load(i)["mask"]) for i in reader.ids[:4]]
+        assert setting["fg_share"] == pytest.approx(sum(a for a, _ in shares) / sum(n for _, n in shares))
         return evaluate_reader(out / "labels", reader, "train")["miou"]
 
+    truth = [reader.load(i)["mask"] for i in reader.ids[:4]]
+    assert result["gt_fg_share"] == pytest.approx(sum(((m > 0) & (m < 255)).sum() for m in truth)
+                                                  / sum((m < 255).sum() for m in truth))
     for setting in (result["settings"][1], result["settings"][5]):
         assert stage_miou(setting) == pytest.approx(setting["miou"], abs=1e-6)
     # --crf: every setting also scored after the CRF the stage's walk.crf runs, the plain scores unchanged

@@ -20,7 +20,7 @@ from ..errors import DataError, PathLike
 from .crf import IGNORE_INDEX, CRFSpec, crf_from_scores, crf_params_for
 from .random_walk import irn_scores, walk_snapshots
 
-__all__ = ["walk_grid", "sweep_walk", "confusion_miou", "format_walk_sweep"]
+__all__ = ["walk_grid", "sweep_walk", "confusion_miou", "foreground_share", "format_walk_sweep"]
 
 
 def walk_grid(modes: Sequence[str], betas: Sequence[float], steps: Sequence[int], bg_alphas: Sequence[float],
@@ -110,8 +110,9 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
             ``"crf": False`` and ``"crf": True``.
 
     Returns:
-        ``{"settings": [{..., "crf": bool, "miou": m}], "best": the best setting, "num_images": n, "per_class":
-        {name: IoU} at the best}``.
+        ``{"settings": [{..., "crf": bool, "miou": m, "fg_share": share of the pixels labelled foreground}], "best":
+        the best setting, "num_images": n, "gt_fg_share": the masks' foreground share, "per_class": {name: IoU} at
+        the best}``.
 
     Raises:
         DataError: a missing CAM file or one whose size differs from its mask (naming it).
@@ -166,23 +167,33 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
     for setting, conf in zip(grid, confusion):
         for refined in range(1 + with_crf):
             miou, iou = confusion_miou(conf[refined])
-            settings.append({**setting, "crf": bool(refined), "miou": miou})
+            settings.append({**setting, "crf": bool(refined), "miou": miou, "fg_share": foreground_share(conf[refined])})
             per_class.append(iou)
     best = int(np.nanargmax([s["miou"] for s in settings])) if count else 0
     names = list(getattr(reader, "class_names", None) or [str(i) for i in range(num_classes)])
     return {"settings": settings, "best": settings[best], "num_images": count,
+            "gt_fg_share": foreground_share(confusion[0, 0].T) if count else float("nan"),
             "per_class": iou_table(torch.from_numpy(per_class[best]), names)}
+
+
+def foreground_share(confusion: np.ndarray) -> float:
+    """The share of the scored pixels labelled foreground (any class but 0) in a confusion matrix [C, C] (rows:
+    ground truth, columns: label); its transpose gives the masks' share."""
+    total = confusion.sum()
+    return float(confusion[:, 1:].sum() / total) if total else float("nan")
 
 
 def format_walk_sweep(result: Dict[str, Any], top: int = 15) -> str:
     """The sweep as text: the ``top`` settings by mIoU, the best per mode, and the best as a config line."""
     rows = sorted(result["settings"], key=lambda s: -np.nan_to_num(s["miou"], nan=-1.0))
-    lines = [f"random-walk settings on {result['num_images']} images (mIoU of the walked labels vs the masks)",
-             f"{'mode':>4} {'beta':>5} {'t':>5} {'bg':>6} {'crf':>4}  mIoU (%)"]
+    lines = [f"random-walk settings on {result['num_images']} images (mIoU of the walked labels vs the masks; fg: the "
+             f"share of pixels labelled foreground, the masks' {100 * result.get('gt_fg_share', np.nan):.1f} %)",
+             f"{'mode':>4} {'beta':>5} {'t':>5} {'bg':>6} {'crf':>4}  mIoU (%)  fg (%)"]
     for s in rows[:top]:
         bg = s.get("bg_alpha", s.get("bg_threshold"))
         crf = "yes" if s.get("crf") else "no"
-        lines.append(f"{s['mode']:>4} {s['beta']:5g} {s['t']:5d} {bg:6g} {crf:>4}  {100 * s['miou']:8.2f}")
+        lines.append(f"{s['mode']:>4} {s['beta']:5g} {s['t']:5d} {bg:6g} {crf:>4}  {100 * s['miou']:8.2f}  "
+                     f"{100 * s.get('fg_share', np.nan):6.1f}")
     for mode in ("psa", "irn"):
         for refined in (False, True):
             of_mode = [s for s in rows if s["mode"] == mode and bool(s.get("crf")) == refined]

@@ -290,6 +290,7 @@ def test_label_confusion_rates():
     truth = np.array([[1, 0], [1, 2]], np.uint8)
     counts = confusion([(label, truth)], 3)
     assert counts.tolist() == [[0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]]
+    assert tool.foreground_shares(counts) == {"labelled_fg": 0.5, "unlabelled": 0.25, "gt_fg": 0.75}
     rates = class_rates(counts, ["background", "a", "b"])
     assert rates["a"] == {"precision": 0.5, "on_gt_bg": 0.5, "recall": 0.5, "lost_to_bg": 0.5}
     assert rates["b"] == {"precision": 0.0, "on_gt_bg": 0.0, "recall": 0.0, "lost_to_bg": 0.0}

@@ -7,7 +7,8 @@ of the class it loses to background.
         --split val --matrix
 
 ``--checkpoint`` scores a segmenter's argmax predictions instead of a label folder; ``--matrix`` also prints the
-confusion matrix, each ground-truth row in percent of its pixels (where a class's pixels go).
+confusion matrix, each ground-truth row in percent of its pixels (where a class's pixels go). A last line gives the
+share of the pixels labelled foreground next to the masks' (over- or under-coverage at a glance).
 
 For every class ``c`` (pixels whose ground truth is 255 are left out; predicted 255 is "unlabelled", as in the
 confident affinity labels):
@@ -60,6 +61,14 @@ def class_rates(counts: np.ndarray, names: Sequence[str]) -> Dict[str, Dict[str,
     return rates
 
 
+def foreground_shares(counts: np.ndarray) -> Dict[str, float]:
+    """``labelled_fg`` / ``unlabelled``: shares of the scored pixels labelled a class (not 0, not 255) / 255;
+    ``gt_fg``: the share whose ground truth is a class; from the ``[C, C + 1]`` counts."""
+    total = max(1, counts.sum())
+    return {"labelled_fg": counts[:, 1:-1].sum() / total, "unlabelled": counts[:, -1].sum() / total,
+            "gt_fg": counts[1:].sum() / total}
+
+
 def prediction_pairs(checkpoint: Path, dataset) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
     """``(prediction, truth)`` for every image of ``dataset``: a segmenter checkpoint's argmax predictions."""
     from lightning_wsss.pipeline.predictions import predict_val
@@ -99,13 +108,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     counts = confusion(pairs, dataset.num_classes)
     rates = class_rates(counts, dataset.class_names)
     if args.json:
-        print(json.dumps({**rates, **({"matrix": row_shares(counts).tolist()} if args.matrix else {})}, indent=1))
+        extra = {"shares": foreground_shares(counts), **({"matrix": row_shares(counts).tolist()} if args.matrix else {})}
+        print(json.dumps({**rates, **extra}, indent=1))
         return
     print(f"{'class':<12} precision  on gt bg    recall  lost to bg   ({args.pred or args.checkpoint}, "
           f"{len(dataset.ids)} images)")
     for name, r in rates.items():
         print(f"{name:<12} {100 * r['precision']:9.1f} {100 * r['on_gt_bg']:9.1f} {100 * r['recall']:9.1f} "
               f"{100 * r['lost_to_bg']:11.1f}")
+    shares = foreground_shares(counts)
+    print(f"labelled foreground: {100 * shares['labelled_fg']:.1f} % of the pixels (the masks: "
+          f"{100 * shares['gt_fg']:.1f} %), unlabelled {100 * shares['unlabelled']:.1f} %")
     if args.matrix:
         print(format_matrix(counts, dataset.class_names))
 

@@ -61,6 +61,7 @@ class AffinityLabels(Check):
     def __call__(self, value: Any, where: Where) -> None:
         from ..refine import affinity_labels
         from ..refine.affinity_targets import mode_kwargs
+
         labels = dict(check_mapping(value, where))
         mode = labels.pop("mode", "psa")
         OneOf(("psa", "irn"))(mode, where.at("mode"))

@@ -97,7 +97,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     samples = []
     for image_id in ids:
         sample = dataset.load(image_id)
-        samples.append((np.asarray(sample["image"]), np.asarray(sample["mask"]), load_cams(args.cams / f"{image_id}.npz")))
+        cams = load_cams(args.cams / f"{image_id}.npz")
+        samples.append((np.asarray(sample["image"]), np.asarray(sample["mask"]), cams))
     results = {}
     for mode, kwargs in args.settings:
         name = f"{mode}:" + ",".join(f"{v:g}" for v in kwargs.values())

@@ -108,7 +108,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     counts = confusion(pairs, dataset.num_classes)
     rates = class_rates(counts, dataset.class_names)
     if args.json:
-        extra = {"shares": foreground_shares(counts), **({"matrix": row_shares(counts).tolist()} if args.matrix else {})}
+        extra = {"shares": foreground_shares(counts)}
+        if args.matrix:
+            extra["matrix"] = row_shares(counts).tolist()
         print(json.dumps({**rates, **extra}, indent=1))
         return
     print(f"{'class':<12} precision  on gt bg    recall  lost to bg   ({args.pred or args.checkpoint}, "

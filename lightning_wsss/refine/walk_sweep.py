@@ -167,7 +167,8 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
     for setting, conf in zip(grid, confusion):
         for refined in range(1 + with_crf):
             miou, iou = confusion_miou(conf[refined])
-            settings.append({**setting, "crf": bool(refined), "miou": miou, "fg_share": foreground_share(conf[refined])})
+            share = foreground_share(conf[refined])
+            settings.append({**setting, "crf": bool(refined), "miou": miou, "fg_share": share})
             per_class.append(iou)
     best = int(np.nanargmax([s["miou"] for s in settings])) if count else 0
     names = list(getattr(reader, "class_names", None) or [str(i) for i in range(num_classes)])

@@ -37,7 +37,7 @@ from lightning_wsss.refine.affinity_targets import MODE_PARAMETERS, affinity_lab
 from lightning_wsss.refine.crf import CRFSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_confusion import confusion  # noqa: E402
+from label_confusion import confusion, foreground_shares  # noqa: E402
 
 
 def parse_setting(text: str) -> Tuple[str, Dict[str, float]]:
@@ -62,8 +62,9 @@ def label_quality(counts: np.ndarray) -> Dict[str, float]:
     labelled_bg = counts[:, 0].sum()
     truth_fg = counts[1:].sum()
     right_fg = np.trace(counts[1:, fg_columns])
+    shares = foreground_shares(counts)
     return {
-        "fg": labelled_fg / total, "bg": labelled_bg / total, "ignore": counts[:, num_classes].sum() / total,
+        "fg": shares["labelled_fg"], "bg": labelled_bg / total, "ignore": shares["unlabelled"],
         "fg_precision": right_fg / max(1, labelled_fg), "bg_precision": counts[0, 0] / max(1, labelled_bg),
         "gt_fg_own": right_fg / max(1, truth_fg), "gt_fg_bg": counts[1:, 0].sum() / max(1, truth_fg),
         "gt_bg_bg": counts[0, 0] / max(1, counts[0].sum()),

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -74,6 +74,19 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
         if isinstance(exc, OSError):
             raise with_path(exc, path)
         raise
+
+
+def remove_stale_temporaries(folder: PathLike) -> List[Path]:
+    """Remove the temporary files :func:`atomic_write` leaves under ``folder`` when its process is killed between
+    writing and renaming (``.<name>.<random>.tmp``). Only safe while no process writes there.
+
+    Returns:
+        the paths removed.
+    """
+    removed = [path for path in Path(folder).rglob(".*.tmp") if path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 @contextlib.contextmanager
@@ -226,6 +239,7 @@ def read_label_png(path: PathLike) -> np.ndarray:
 
 __all__ = [
     "atomic_write",
+    "remove_stale_temporaries",
     "current_umask",
     "file_lock",
     "with_path",

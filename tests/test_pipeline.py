@@ -141,6 +141,30 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert "bad.yaml: supervision: 'pixels' is not one of image, box, full, hybrid" in capsys.readouterr().err
 
 
+def test_a_rerun_stage_removes_what_a_killed_atomic_write_left(tmp_path):
+    """A process killed between an atomic write and its rename leaves ``.<name>.<random>.tmp``; the stage's next run
+    removes it from its folder (and subfolders) before it writes, and keeps every other file."""
+    from lightning_wsss.pipeline.config import stage_hash
+    from lightning_wsss.pipeline.runner import PipelineContext, Stage, run_stages
+
+    stage_dir = tmp_path / "s" / stage_hash({"a": 1}, {})
+    stale = [stage_dir / ".stage.json.k1ll3d.tmp", stage_dir / "labels" / ".img_0.png.x9.tmp"]
+    kept = [stage_dir / "labels" / "img_1.png", stage_dir / "notes.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    seen = []
+
+    def work(ctx, folder, upstream, config):
+        seen.append(sorted(p.name for p in folder.rglob("*.tmp")))
+        return {"metrics": {}}
+
+    run_stages(PipelineContext(tmp_path, {}), [Stage("s", {"a": 1}, work)])
+    assert seen == [["notes.tmp"]]
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert (stage_dir / "stage.json").is_file()
+
+
 def test_a_stage_run_by_another_process_is_refused(tmp_path):
     """Two pipelines on one output folder must not run the same stage at once (they would share its files)."""
     from lightning_wsss.pipeline.config import stage_hash

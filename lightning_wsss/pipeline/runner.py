@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from ..errors import DataError, StageBusyError
-from ..io import write_json_atomic
+from ..io import remove_stale_temporaries, write_json_atomic
 from .config import stage_hash
 from .distributed import SINGLE, World
 
@@ -204,13 +204,16 @@ def _complete(marker: Path, name: str) -> Optional[StageResult]:
 
 def run_stage(ctx: PipelineContext, stage: Stage, digest: str, stage_dir: Path,
               upstream: Dict[str, str]) -> StageResult:
-    """Run one incomplete stage on every rank under the job's lock; rank 0 writes its folder's ``config.json`` and
-    ``stage.json`` and hands its result to the others."""
+    """Run one incomplete stage on every rank under the job's lock; rank 0 removes the temporaries a killed earlier
+    run's atomic writes left in its folder, writes its ``config.json`` and ``stage.json`` and hands its result to the
+    others."""
     world = ctx.world
     stage_dir.mkdir(parents=True, exist_ok=True)
     with job_lock(world, stage_dir):
         if world.is_zero:
+            remove_stale_temporaries(stage_dir)  # the lock keeps other jobs out; the barrier keeps the other ranks
             write_json_atomic(stage_dir / "config.json", {"config": stage.config, "upstream": upstream})
+        world.barrier()
         start = time.perf_counter()
         upstream_results = {key: ctx.results[name] for key, name in stage.inputs.items()}
         produced = stage.run(ctx, stage_dir, upstream_results, stage.config)

@@ -70,9 +70,30 @@ def pipeline_command(config: Path, out: Path, processes: int) -> List[str]:
                                                                  "--out", str(out)]
 
 
-def start(config: Path, out: Path, processes: int) -> subprocess.Popen:
-    return subprocess.Popen(pipeline_command(config, out, processes), env=clean_env(), stdout=subprocess.PIPE,
+def start(config: Path, out: Path, processes: int, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(pipeline_command(config, out, processes), env=clean_env(**env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+HOLD_AFTER_FIRST_CHECKPOINT = """
+from lightning_wsss.callbacks import checkpointing
+_save = checkpointing.LastCheckpoint.on_train_epoch_end
+def _save_then_hold(self, trainer, pl_module):
+    _save(self, trainer, pl_module)
+    if "{stage}" in self.path.parts:
+        import time
+        time.sleep(3600)
+checkpointing.LastCheckpoint.on_train_epoch_end = _save_then_hold
+"""
+
+
+def hold_after_first_checkpoint(folder: Path, stage: str) -> Dict[str, str]:
+    """The environment of a run whose ranks stop, without exiting, once ``stage``'s first ``last.ckpt`` is written:
+    a ``sitecustomize`` on ``PYTHONPATH`` wraps :class:`LastCheckpoint`, so a kill that follows always lands inside
+    the stage's training, however late the polling test process is scheduled."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HOLD_AFTER_FIRST_CHECKPOINT.format(stage=stage))
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH", "")]))}
 
 
 def finish(proc: subprocess.Popen, timeout: float = RUN_TIMEOUT_S) -> str:
@@ -147,7 +168,7 @@ def image_runs(odd_synthetic, tmp_path_factory) -> Dict[str, object]:
                           stages={"classifier": {"trainer": {"max_epochs": 2}},
                                   "segmenter": {"trainer": {"max_epochs": 3}}})
     one = base / "one"
-    proc = start(config, one, processes=2)
+    proc = start(config, one, processes=2, **hold_after_first_checkpoint(base / "hold", "segmenter"))
     deadline = time.time() + RUN_TIMEOUT_S
     while not list(one.glob("image/segmenter/*/checkpoints/last.ckpt")):
         assert proc.poll() is None, finish(proc)[-4000:]

@@ -16,6 +16,7 @@ from lightning_wsss.boxes import make_box_mask
 from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.datasets.voc import VOCSegmentation
 from lightning_wsss.io import write_label_png
+from lightning_wsss.metrics import evaluate_folder
 from lightning_wsss.tasks.erasing import ErasingCAMClassifier
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
@@ -294,6 +295,10 @@ def test_label_confusion_rates():
     rates = class_rates(counts, ["background", "a", "b"])
     assert rates["a"] == {"precision": 0.5, "on_gt_bg": 0.5, "recall": 0.5, "lost_to_bg": 0.5}
     assert rates["b"] == {"precision": 0.0, "on_gt_bg": 0.0, "recall": 0.0, "lost_to_bg": 0.0}
+    # IoU: background 0 / (1 + 1 - 0), a 1 / (2 + 2 - 1), b 0 / (1 + 0 - 0): 255 is a miss, nobody's false positive
+    ious = tool.class_ious(counts, ["background", "a", "b"])
+    assert ious == {"background": 0.0, "a": pytest.approx(1 / 3), "b": 0.0}
+    assert tool.class_ious(np.zeros((2, 3), np.int64), ["background", "a"]) == {"background": None, "a": None}
 
 
 def test_label_confusion_cli(tiny_voc, tmp_path):
@@ -314,6 +319,9 @@ def test_label_confusion_cli(tiny_voc, tmp_path):
     first = reader.class_names[1]
     assert rates[first]["precision"] == 1.0 and rates[first]["on_gt_bg"] == 0.0
     assert rates[first]["lost_to_bg"] == pytest.approx(lost / total) and rates[first]["recall"] == pytest.approx(1 - lost / total)
+    scored = evaluate_folder(tmp_path / "pred", tiny_voc, "train")
+    assert rates["miou"] == pytest.approx(scored["miou"]) and rates["miou"] < 1.0
+    assert rates["iou"] == pytest.approx(scored["per_class"])
 
 
 def test_label_confusion_of_a_segmenter_checkpoint(tiny_voc, tmp_path):

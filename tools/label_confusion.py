@@ -8,7 +8,8 @@ of the class it loses to background.
 
 ``--checkpoint`` scores a segmenter's argmax predictions instead of a label folder; ``--matrix`` also prints the
 confusion matrix, each ground-truth row in percent of its pixels (where a class's pixels go). A last line gives the
-share of the pixels labelled foreground next to the masks' (over- or under-coverage at a glance).
+share of the pixels labelled foreground next to the masks' (over- or under-coverage at a glance), and the mIoU with
+each class's IoU (``wsss evaluate``'s protocol: label 255 is a miss).
 
 For every class ``c`` (pixels whose ground truth is 255 are left out; predicted 255 is "unlabelled", as in the
 confident affinity labels):
@@ -61,6 +62,19 @@ def class_rates(counts: np.ndarray, names: Sequence[str]) -> Dict[str, Dict[str,
     return rates
 
 
+def class_ious(counts: np.ndarray, names: Sequence[str]) -> Dict[str, Optional[float]]:
+    """Per class (background included) the IoU of the ``[C, C + 1]`` counts, by :mod:`lightning_wsss.metrics`'
+    protocol (a label 255 is a miss, no class's false positive); ``None`` where the class is on neither side."""
+    hits = np.diag(counts[:, :-1])
+    unions = counts.sum(axis=1) + counts[:, :-1].sum(axis=0) - hits
+    return {name: (float(h / u) if u else None) for name, h, u in zip(names, hits, unions)}
+
+
+def mean_iou(ious: Dict[str, Optional[float]]) -> float:
+    """The mean of :func:`class_ious` over the classes present."""
+    return float(np.mean([v for v in ious.values() if v is not None]))
+
+
 def foreground_shares(counts: np.ndarray) -> Dict[str, float]:
     """``labelled_fg`` / ``unlabelled``: shares of the scored pixels labelled a class (not 0, not 255) / 255;
     ``gt_fg``: the share whose ground truth is a class; from the ``[C, C + 1]`` counts."""
@@ -108,7 +122,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     counts = confusion(pairs, dataset.num_classes)
     rates = class_rates(counts, dataset.class_names)
     if args.json:
-        extra = {"shares": foreground_shares(counts)}
+        ious = class_ious(counts, dataset.class_names)
+        extra = {"shares": foreground_shares(counts), "iou": ious, "miou": mean_iou(ious)}
         if args.matrix:
             extra["matrix"] = row_shares(counts).tolist()
         print(json.dumps({**rates, **extra}, indent=1))
@@ -118,6 +133,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     for name, r in rates.items():
         print(f"{name:<12} {100 * r['precision']:9.1f} {100 * r['on_gt_bg']:9.1f} {100 * r['recall']:9.1f} "
               f"{100 * r['lost_to_bg']:11.1f}")
+    ious = class_ious(counts, dataset.class_names)
+    print(f"mIoU {100 * mean_iou(ious):.2f} % (" + ", ".join(
+        f"{name} {'-' if v is None else f'{100 * v:.1f}'}" for name, v in ious.items()) + ")")
     shares = foreground_shares(counts)
     print(f"labelled foreground: {100 * shares['labelled_fg']:.1f} % of the pixels (the masks: "
           f"{100 * shares['gt_fg']:.1f} %), unlabelled {100 * shares['unlabelled']:.1f} %")

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from conftest import plain_cam_checkpoint, tiny_image_datamodule, tiny_trainer
 from lightning_wsss.callbacks import ArtifactWriter
-from lightning_wsss.cam.prototypes import cluster_means, prototype_map, select_prototypes, spherical_kmeans
+from lightning_wsss.cam.prototypes import (cluster_means, negative_ratios, prototype_map, select_prototypes,
+                                           spherical_kmeans)
 from lightning_wsss.tasks import CAMClassifier, LPCAMClassifier, ReCAMClassifier
 from lightning_wsss.tasks.optim import poly_factor
 from lightning_wsss.tasks.recam import background_masked_features, class_masked_features, recam_loss
@@ -36,6 +37,37 @@ def test_select_prototypes_by_softmax_probability():
     assert torch.equal(select_prototypes(means, weight, 0, 0.9), means[:1])  # p = 0.9998
     context = select_prototypes(means, weight, 0, 0.05, 0.9)  # p = e / (2e + 1) = 0.42 for the second
     assert torch.equal(context, means[1:2])
+
+
+def test_negative_ratios_by_hand():
+    """Shares of the nearest mean: positives 3/4 and 1/4, negatives 0 and 1; a mean no positive is nearest to: inf."""
+    means = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    positives = torch.tensor([[2.0, 0.1, 0.0], [1.0, 0.0, 0.2], [3.0, 0.2, 0.1], [0.1, 1.0, 0.0]])
+    negatives = torch.tensor([[0.0, 5.0, 0.1], [0.2, 1.0, 0.0], [0.0, 0.1, 1.0]])
+    ratios = negative_ratios(means, positives, negatives)
+    assert ratios[0] == 0.0 and ratios[1] == pytest.approx((2 / 3) / (1 / 4)) and torch.isinf(ratios[2])
+    assert torch.equal(negative_ratios(means[:2], positives, negatives[:0]), torch.zeros(2))  # no negatives
+
+
+def test_lpcam_negatives_rule_keeps_the_clusters_the_other_images_lack():
+    """Object clusters e0 (only in the class's images) and e1 (in the others too), context cluster e2: e0 is the
+    prototype; e1 and e2, as frequent without the class as with it, are context prototypes."""
+    model = LPCAMClassifier(3, backbone="test_resnet", prototype_rule="negatives")
+    e = torch.eye(3)
+    objects, context = e[:2], e[2:]
+    parts = {"object": [e[0].repeat(2, 1), e[1].repeat(2, 1)], "context": [e[2].repeat(2, 1)]}
+    no_class_1 = torch.tensor([False, True])
+    pool = [(torch.stack([e[1], e[2]]), no_class_1), (torch.stack([e[1], e[2]]), no_class_1),
+            (e[0].repeat(2, 1), torch.tensor([True, False]))]  # an image with the class: not a negative
+    chosen, around = model.select_by_negatives(objects, context, parts, pool, class_id=1)
+    assert torch.equal(chosen, e[:1]) and torch.equal(around, e[1:])
+    # no image without the class (every image holds it): every object cluster is a prototype, no context
+    chosen, around = model.select_by_negatives(objects, context, parts, pool[2:], class_id=1)
+    assert torch.equal(chosen, objects) and around.shape[0] == 0
+    with pytest.raises(ValueError, match="prototype_rule"):
+        LPCAMClassifier(3, backbone="test_resnet", prototype_rule="softmax")
+    with pytest.raises(ValueError, match="negative_ratio"):
+        LPCAMClassifier(3, backbone="test_resnet", prototype_rule="negatives", negative_ratio=1.0)
 
 
 def test_prototype_map_is_similarity_minus_context():
@@ -138,6 +170,23 @@ def test_lpcam_loads_a_plain_checkpoint_and_predicts_prototype_maps(tiny_voc, tm
     images = torch.randn(1, 3, 48, 48)
     ids = torch.tensor([[1, 2]])
     assert not torch.allclose(model.compute_cams(images, ids), plain.compute_cams(images, ids), atol=1e-3)
+
+
+def test_lpcam_negatives_rule_predicts_from_a_pool_of_every_image(tiny_voc, tmp_path):
+    """The negatives rule through predict: one pool cell set per training image, prototypes for both classes."""
+    _, ckpt = plain_cam_checkpoint(tiny_voc, tmp_path)
+    model = LPCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, num_clusters=3,
+                                                 prototype_rule="negatives", negatives_per_image=4)
+    data = tiny_image_datamodule(tiny_voc)
+    data.setup("predict")
+    pool = []
+    model.collect_features(data.predict_dataloader(), pool)
+    assert len(pool) == len(data.predict_dataloader().dataset) and all(cells.shape[0] <= 4 for cells, _ in pool)
+    writer = ArtifactWriter(str(tmp_path / "pred"))
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, inference_mode=False,
+              callbacks=[writer]).predict(model, data, return_predictions=False)
+    assert set(model.prototypes) == {1, 2} and all(v.shape[0] >= 1 for v in model.prototypes.values())
+    assert np.load(tmp_path / "pred" / "cams" / "img_1.npz")["cams"].shape == (2, 48, 48)
 
 
 def test_recam_before_its_start_epoch_is_the_plain_classifier(tiny_voc):

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["spherical_kmeans", "cluster_means", "select_prototypes", "prototype_map"]
+__all__ = ["spherical_kmeans", "cluster_means", "select_prototypes", "nearest_shares", "negative_ratios",
+           "prototype_map"]
 
 
 def spherical_kmeans(features: Tensor, num_clusters: int, iterations: int = 30, seed: int = 0,
@@ -99,6 +100,42 @@ def select_prototypes(means: Tensor, classifier_weight: Tensor, class_index: int
         return means
     probs = (means @ classifier_weight.T.to(means)).softmax(dim=1)[:, class_index]
     return means[(probs > low) & (probs <= high)]
+
+
+def nearest_shares(means: Tensor, features: Tensor) -> Tensor:
+    """The share of ``features`` whose nearest mean (cosine) is each of ``means``.
+
+    Args:
+        means: float [K, D] (K >= 1); features: float [N, D].
+
+    Returns:
+        float [K], summing to 1 (all zeros when N is 0).
+    """
+    if features.shape[0] == 0:
+        return means.new_zeros(means.shape[0])
+    nearest = (F.normalize(features, dim=1) @ F.normalize(means.to(features), dim=1).T).argmax(1)
+    return torch.bincount(nearest, minlength=means.shape[0]).to(means) / features.shape[0]
+
+
+def negative_ratios(means: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
+    """How much more often the images without a class hold each cluster than the images with it.
+
+    Every feature goes to its nearest mean; a cluster's ratio is its share of ``negatives`` (features of the images
+    not labelled with the class) over its share of ``positives`` (features of the images labelled with it). About
+    0 for a cluster of the object (it is not in the images without it), about 1 or more for the context that both
+    kinds of image share.
+
+    Args:
+        means: float [K, D] cluster means; positives: float [N, D]; negatives: float [M, D].
+
+    Returns:
+        float [K]: the ratios (``inf`` where no positive is nearest to the mean).
+    """
+    if means.shape[0] == 0:
+        return means.new_zeros(0)
+    negative, positive = nearest_shares(means, negatives), nearest_shares(means, positives)
+    ratios = negative / positive.clamp(min=torch.finfo(positive.dtype).tiny)
+    return torch.where(positive > 0, ratios, torch.full_like(ratios, torch.inf))
 
 
 def prototype_map(features: Tensor, prototypes: Tensor, context: Optional[Tensor] = None) -> Tensor:

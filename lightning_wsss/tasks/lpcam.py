@@ -14,13 +14,23 @@ foreground class, *local prototypes* from the images labelled with it (:meth:`LP
    pixel's feature to the class's prototypes minus that to its context prototypes, ReLU'd; multi-scale + flip
    and max-normalised as the plain CAM.
 
+``prototype_rule: negatives`` (this suite's, not the paper's) replaces step 2's judge: where the image labels are
+predicted by the context (street tiles: road under cars, sky around trees), the classifier assigns context
+clusters to the class with high probability, so they become its prototypes. Instead, a cluster is a prototype
+when the images *without* the class hold few features like it
+(:func:`~lightning_wsss.cam.prototypes.negative_ratios` at most ``negative_ratio``), and a context prototype when
+they hold as many (ratio at least ``context_ratio``); ``negatives_per_image`` random cells of every image make the
+pool the ratios are counted on.
+
 The prototypes come from the images of the predict loader (the training split in the pipeline's CAM stage, as
 in the paper), read once through the DataModule's ``predict_dataloader`` (every DDP rank sees all images, so
 all ranks build the same prototypes), or from any loader passed to :meth:`build_prototypes`. A class with no
 prototype (no training image, or no cluster above ``class_threshold``) falls back to its most confident
 cluster.
 
-Hooks overridden: :meth:`compute_cams` (prototype maps), ``on_predict_start`` (builds the prototypes).
+Hooks overridden: :meth:`compute_cams` (prototype maps), ``on_predict_start`` (builds the prototypes). Its own
+hooks: :meth:`collect_features`, :meth:`select_by_classifier` / :meth:`select_by_negatives` (which clusters are
+prototypes and context prototypes).
 Because only prediction differs, a plain :class:`CAMClassifier` checkpoint loads into this class, so LPCAM and
 the plain CAM are compared on the same classifier (the pipeline's ``cams`` stage takes ``class_path:
 LPCAMClassifier``).
@@ -28,7 +38,7 @@ LPCAMClassifier``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +47,16 @@ from torch import Tensor
 
 from ..cam import multiscale_cams
 from ..cam.cell_probe import valid_cells
-from ..cam.prototypes import cluster_means, prototype_map, select_prototypes, spherical_kmeans
+from ..cam.prototypes import cluster_means, negative_ratios, prototype_map, select_prototypes, spherical_kmeans
 from .classifier import CAMClassifier
 
-__all__ = ["LPCAMClassifier"]
+__all__ = ["LPCAMClassifier", "PROTOTYPE_RULES"]
+
+PROTOTYPE_RULES = ("classifier", "negatives")
+"""How LPCAM picks a class's prototypes among its clusters (see the module docstring)."""
+
+Pool = List[Tuple[Tensor, Tensor]]
+"""Random cells of every image, float [n, D], with its image labels, bool [C - 1]."""
 
 
 class LPCAMClassifier(CAMClassifier):
@@ -58,6 +74,11 @@ class LPCAMClassifier(CAMClassifier):
         context_low, context_high: probability range of context clusters (paper: 0.05, 0.9).
         max_features: at most this many features per class and kind are clustered (a fixed-seed random subset).
         kmeans_seed: seeds k-means and the subset.
+        prototype_rule: ``"classifier"`` (the paper's: the softmax thresholds above) or ``"negatives"`` (the
+            images without the class judge the clusters, see the module docstring).
+        negative_ratio, context_ratio: ``"negatives"`` rule: the largest ratio of a prototype, the smallest of a
+            context prototype.
+        negatives_per_image: ``"negatives"`` rule: random cells of every image kept for the pool of negatives.
         **kwargs: :class:`CAMClassifier` arguments.
     """
 
@@ -71,10 +92,20 @@ class LPCAMClassifier(CAMClassifier):
         context_high: float = 0.9,
         max_features: int = 50000,
         kmeans_seed: int = 0,
+        prototype_rule: str = "classifier",
+        negative_ratio: float = 0.5,
+        context_ratio: float = 1.0,
+        negatives_per_image: int = 16,
         **kwargs: Any,
     ) -> None:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        if prototype_rule not in PROTOTYPE_RULES:
+            raise ValueError(f"prototype_rule must be one of {PROTOTYPE_RULES}, got {prototype_rule!r}")
+        if not 0.0 <= negative_ratio < context_ratio:
+            raise ValueError(f"need 0 <= negative_ratio < context_ratio, got {negative_ratio} and {context_ratio}")
+        if negatives_per_image < 1:
+            raise ValueError(f"negatives_per_image must be >= 1, got {negatives_per_image}")
         if not 0.0 <= select_threshold < 1.0:
             raise ValueError(f"select_threshold must be in [0, 1), got {select_threshold}")
         super().__init__(num_classes, **kwargs)
@@ -83,11 +114,15 @@ class LPCAMClassifier(CAMClassifier):
 
     # ------------------------------------------------------------------ prototypes
     @torch.no_grad()
-    def collect_features(self, batches: Iterable[Dict[str, Any]]) -> Dict[int, Dict[str, List[Tensor]]]:
+    def collect_features(self, batches: Iterable[Dict[str, Any]],
+                         pool: Optional[Pool] = None) -> Dict[int, Dict[str, List[Tensor]]]:
         """Per foreground class index (1..C-1): the features inside (``"object"``) and outside (``"context"``)
-        its max-normalised single-scale CAM, over the images labelled with it; each a list of float [n, D]."""
+        its max-normalised single-scale CAM, over the images labelled with it; each a list of float [n, D].
+        ``pool``: a list that gets ``negatives_per_image`` random cells of every image and its labels
+        (:data:`Pool`)."""
         collected: Dict[int, Dict[str, List[Tensor]]] = {}
         threshold = float(self.hparams.select_threshold)
+        generator = torch.Generator().manual_seed(int(self.hparams.kmeans_seed))
         for batch in batches:
             images = batch["image"].to(self.device)
             features = self.net.features(images)
@@ -96,6 +131,9 @@ class LPCAMClassifier(CAMClassifier):
             valid = valid_cells(batch["size"], tuple(images.shape[-2:]), tuple(features.shape[-2:])).to(images.device)
             for row in range(images.shape[0]):
                 flat = features[row].flatten(1).T[valid[row]].float().cpu()
+                if pool is not None:
+                    cells = torch.randperm(flat.shape[0], generator=generator)[: int(self.hparams.negatives_per_image)]
+                    pool.append((flat[cells], batch["labels"][row].cpu() > 0.5))
                 for index in torch.nonzero(batch["labels"][row] > 0.5).flatten().tolist():
                     inside = (maps[row, index].flatten()[valid[row]] > threshold).cpu()
                     slot = collected.setdefault(index + 1, {"object": [], "context": []})
@@ -113,32 +151,65 @@ class LPCAMClassifier(CAMClassifier):
         hp = self.hparams
         was_training = self.training
         self.eval()
-        collected = self.collect_features(batches)
+        pool: Optional[Pool] = [] if hp.get("prototype_rule", "classifier") == "negatives" else None
+        collected = self.collect_features(batches, pool)
         self.train(was_training)
-        weight = self.cam_weight().detach().float().cpu()
         self.prototypes, self.context = {}, {}
         for class_id, parts in sorted(collected.items()):
             objects = self._cluster(torch.cat(parts["object"]), class_id)
-            chosen = select_prototypes(objects, weight, class_id - 1, hp.class_threshold)
-            if chosen.shape[0] == 0 and objects.shape[0] > 0:  # keep the class's most confident cluster
-                probs = (objects @ weight.T).softmax(1)[:, class_id - 1]
-                chosen = objects[probs.argmax()][None]
-            self.prototypes[class_id] = chosen
             context = self._cluster(torch.cat(parts["context"]), class_id)
-            self.context[class_id] = select_prototypes(context, weight, class_id - 1, hp.context_low, hp.context_high)
+            if pool is None:
+                chosen, around = self.select_by_classifier(objects, context, class_id)
+            else:
+                chosen, around = self.select_by_negatives(objects, context, parts, pool, class_id)
+            self.prototypes[class_id], self.context[class_id] = chosen, around
         counts = {"prototypes": {k: int(v.shape[0]) for k, v in self.prototypes.items()},
                   "context": {k: int(v.shape[0]) for k, v in self.context.items()}}
         rank_zero_info(f"LPCAM: prototypes per class {counts['prototypes']}, context prototypes {counts['context']}")
         return counts
+
+    def select_by_classifier(self, objects: Tensor, context: Tensor, class_id: int) -> Tuple[Tensor, Tensor]:
+        """The paper's rule: ``(prototypes, context prototypes)`` among the object / context cluster means by the
+        classifier's softmax (at least the class's most confident object cluster)."""
+        hp = self.hparams
+        weight = self.cam_weight().detach().float().cpu()
+        chosen = select_prototypes(objects, weight, class_id - 1, hp.class_threshold)
+        if chosen.shape[0] == 0 and objects.shape[0] > 0:  # keep the class's most confident cluster
+            probs = (objects @ weight.T).softmax(1)[:, class_id - 1]
+            chosen = objects[probs.argmax()][None]
+        return chosen, select_prototypes(context, weight, class_id - 1, hp.context_low, hp.context_high)
+
+    def select_by_negatives(self, objects: Tensor, context: Tensor, parts: Dict[str, List[Tensor]], pool: Pool,
+                            class_id: int) -> Tuple[Tensor, Tensor]:
+        """``prototype_rule: negatives``: object clusters the images without the class rarely hold are prototypes
+        (at least the rarest), clusters they hold as often are context prototypes."""
+        hp = self.hparams
+        means = torch.cat([objects, context])
+        if means.shape[0] == 0:
+            return objects, context
+        positives = self._subset(torch.cat(parts["object"] + parts["context"]), class_id)
+        others = [cells for cells, labels in pool if not bool(labels[class_id - 1])]
+        negatives = self._subset(torch.cat(others) if others else means.new_zeros(0, means.shape[1]), class_id)
+        ratios = negative_ratios(means, positives, negatives)
+        own = ratios[: objects.shape[0]]
+        chosen = objects[own <= float(hp.negative_ratio)]
+        if chosen.shape[0] == 0 and objects.shape[0] > 0:
+            chosen = objects[own.argmin()][None]
+        return chosen, means[ratios >= float(hp.context_ratio)]
+
+    def _subset(self, features: Tensor, class_id: int) -> Tensor:
+        """A fixed-seed random subset of at most ``max_features`` rows of ``features`` [N, D]."""
+        if features.shape[0] <= int(self.hparams.max_features):
+            return features
+        generator = torch.Generator().manual_seed(int(self.hparams.kmeans_seed) + class_id)
+        return features[torch.randperm(features.shape[0], generator=generator)[: int(self.hparams.max_features)]]
 
     def _cluster(self, features: Tensor, class_id: int) -> Tensor:
         """Cluster means [K, D] of ``features`` [N, D] (a fixed-seed subset of ``max_features`` at most)."""
         hp = self.hparams
         if features.shape[0] == 0:
             return features
-        generator = torch.Generator().manual_seed(int(hp.kmeans_seed) + class_id)
-        if features.shape[0] > int(hp.max_features):
-            features = features[torch.randperm(features.shape[0], generator=generator)[: int(hp.max_features)]]
+        features = self._subset(features, class_id)
         centres, assignment = spherical_kmeans(features, int(hp.num_clusters), seed=int(hp.kmeans_seed) + class_id)
         return cluster_means(features, assignment, centres.shape[0])
 

@@ -70,7 +70,9 @@ class AffinityRefiner(WSSSTask):
     * ``walk_mode="irn"``: the foreground CAMs alone are walked, each walked map is divided by its maximum and
       the constant ``bg_threshold`` is the background score after the walk (irn's ``make_sem_seg_labels``);
 
-    and writes the argmax at image resolution to ``labels/<id>.png`` (optionally dense-CRF refined).
+    and writes the argmax at image resolution to ``labels/<id>.png`` (optionally dense-CRF refined). With
+    ``walk_flip`` the walk reads the mean of the image's embedding and its mirror image's, flipped back
+    (:meth:`walk_embedding`; irn averages its boundary map that way at inference).
 
     Validation (on the ground-truth masks of the val split) logs, besides the loss on them, the mean ``a^beta``
     of pairs inside one region (``val/aff_same``; ``val/aff_bg``, ``val/aff_fg``) and across a region boundary
@@ -81,8 +83,8 @@ class AffinityRefiner(WSSSTask):
     projection per level and ``net.fuse``).
 
     Hooks for subclasses (besides :class:`~lightning_wsss.tasks.base.WSSSTask`'s): :meth:`configure_backbone`,
-    :meth:`build_net`, :meth:`embed`, :meth:`affinity`, :meth:`loss`, :meth:`training_loss`, :meth:`walk_cams`,
-    :meth:`propagate`, :meth:`walk_scores` (:class:`~lightning_wsss.tasks.irn.BoundaryRefiner` overrides some).
+    :meth:`build_net`, :meth:`embed`, :meth:`walk_embedding`, :meth:`affinity`, :meth:`loss`, :meth:`training_loss`,
+    :meth:`walk_cams`, :meth:`propagate`, :meth:`walk_scores` (:class:`~lightning_wsss.tasks.irn.BoundaryRefiner` overrides some).
 
     Args:
         num_classes: classes including background.
@@ -99,6 +101,7 @@ class AffinityRefiner(WSSSTask):
         walk_mode: ``"psa"`` or ``"irn"`` (see above).
         bg_threshold: background score after an irn walk (irn: 0.25).
         irn_normalize: ``"class"`` (each walked class map by its max) or ``"global"`` (by the image's max, irn's code).
+        walk_flip: walk on the mean of the embedding of the image and of its mirror image, flipped back.
         backbone_init: a checkpoint whose backbone weights (a CAM classifier's ``features.backbone.*``) start the
             backbone when training begins (loaded in ``setup("fit")``, so a resumed run keeps its own weights);
             where the names or shapes do not match the backbone, a warning says so and ``weights`` is kept.
@@ -129,6 +132,7 @@ class AffinityRefiner(WSSSTask):
         walk_mode: str = "psa",
         bg_threshold: float = 0.25,
         irn_normalize: str = "class",
+        walk_flip: bool = False,
         backbone_init: Optional[str] = None,
         crf: Union[bool, Dict[str, Any]] = False,
         **kwargs: Any,
@@ -166,6 +170,18 @@ class AffinityRefiner(WSSSTask):
     def embed(self, images: Tensor) -> Tensor:
         """Affinity embedding [B, D, H / stride, W / stride]."""
         return self.net(images)
+
+    def walk_embedding(self, images: Tensor) -> Tensor:
+        """The embedding [B, D, h, w] the walk reads: :meth:`embed` of ``images`` [B, 3, H, W]; with ``walk_flip``
+        its mean with the embedding of the mirrored images (padded on the right to ``w * stride`` first, so that
+        the mirrored cells cover the same pixels), flipped back."""
+        embedding = self.embed(images)
+        if not self.hparams.get("walk_flip"):
+            return embedding
+        width = embedding.shape[-1]
+        padded = F.pad(images, (0, width * self.stride - images.shape[-1]))
+        mirrored = self.embed(padded.flip(-1)).flip(-1)[..., :width]
+        return (embedding + mirrored) / 2
 
     def affinity(self, embedding: Tensor) -> Tensor:
         """Pair affinities a_ij = exp(-mean |f_i - f_j|) [B, P, h, w] over the radius offsets."""
@@ -294,7 +310,7 @@ class AffinityRefiner(WSSSTask):
 
     def predict_artifacts(self, batch: Dict[str, Any], rows: List[int]) -> List[List[Artifact]]:
         """``labels/<id>.png`` per row: its ``cams_dir`` CAMs walked on the image's affinities (:meth:`walk_scores`)."""
-        embedding = self.embed(batch["image"][rows])
+        embedding = self.walk_embedding(batch["image"][rows])
         aff = self.affinity(embedding)
         h, w = embedding.shape[-2:]
         results = []

@@ -164,26 +164,40 @@ def test_every_trainable_parameter_reaches_the_embedding(levels, frozen):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+
 def _cell_max(images: torch.Tensor, stride: int) -> torch.Tensor:
     """A mirror-equivariant stand-in embedding: each stride x stride cell's max (images padded on the right)."""
     return torch.nn.functional.max_pool2d(torch.nn.functional.pad(images, (0, -images.shape[-1] % stride)), stride)
 
 
 @pytest.mark.parametrize("width", [32, 37])
-def test_walk_flip_averages_the_mirror_embedding_on_the_same_cells(width):
-    model = AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16, walk_flip=True)
+def test_mirror_embedding_covers_the_same_cells(width):
+    model = AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16)
     images = torch.rand(2, 3, 24, width)
     model.embed = lambda x: _cell_max(x, model.stride)
-    # an embedding that commutes with the mirror is unchanged: the mirrored cells cover the same pixels
-    torch.testing.assert_close(model.walk_embedding(images), _cell_max(images, model.stride))
+    cells = _cell_max(images, model.stride)
+    # an embedding that commutes with the mirror comes back unchanged
+    torch.testing.assert_close(model.mirror_embedding(images, cells.shape[-1]), cells)
+
     def ramp(x: torch.Tensor) -> torch.Tensor:  # 0, 1, 2, ... along the cells of x
         return torch.arange(-(-x.shape[-1] // model.stride), dtype=x.dtype)
 
     model.embed = lambda x: _cell_max(x, model.stride) + ramp(x)
-    # one that does not (a ramp in x) is averaged with its mirror: constant across the cells
-    averaged = model.walk_embedding(images) - _cell_max(images, model.stride)
-    cells = averaged.shape[-1]
-    torch.testing.assert_close(averaged, torch.full_like(averaged, (cells - 1) / 2))
-    model.hparams.walk_flip = False
-    torch.testing.assert_close(model.walk_embedding(images) - _cell_max(images, model.stride),
-                               ramp(images).expand_as(averaged))
+    # one that does not (a ramp in x) comes back with the ramp reversed
+    torch.testing.assert_close(model.mirror_embedding(images, cells.shape[-1]) - cells, ramp(images).flip(0).expand_as(cells))
+
+
+@pytest.mark.parametrize("flip", [False, "embedding", "affinity"])
+def test_walk_flip_averages_the_mirror_image(flip):
+    model = AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16, walk_flip=flip)
+    images = torch.rand(1, 3, 24, 40)
+    model.embed = lambda x: _cell_max(x, model.stride) + torch.arange(x.shape[-1] // model.stride, dtype=x.dtype)
+    embedding, aff = model.walk_affinity(images)
+    plain, mirrored = model.embed(images), model.mirror_embedding(images, 40 // model.stride)
+    expected = {False: (plain, model.affinity(plain)),
+                "embedding": ((plain + mirrored) / 2, model.affinity((plain + mirrored) / 2)),
+                "affinity": (plain, (model.affinity(plain) + model.affinity(mirrored)) / 2)}[flip]
+    torch.testing.assert_close(embedding, expected[0])
+    torch.testing.assert_close(aff, expected[1])
+    with pytest.raises(ValueError, match="walk_flip"):
+        AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16, walk_flip="both")

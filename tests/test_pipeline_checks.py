@@ -44,6 +44,8 @@ ONE_LINE_ERRORS = {
                      "stages.random_walk.walk.mod: unknown key; did you mean mode?"),
     "walk CRF setting": ({"stages": {"random_walk": {"walk": {"crf": {"scale_params": True, "bilateral_srgbb": 5}}}}},
                          "stages.random_walk.walk.crf.bilateral_srgbb: unknown key; did you mean bilateral_srgb?"),
+    "walk flip": ({"stages": {"random_walk": {"walk": {"walk_flip": "both"}}}},
+                  "stages.random_walk.walk.walk_flip: 'both' is not one of false, true, affinity, embedding"),
     "affinity-label setting": ({"stages": {"affinity": {"labels": {"mode": "irn", "fg_threshhold": 0.3}}}},
                                "stages.affinity.labels.fg_threshhold: unknown key; did you mean fg_threshold?"),
     "affinity-label CRF": ({"stages": {"affinity": {"labels": {"crf_params": {"scale_params": True, "sxy": 5}}}}},

@@ -101,6 +101,14 @@ class CRFSetting(Check):
         check_fields(value, {**schema, **CRF_SPEC_OPTIONS}, where)
 
 
+class WalkFlip(Check):
+    """``walk_flip``: false, true, ``affinity`` or ``embedding`` (see ``AffinityRefiner``)."""
+
+    def __call__(self, value: Any, where: Where) -> None:
+        if not (value is False or value is True or value in ("affinity", "embedding")):
+            where.fail(f"{value!r} is not one of false, true, affinity, embedding")
+
+
 class Walk(Check):
     """``walk: {mode, beta, log_t, ...}``: the refiner's walk arguments (``mode`` is its ``walk_mode``)."""
 
@@ -114,6 +122,8 @@ class Walk(Check):
         keywords["mode"] = keywords.pop("walk_mode", str)
         if "crf" in keywords:
             keywords["crf"] = CRFSetting()
+        if "walk_flip" in keywords:
+            keywords["walk_flip"] = WalkFlip()
         check_fields(value, keywords, where)
 
 

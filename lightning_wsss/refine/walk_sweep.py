@@ -99,7 +99,7 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
     """mIoU of the walked labels of every setting of ``grid`` on the split's masks.
 
     Args:
-        model: a trained ``AffinityRefiner`` (its ``walk_embedding``, ``affinity``, ``downsample_cams``,
+        model: a trained ``AffinityRefiner`` (its ``walk_affinity``, ``downsample_cams``,
             ``walk_cams``, ``stride``, ``offsets``); evaluated on the CPU or wherever it lies.
         cams_dir: the CAM stage's ``<id>.npz`` folder.
         root, split: the data set (VOC layout, or a COCO JSON split) whose masks score the labels.
@@ -148,8 +148,7 @@ def sweep_walk(model, cams_dir: PathLike, root: PathLike, split: str = "train", 
         data = load_cams(path)
         if data["cams"].shape[1:] != target.shape:
             raise DataError(path, f"CAM size {data['cams'].shape[1:]} differs from the mask's {target.shape}")
-        embedding = model.walk_embedding(batch["image"].to(device))
-        aff = model.affinity(embedding)
+        embedding, aff = model.walk_affinity(batch["image"].to(device))
         cams = torch.from_numpy(data["cams"]).to(aff.device, aff.dtype)[None]
         cams_fg = model.walk_cams(model.downsample_cams(cams, tuple(embedding.shape[-2:]), (height, width)), embedding)
         keys = np.concatenate([[0], data["keys"]]).astype(np.int64)

@@ -71,8 +71,8 @@ class AffinityRefiner(WSSSTask):
       the constant ``bg_threshold`` is the background score after the walk (irn's ``make_sem_seg_labels``);
 
     and writes the argmax at image resolution to ``labels/<id>.png`` (optionally dense-CRF refined). With
-    ``walk_flip`` the walk reads the mean of the image's embedding and its mirror image's, flipped back
-    (:meth:`walk_embedding`; irn averages its boundary map that way at inference).
+    ``walk_flip`` the walk also reads the mirror image (:meth:`walk_affinity`; irn averages its boundary map over
+    the image and its mirror at inference).
 
     Validation (on the ground-truth masks of the val split) logs, besides the loss on them, the mean ``a^beta``
     of pairs inside one region (``val/aff_same``; ``val/aff_bg``, ``val/aff_fg``) and across a region boundary
@@ -83,7 +83,7 @@ class AffinityRefiner(WSSSTask):
     projection per level and ``net.fuse``).
 
     Hooks for subclasses (besides :class:`~lightning_wsss.tasks.base.WSSSTask`'s): :meth:`configure_backbone`,
-    :meth:`build_net`, :meth:`embed`, :meth:`walk_embedding`, :meth:`affinity`, :meth:`loss`, :meth:`training_loss`,
+    :meth:`build_net`, :meth:`embed`, :meth:`walk_affinity`, :meth:`affinity`, :meth:`loss`, :meth:`training_loss`,
     :meth:`walk_cams`, :meth:`propagate`, :meth:`walk_scores` (:class:`~lightning_wsss.tasks.irn.BoundaryRefiner` overrides some).
 
     Args:
@@ -101,7 +101,9 @@ class AffinityRefiner(WSSSTask):
         walk_mode: ``"psa"`` or ``"irn"`` (see above).
         bg_threshold: background score after an irn walk (irn: 0.25).
         irn_normalize: ``"class"`` (each walked class map by its max) or ``"global"`` (by the image's max, irn's code).
-        walk_flip: walk on the mean of the embedding of the image and of its mirror image, flipped back.
+        walk_flip: ``False`` (default), ``"affinity"`` (walk on the mean of the affinities of the image and of its
+            mirror image, :meth:`mirror_embedding`) or ``"embedding"`` (on the affinities of the mean embedding,
+            irn's boundary-map average); ``True`` means ``"affinity"``.
         backbone_init: a checkpoint whose backbone weights (a CAM classifier's ``features.backbone.*``) start the
             backbone when training begins (loaded in ``setup("fit")``, so a resumed run keeps its own weights);
             where the names or shapes do not match the backbone, a warning says so and ``weights`` is kept.
@@ -132,7 +134,7 @@ class AffinityRefiner(WSSSTask):
         walk_mode: str = "psa",
         bg_threshold: float = 0.25,
         irn_normalize: str = "class",
-        walk_flip: bool = False,
+        walk_flip: Union[bool, str] = False,
         backbone_init: Optional[str] = None,
         crf: Union[bool, Dict[str, Any]] = False,
         **kwargs: Any,
@@ -141,6 +143,8 @@ class AffinityRefiner(WSSSTask):
             raise ValueError(f"walk_mode must be one of {WALK_MODES}, got {walk_mode!r}")
         if irn_normalize not in ("class", "global"):
             raise ValueError(f"irn_normalize must be 'class' or 'global', got {irn_normalize!r}")
+        if walk_flip not in (False, True, "affinity", "embedding"):
+            raise ValueError(f"walk_flip must be false, true, 'affinity' or 'embedding', got {walk_flip!r}")
         if t is not None and int(t) < 0:
             raise ValueError(f"t must be >= 0, got {t}")
         crf_params_for(crf, (1, 1))  # an unknown CRF setting fails here, not after training
@@ -171,17 +175,25 @@ class AffinityRefiner(WSSSTask):
         """Affinity embedding [B, D, H / stride, W / stride]."""
         return self.net(images)
 
-    def walk_embedding(self, images: Tensor) -> Tensor:
-        """The embedding [B, D, h, w] the walk reads: :meth:`embed` of ``images`` [B, 3, H, W]; with ``walk_flip``
-        its mean with the embedding of the mirrored images (padded on the right to ``w * stride`` first, so that
-        the mirrored cells cover the same pixels), flipped back."""
+    def walk_affinity(self, images: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(embedding [B, D, h, w], affinities [B, P, h, w])`` the walk reads for ``images`` [B, 3, H, W]:
+        :meth:`embed` and :meth:`affinity`; with ``walk_flip`` the affinities are the mean of the image's and of
+        its mirror image's (:meth:`mirror_embedding`)."""
         embedding = self.embed(images)
+        aff = self.affinity(embedding)
         if not self.hparams.get("walk_flip"):
-            return embedding
-        width = embedding.shape[-1]
+            return embedding, aff
+        mirrored = self.mirror_embedding(images, embedding.shape[-1])
+        if self.hparams.walk_flip == "embedding":
+            embedding = (embedding + mirrored) / 2
+            return embedding, self.affinity(embedding)
+        return embedding, (aff + self.affinity(mirrored)) / 2
+
+    def mirror_embedding(self, images: Tensor, width: int) -> Tensor:
+        """The embedding of the mirrored ``images`` [B, 3, H, W], flipped back [B, D, h, width]: the images are
+        padded on the right to ``width * stride`` first, so that the mirrored cells cover the same pixels."""
         padded = F.pad(images, (0, width * self.stride - images.shape[-1]))
-        mirrored = self.embed(padded.flip(-1)).flip(-1)[..., :width]
-        return (embedding + mirrored) / 2
+        return self.embed(padded.flip(-1)).flip(-1)[..., :width]
 
     def affinity(self, embedding: Tensor) -> Tensor:
         """Pair affinities a_ij = exp(-mean |f_i - f_j|) [B, P, h, w] over the radius offsets."""
@@ -310,8 +322,7 @@ class AffinityRefiner(WSSSTask):
 
     def predict_artifacts(self, batch: Dict[str, Any], rows: List[int]) -> List[List[Artifact]]:
         """``labels/<id>.png`` per row: its ``cams_dir`` CAMs walked on the image's affinities (:meth:`walk_scores`)."""
-        embedding = self.walk_embedding(batch["image"][rows])
-        aff = self.affinity(embedding)
+        embedding, aff = self.walk_affinity(batch["image"][rows])
         h, w = embedding.shape[-2:]
         results = []
         for row, i in enumerate(rows):

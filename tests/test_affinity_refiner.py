@@ -184,7 +184,8 @@ def test_mirror_embedding_covers_the_same_cells(width):
 
     model.embed = lambda x: _cell_max(x, model.stride) + ramp(x)
     # one that does not (a ramp in x) comes back with the ramp reversed
-    torch.testing.assert_close(model.mirror_embedding(images, cells.shape[-1]) - cells, ramp(images).flip(0).expand_as(cells))
+    torch.testing.assert_close(model.mirror_embedding(images, cells.shape[-1]) - cells,
+                               ramp(images).flip(0).expand_as(cells))
 
 
 @pytest.mark.parametrize("flip", [False, "embedding", "affinity"])

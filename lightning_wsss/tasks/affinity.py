@@ -84,7 +84,8 @@ class AffinityRefiner(WSSSTask):
 
     Hooks for subclasses (besides :class:`~lightning_wsss.tasks.base.WSSSTask`'s): :meth:`configure_backbone`,
     :meth:`build_net`, :meth:`embed`, :meth:`walk_affinity`, :meth:`affinity`, :meth:`loss`, :meth:`training_loss`,
-    :meth:`walk_cams`, :meth:`propagate`, :meth:`walk_scores` (:class:`~lightning_wsss.tasks.irn.BoundaryRefiner` overrides some).
+    :meth:`walk_cams`, :meth:`propagate`, :meth:`walk_scores` (:class:`~lightning_wsss.tasks.irn.BoundaryRefiner`
+    overrides some).
 
     Args:
         num_classes: classes including background.

@@ -164,7 +164,6 @@ def test_every_trainable_parameter_reaches_the_embedding(levels, frozen):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-
 def _cell_max(images: torch.Tensor, stride: int) -> torch.Tensor:
     """A mirror-equivariant stand-in embedding: each stride x stride cell's max (images padded on the right)."""
     return torch.nn.functional.max_pool2d(torch.nn.functional.pad(images, (0, -images.shape[-1] % stride)), stride)

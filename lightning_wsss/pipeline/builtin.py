@@ -102,11 +102,15 @@ class CRFSetting(Check):
 
 
 class WalkFlip(Check):
-    """``walk_flip``: false, true, ``affinity`` or ``embedding`` (see ``AffinityRefiner``)."""
+    """``walk_flip``: one of the refiner's ``walk_flips`` (booleans as booleans, not as 0 / 1)."""
+
+    def __init__(self, choices: Sequence[Any]) -> None:
+        self.choices = tuple(choices)
 
     def __call__(self, value: Any, where: Where) -> None:
-        if not (value is False or value is True or value in ("affinity", "embedding")):
-            where.fail(f"{value!r} is not one of false, true, affinity, embedding")
+        if not any(value is c if isinstance(c, bool) else value == c for c in self.choices):
+            names = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
+            where.fail(f"{value!r} is not one of {names}")
 
 
 class Walk(Check):
@@ -123,7 +127,7 @@ class Walk(Check):
         if "crf" in keywords:
             keywords["crf"] = CRFSetting()
         if "walk_flip" in keywords:
-            keywords["walk_flip"] = WalkFlip()
+            keywords["walk_flip"] = WalkFlip(refiner.walk_flips)
         check_fields(value, keywords, where)
 
 

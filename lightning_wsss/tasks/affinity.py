@@ -117,6 +117,7 @@ class AffinityRefiner(WSSSTask):
     """
 
     artifact_patterns = ("labels/{id}.png",)
+    walk_flips = (False, True, "affinity", "embedding")  # the values of walk_flip
 
     def __init__(
         self,
@@ -144,8 +145,8 @@ class AffinityRefiner(WSSSTask):
             raise ValueError(f"walk_mode must be one of {WALK_MODES}, got {walk_mode!r}")
         if irn_normalize not in ("class", "global"):
             raise ValueError(f"irn_normalize must be 'class' or 'global', got {irn_normalize!r}")
-        if walk_flip not in (False, True, "affinity", "embedding"):
-            raise ValueError(f"walk_flip must be false, true, 'affinity' or 'embedding', got {walk_flip!r}")
+        if walk_flip not in self.walk_flips:
+            raise ValueError(f"walk_flip must be one of {self.walk_flips}, got {walk_flip!r}")
         if t is not None and int(t) < 0:
             raise ValueError(f"t must be >= 0, got {t}")
         crf_params_for(crf, (1, 1))  # an unknown CRF setting fails here, not after training
@@ -181,14 +182,13 @@ class AffinityRefiner(WSSSTask):
         :meth:`embed` and :meth:`affinity`; with ``walk_flip`` the affinities are the mean of the image's and of
         its mirror image's (:meth:`mirror_embedding`)."""
         embedding = self.embed(images)
-        aff = self.affinity(embedding)
         if not self.hparams.get("walk_flip"):
-            return embedding, aff
+            return embedding, self.affinity(embedding)
         mirrored = self.mirror_embedding(images, embedding.shape[-1])
         if self.hparams.walk_flip == "embedding":
             embedding = (embedding + mirrored) / 2
             return embedding, self.affinity(embedding)
-        return embedding, (aff + self.affinity(mirrored)) / 2
+        return embedding, (self.affinity(embedding) + self.affinity(mirrored)) / 2
 
     def mirror_embedding(self, images: Tensor, width: int) -> Tensor:
         """The embedding of the mirrored ``images`` [B, 3, H, W], flipped back [B, D, h, width]: the images are

@@ -13,7 +13,7 @@ from lightning_wsss.errors import DataError
 from lightning_wsss.pipeline.checks import check_config, load_config
 from lightning_wsss.pipeline.config import ConfigError
 from lightning_wsss.pipeline.defaults import resolve
-from lightning_wsss.pipeline.plan import plan, presets
+from lightning_wsss.pipeline.plan import build_stages, plan, presets
 from lightning_wsss.pipeline.registry import STAGES, StageSpec, parse_read
 
 BASE = {"supervision": "image", "dataset": {"root": "data"}}
@@ -121,6 +121,18 @@ def test_cda_order_reads_the_seed_labels_and_labels_from_pins_a_stage():
     assert dict(plan(sec)[-1].inputs) == {"affinity_labels": "affinity"}
     with pytest.raises(ConfigError, match="stages.segmenter: reads labels of 'cmas', which is not a stage before"):
         check_config({**BASE, "stages": {"segmenter": {"labels_from": "cmas"}}})
+
+
+def test_cda_seed_classifier_keeps_the_plain_data_settings():
+    """CDA's seed classifier is the image pipeline's classifier: its crop and scale settings stay, the pasting goes."""
+    crop = {"crop_size": 208, "scale_range": [0.9, 1.1]}
+    image = resolve({**BASE, "stages": {"classifier": {"data": crop}}})
+    cda = resolve({**BASE, "order": ["seed_classifier", "seed_cams", "classifier", "cams", "affinity", "random_walk", "segmenter"],
+                   "stages": {"classifier": {"datamodule": "CDADataModule", "data": {**crop, "paste_prob": 0.5}}}})
+    seed = {s.name: s for s in build_stages(cda)}["seed_classifier"].config
+    plain = {s.name: s for s in build_stages(image)}["classifier"].config
+    assert seed["stage"]["data"] == crop
+    assert seed == plain
 
 
 def test_a_stage_replaced_by_a_declaration_of_its_own(monkeypatch):

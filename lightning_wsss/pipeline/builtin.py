@@ -149,10 +149,14 @@ def classifier_reads(section: Mapping[str, Any], config: Mapping[str, Any]) -> S
 
 def seed_classifier_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
     """The plain CAM classifier of the ``classifier`` settings (CDA's seed: the same stage and hash as an image
-    pipeline's classifier with those settings)."""
+    pipeline's classifier with those settings): its ``data`` keeps what an ``ImageLabelDataModule`` takes (crop
+    and scale, not the pasting)."""
     stage_cfg = deep_merge(config["stages"]["classifier"], {"model": {"class_path": "CAMClassifier"}})
     stage_cfg.pop("datamodule", None)
-    stage_cfg.pop("data", None)
+    plain = parameters(resolve_class("ImageLabelDataModule", "data")) or {}
+    data = {k: v for k, v in (stage_cfg.pop("data", None) or {}).items() if k in plain}
+    if data:
+        stage_cfg["data"] = data
     return stage_cfg
 
 

@@ -135,6 +135,17 @@ def test_cda_seed_classifier_keeps_the_plain_data_settings():
     assert seed == plain
 
 
+def test_cda_with_its_own_object_masks_needs_no_seed_stages():
+    """``data.object_mask_dir`` names the masks to cut objects from (another run, or the ground truth for an oracle
+    bound): the classifier then reads no labels, and the plain order plans."""
+    cda = resolve({**BASE, "stages": {"classifier": {"datamodule": "CDADataModule",
+                                                     "data": {"object_mask_dir": "data/SegmentationClass"}}}})
+    steps = {s.name: s for s in plan(cda)}
+    assert dict(steps["classifier"].inputs) == {} and "seed_cams" not in steps
+    with pytest.raises(ConfigError, match="labels"):
+        check_config({**BASE, "stages": {"classifier": {"datamodule": "CDADataModule"}}})
+
+
 def test_a_stage_replaced_by_a_declaration_of_its_own(monkeypatch):
     """``stages.<name>.declaration`` swaps the function of a stage, keeping its name and place."""
     import types

@@ -143,8 +143,11 @@ def _object_masks(datamodule: str) -> bool:
 
 
 def classifier_reads(section: Mapping[str, Any], config: Mapping[str, Any]) -> Sequence[str]:
-    """A classifier that pastes objects (CDA) reads the CAM labels of a seed classifier."""
-    return ("labels",) if _object_masks(section.get("datamodule", "ImageLabelDataModule")) else ()
+    """A classifier that pastes objects (CDA) reads the CAM labels of a seed classifier, unless its ``data`` names
+    the folder of masks to cut them from (``object_mask_dir``: another stage's run, or the ground truth for an
+    oracle bound)."""
+    pastes = _object_masks(section.get("datamodule", "ImageLabelDataModule"))
+    return ("labels",) if pastes and not (section.get("data") or {}).get("object_mask_dir") else ()
 
 
 def seed_classifier_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:

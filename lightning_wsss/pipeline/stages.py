@@ -78,7 +78,7 @@ def _progress(ctx: PipelineContext) -> bool:
 def classifier_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                      cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Train the CAM classifier on image-level labels (a DataModule that pastes objects, CDA's, cuts them out
-    along the ``labels`` it reads)."""
+    along the ``labels`` it reads, or along its own ``data.object_mask_dir`` where it reads none)."""
     data = dict(cfg.get("data") or {})
     if "labels" in upstream:
         data["object_mask_dir"] = upstream["labels"].outputs["labels_dir"]

@@ -127,7 +127,8 @@ def test_cda_seed_classifier_keeps_the_plain_data_settings():
     """CDA's seed classifier is the image pipeline's classifier: its crop and scale settings stay, the pasting goes."""
     crop = {"crop_size": 208, "scale_range": [0.9, 1.1]}
     image = resolve({**BASE, "stages": {"classifier": {"data": crop}}})
-    cda = resolve({**BASE, "order": ["seed_classifier", "seed_cams", "classifier", "cams", "affinity", "random_walk", "segmenter"],
+    order = ["seed_classifier", "seed_cams", "classifier", "cams", "affinity", "random_walk", "segmenter"]
+    cda = resolve({**BASE, "order": order,
                    "stages": {"classifier": {"datamodule": "CDADataModule", "data": {**crop, "paste_prob": 0.5}}}})
     seed = {s.name: s for s in build_stages(cda)}["seed_classifier"].config
     plain = {s.name: s for s in build_stages(image)}["classifier"].config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_trainer
+from conftest import run_script, tiny_trainer
 from lightning_wsss.boxes import make_box_mask
 from lightning_wsss.datamodules import ImageLabelDataModule
 from lightning_wsss.datasets.voc import VOCSegmentation
@@ -35,9 +34,10 @@ def tiny_classifier_checkpoint(root: Path, path: Path) -> Path:
 
 
 def run_tool(name: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(TOOLS / name), *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    """``python tools/<name> args`` (in this process, :func:`conftest.run_script`); its stdout, a zero exit asserted."""
+    code, out, err = run_script(TOOLS / name, *args)
+    assert code == 0, err[-2000:]
+    return out
 
 
 def test_boxsup_pool_ceiling(tiny_voc, tmp_path):
@@ -135,9 +135,8 @@ def test_label_shares(tiny_voc, tmp_path):
     out = run_tool("label_shares.py", "--labels", str(blank), "--root", str(tiny_voc))
     assert out.splitlines()[1].split()[:2] == ["background", "100.0"]  # all background
     (blank / f"{reader.ids[0]}.png").unlink()
-    done = subprocess.run([sys.executable, str(TOOLS / "label_shares.py"), "--labels", str(blank), "--root",
-                           str(tiny_voc)], capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and f"{reader.ids[0]}.png" in done.stderr and "missing" in done.stderr
+    code, _, err = run_script(TOOLS / "label_shares.py", "--labels", str(blank), "--root", str(tiny_voc))
+    assert code != 0 and f"{reader.ids[0]}.png" in err and "missing" in err
 
 
 def test_cam_gallery(tiny_voc, tmp_path):
@@ -263,9 +262,10 @@ def test_cam_study_reads_the_cam_folder_and_val_curves_tabulate(tmp_path):
 
 def test_gpu_benchmark_smoke_on_cpu(tmp_path):
     out = tmp_path / "bench.md"
-    subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--batch", "2", "--size", "32",
-                    "--steps", "1", "--warmup", "0", "--out", str(out)], check=True, capture_output=True,
-                   cwd=Path(__file__).resolve().parents[1])
+    repo = Path(__file__).resolve().parents[1]
+    code, _, err = run_script(repo / "benchmarks" / "gpu.py", "--device", "cpu", "--batch", "2", "--size", "32",
+                              "--steps", "1", "--warmup", "0", "--out", str(out), cwd=repo)
+    assert code == 0, err[-2000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "images/s" in line]
     assert len(rows) == 4 and all(float(r.split("|")[2].split()[0]) > 0 for r in rows)
 

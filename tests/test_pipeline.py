@@ -165,6 +165,31 @@ def test_a_rerun_stage_removes_what_a_killed_atomic_write_left(tmp_path):
     assert (stage_dir / "stage.json").is_file()
 
 
+def test_stage_json_records_what_the_stage_ran_on_and_an_older_marker_still_reads(tmp_path):
+    """``stage.json`` holds the torch threads, device and versions the stage ran with (not hashed: a marker
+    without them, written before the record existed, is reused as it is)."""
+    from lightning_wsss.pipeline.runner import PipelineContext, Stage, run_stages
+
+    def work(ctx, folder, upstream, config):
+        torch.set_num_threads(1)  # what a training stage's thread policy does: the record is taken after the run
+        return {"metrics": {"m": 0.5}}
+
+    result = run_stages(PipelineContext(tmp_path, {}), [Stage("s", {"a": 1}, work)])["s"]
+    marker_path = Path(result.dir) / "stage.json"
+    record = json.loads(marker_path.read_text())["environment"]
+    assert record["torch_threads"] == 1 and record["processes"] == 1
+    assert record["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0))
+    assert record["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert set(record["packages"]) >= {"lightning", "timm", "segmentation-models-pytorch", "numpy"}
+    assert record["python"] == ".".join(map(str, sys.version_info[:3]))
+
+    older = json.loads(marker_path.read_text())
+    del older["environment"]
+    marker_path.write_text(json.dumps(older))
+    again = run_stages(PipelineContext(tmp_path, {}), [Stage("s", {"a": 1}, work)])["s"]
+    assert again.reused and again.environment == {} and again.metrics == {"m": 0.5}
+
+
 def test_a_stage_run_by_another_process_is_refused(tmp_path):
     """Two pipelines on one output folder must not run the same stage at once (they would share its files)."""
     from lightning_wsss.pipeline.config import stage_hash

@@ -25,6 +25,7 @@ from ..errors import DataError, StageBusyError
 from ..io import remove_stale_temporaries, write_json_atomic
 from .config import stage_hash
 from .distributed import SINGLE, World
+from .environment import run_environment
 
 
 @dataclass
@@ -38,6 +39,8 @@ class StageResult:
     metrics: Dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     reused: bool = False
+    environment: Dict[str, Any] = field(default_factory=dict)
+    """What it ran on (:func:`~.environment.run_environment`: torch threads, device, versions); not hashed."""
 
 
 StageFn = Callable[["PipelineContext", Path, Dict[str, StageResult], Dict[str, Any]], Dict[str, Any]]
@@ -221,6 +224,7 @@ def run_stage(ctx: PipelineContext, stage: Stage, digest: str, stage_dir: Path,
         result = None
         if world.is_zero:
             result = StageResult(stage.name, digest, str(stage_dir), produced.get("outputs", {}),
-                                 produced.get("metrics", {}), time.perf_counter() - start)
+                                 produced.get("metrics", {}), time.perf_counter() - start,
+                                 environment=run_environment(world.size))
             write_json_atomic(stage_dir / "stage.json", stage_marker(result, stage_dir, ctx.out_dir.parent))
         return world.broadcast(result)

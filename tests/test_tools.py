@@ -555,3 +555,30 @@ def test_cam_variants_parses_numbers_and_words():
     assert tool.parse_variant("ProbeCAMClassifier:seed_threshold=0.8,probe_features=classifier") == (
         "ProbeCAMClassifier", {"seed_threshold": 0.8, "probe_features": "classifier"})
     assert tool.parse_variant("CAMClassifier") == ("CAMClassifier", {})
+
+
+def test_compare_stages_finds_the_one_changed_value(tmp_path):
+    """Two copies of a stage folder are identical; one changed label pixel, one changed weight and one file in
+    one folder only are each found, with the exit status a script can check."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        write_label_png(folder / "labels" / "x.png", np.zeros((4, 5), np.uint8))
+        for sub in ("cams", "checkpoints"):
+            (folder / sub).mkdir()
+        np.savez(folder / "cams" / "x.npz", cams=np.ones((1, 4, 5)))
+        torch.save({"state_dict": {"w": torch.ones(3), "steps": torch.tensor(7)}}, folder / "checkpoints" / "final.ckpt")
+    code, out, _ = run_script(TOOLS / "compare_stages.py", str(a), str(b))
+    assert code == 0 and out.splitlines()[-1] == "identical"
+    assert "ckpt: 2 arrays compared, 0 differ" in out and "npz: 1 arrays compared" in out and "png: 1 arrays" in out
+
+    changed = np.zeros((4, 5), np.uint8)
+    changed[1, 2] = 3
+    write_label_png(b / "labels" / "x.png", changed)
+    torch.save({"state_dict": {"w": torch.tensor([1.0, 1.5, 1.0]), "steps": torch.tensor(7)}},
+               b / "checkpoints" / "final.ckpt")
+    write_label_png(b / "labels" / "y.png", changed)
+    code, out, _ = run_script(TOOLS / "compare_stages.py", str(a), str(b))
+    assert code == 1 and out.splitlines()[-1] == "different"
+    assert "ckpt: 2 arrays compared, 1 differ (max abs difference 0.5)" in out
+    assert "png: 1 arrays compared, 1 differ (max abs difference 3)" in out
+    assert "in one folder only: 1 (first: labels/y.png)" in out

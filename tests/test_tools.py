@@ -566,7 +566,8 @@ def test_compare_stages_finds_the_one_changed_value(tmp_path):
         for sub in ("cams", "checkpoints"):
             (folder / sub).mkdir()
         np.savez(folder / "cams" / "x.npz", cams=np.ones((1, 4, 5)))
-        torch.save({"state_dict": {"w": torch.ones(3), "steps": torch.tensor(7)}}, folder / "checkpoints" / "final.ckpt")
+        state = {"state_dict": {"w": torch.ones(3), "steps": torch.tensor(7)}}
+        torch.save(state, folder / "checkpoints" / "final.ckpt")
     code, out, _ = run_script(TOOLS / "compare_stages.py", str(a), str(b))
     assert code == 0 and out.splitlines()[-1] == "identical"
     assert "ckpt: 2 arrays compared, 0 differ" in out and "npz: 1 arrays compared" in out and "png: 1 arrays" in out

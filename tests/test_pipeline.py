@@ -49,6 +49,7 @@ def test_full_pipeline_summary(tiny_synthetic, tmp_path):
     assert entry["annotation_hours"] == pytest.approx(annotation_hours("full", 10), abs=1e-3)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["supervision"]["full"]["val_miou"] == entry["val_miou"]
+    assert isinstance(on_disk["supervision"]["full"]["stages"]["segmenter"]["torch_threads"], int)  # with its figure
 
 
 def test_box_pipeline_skips_complete_and_reruns_changed_stages(tiny_synthetic, tmp_path):

@@ -219,12 +219,25 @@ def test_summary_seed_table(tmp_path):
     assert out[0] == "| figure (mIoU %) | mean +- std | per seed |"
     # mean 50, sample std of (40, 60) = 14.14; the box entry is in one file only and left out
     assert out[2:] == ["| image cam | 50.00 +- 14.14 | 40.00 / 60.00 |", "| image random_walk | 50.00 +- 0.00 | 50.00 / 50.00 |",
-                       "| image val | 35.00 +- 7.07 | 30.00 / 40.00 |", "| full val | 50.00 +- 0.00 | 50.00 / 50.00 |"]
+                       "| image val | 35.00 +- 7.07 | 30.00 / 40.00 |", "| full val | 50.00 +- 0.00 | 50.00 / 50.00 |",
+                       "torch threads per seed: ? / ?"]  # summaries made before stages recorded their threads
     stages = [tmp_path / "a.json", tmp_path / "b.json"]
-    for path, value in zip(stages, (0.70, 0.72)):
-        path.write_text(json.dumps({"name": "boxsup", "hash": "x", "metrics": {"boxsup_round_1": value}}))
-    assert run_tool("summary_seed_table.py", *map(str, stages)).splitlines()[2] == \
-        "| boxsup boxsup_round_1 | 71.00 +- 1.41 | 70.00 / 72.00 |"
+    for path, value, threads in zip(stages, (0.70, 0.72), (2, 1)):
+        path.write_text(json.dumps({"name": "boxsup", "hash": "x", "metrics": {"boxsup_round_1": value},
+                                    "environment": {"torch_threads": threads}}))
+    assert run_tool("summary_seed_table.py", *map(str, stages)).splitlines()[2:] == \
+        ["| boxsup boxsup_round_1 | 71.00 +- 1.41 | 70.00 / 72.00 |", "torch threads per seed: 2 / 1"]
+
+
+def test_summary_seed_table_reads_the_threads_of_a_pipeline_summary(tmp_path):
+    """A summary's stages recorded with one and two threads, and one stage reused from before the record."""
+    import json
+
+    stages = {"classifier": {"torch_threads": 2}, "cams": {"torch_threads": 1}, "segmenter": {"torch_threads": None}}
+    summary = {"supervision": {"image": {"pseudo_miou": {"cam": 0.5}, "val_miou": 0.4, "stages": stages}}}
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(summary))
+    assert run_tool("summary_seed_table.py", str(path)).splitlines()[-1] == "torch threads per seed: 1,2+?"
 
 
 def test_cam_precision(tiny_voc, tmp_path):

@@ -8,7 +8,8 @@
 Every ``summary.json`` (``wsss pipeline`` / ``wsss demo``) holds, per supervision entry, its pseudo-label mIoU per
 stage and the final segmenter's val mIoU; the table gives each figure's mean +- sample standard deviation and the
 per-seed values, for the entries and figures every file has. A stage's ``stage.json`` (what ``wsss pipeline
---until STAGE`` leaves, without a summary entry) gives its metrics, named after the stage.
+--until STAGE`` leaves, without a summary entry) gives its metrics, named after the stage. A last line gives each
+file's torch thread counts, from its stages' records (``?`` where a stage made before the record has none).
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ def figures(summary: Dict) -> Dict[str, float]:
     return out
 
 
+def thread_counts(summary: Dict) -> str:
+    """The torch thread counts a summary's stages (or one stage) ran with: ``"2"``, ``"1,2"``; ``"?"`` for none
+    recorded, ``"2+?"`` where some stages have no record."""
+    if "supervision" not in summary:
+        records = [(summary.get("environment") or {}).get("torch_threads")]
+    else:
+        records = [stage.get("torch_threads") for result in summary["supervision"].values()
+                   for stage in (result.get("stages") or {}).values()]
+    text = ",".join(str(n) for n in sorted({int(r) for r in records if r is not None}))
+    if records and all(r is not None for r in records):
+        return text
+    return f"{text}+?" if text else "?"
+
+
 def seed_table(summaries: Sequence[Dict]) -> str:
     """The Markdown table of the figures all ``summaries`` share, in the first summary's order."""
     per_file = [figures(s) for s in summaries]
@@ -52,7 +67,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("summaries", nargs="+", type=Path, help="summary.json (or stage.json) files, one per seed")
     args = parser.parse_args(argv)
-    print(seed_table([json.loads(p.read_text()) for p in args.summaries]))
+    summaries = [json.loads(p.read_text()) for p in args.summaries]
+    print(seed_table(summaries))
+    print(f"torch threads per seed: {' / '.join(thread_counts(s) for s in summaries)}")
 
 
 if __name__ == "__main__":

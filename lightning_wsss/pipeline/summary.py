@@ -69,7 +69,8 @@ def summarize(config: Mapping[str, Any], results: Mapping[str, StageResult], wal
         "val_miou": float(val[-1]) if val else None,
         "annotation_hours": round(hours, 3),
         "wall_s": round(wall_s, 1),
-        "stages": {name: {"hash": r.hash, "dir": r.dir, "reused": r.reused, "wall_s": round(r.wall_s, 1)}
+        "stages": {name: {"hash": r.hash, "dir": r.dir, "reused": r.reused, "wall_s": round(r.wall_s, 1),
+                          "torch_threads": r.environment.get("torch_threads")}
                    for name, r in results.items()},
     }
 

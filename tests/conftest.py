@@ -6,9 +6,9 @@ import contextlib
 import io
 import os
 import runpy
-import traceback
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -20,7 +20,7 @@ RECORDED_PACKAGES = ("torch", "torchvision", "lightning", "timm", "segmentation-
 """The distributions whose versions move a stage's numbers."""
 
 
-def package_versions(names: tuple = RECORDED_PACKAGES) -> Dict[str, Optional[str]]:
+def package_versions(names: Sequence[str] = RECORDED_PACKAGES) -> Dict[str, Optional[str]]:
     """``{distribution: version}``, None for one that is not installed."""
     versions: Dict[str, Optional[str]] = {}
     for name in names:

@@ -165,3 +165,15 @@ def test_table_columns_stay_aligned_with_long_supervision_keys():
     assert [row.split()[0] for row in rows] == ["image", "hybrid_0.1_restrict_cams", "full"]
     assert all(len(row) == len(header) for row in rows)  # every column ends where its heading does
     assert all(row.index(" 0.50 ") == rows[0].index(" 0.50 ") for row in rows[:2])
+
+
+def test_table_gives_each_entry_its_recorded_thread_counts():
+    stage = {"hash": "aa", "dir": "d", "reused": False, "wall_s": 1.0}
+    image = dict(IMAGE, stages={"classifier": dict(stage, torch_threads=2), "cams": dict(stage, torch_threads=1),
+                                "affinity": dict(stage, torch_threads=None)})  # reused from before the record
+    full = dict(FULL, stages={"segmenter": dict(stage, torch_threads=1)})
+    summary = {"dataset": "synthetic", "num_train": 12, "num_val": 6,
+               "supervision": {"image": image, "box": BOX, "full": full}}
+    assert format_table(summary).splitlines()[-1] == "  torch threads: image 1,2, full 1"  # box: none recorded
+    summary["supervision"] = {"image": IMAGE, "full": FULL}  # summaries made before the record: no line
+    assert "torch threads" not in format_table(summary)

@@ -92,7 +92,23 @@ def format_table(summary: Mapping[str, Any]) -> str:
     for row in rows:
         if row["seed_spread"]:
             details.append(f"  {row['supervision']} val mIoU over segmenter seeds: {row['seed_spread']}")
+    threads = thread_line(summary)
+    if threads:
+        details.append(threads)
     return "\n".join(lines + ([""] + details if details else []))
+
+
+def thread_line(summary: Mapping[str, Any]) -> str:
+    """``  torch threads: image 1, box 1, full 2``: the thread counts each entry's stages ran with (as recorded in
+    their ``stage.json``; ``1,2`` where they differ), so every figure of the table comes with its thread count;
+    empty when no stage has a record (summaries made before it)."""
+    parts = []
+    for name, entry in summary.get("supervision", {}).items():
+        counts = sorted({int(stage["torch_threads"]) for stage in (entry.get("stages") or {}).values()
+                         if stage.get("torch_threads") is not None})
+        if counts:
+            parts.append(f"{name} {','.join(map(str, counts))}")
+    return f"  torch threads: {', '.join(parts)}" if parts else ""
 
 
 def png_bytes(fig) -> bytes:

@@ -596,3 +596,9 @@ def test_compare_stages_finds_the_one_changed_value(tmp_path):
     assert "ckpt: 2 arrays compared, 1 differ (max abs difference 0.5)" in out
     assert "png: 1 arrays compared, 1 differ (max abs difference 3)" in out
     assert "in one folder only: 1 (first: labels/y.png)" in out
+
+    for folder, value in ((a, 1.0), (b, 1.0 + 1e-12)):  # below float32's resolution: compared as stored
+        weight = torch.tensor([value], dtype=torch.float64)
+        torch.save({"state_dict": {"w": weight}}, folder / "checkpoints" / "final.ckpt")
+    code, out, _ = run_script(TOOLS / "compare_stages.py", str(a), str(b))
+    assert code == 1 and "ckpt: 1 arrays compared, 1 differ" in out

@@ -49,7 +49,9 @@ def arrays(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
 
         state = torch.load(path, map_location="cpu", weights_only=False)
         for name, tensor in state.get("state_dict", state).items():
-            yield name, tensor.detach().float().numpy() if tensor.is_floating_point() else tensor.numpy()
+            tensor = tensor.detach().cpu()
+            # numpy has no bfloat16; widening it to float32 is exact, and every other dtype is compared as stored
+            yield name, (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
     elif path.suffix == ".npz":
         with np.load(path) as data:
             for name in data.files:

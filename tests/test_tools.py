@@ -231,8 +231,6 @@ def test_summary_seed_table(tmp_path):
 
 def test_summary_seed_table_reads_the_threads_of_a_pipeline_summary(tmp_path):
     """A summary's stages recorded with one and two threads, and one stage reused from before the record."""
-    import json
-
     stages = {"classifier": {"torch_threads": 2}, "cams": {"torch_threads": 1}, "segmenter": {"torch_threads": None}}
     summary = {"supervision": {"image": {"pseudo_miou": {"cam": 0.5}, "val_miou": 0.4, "stages": stages}}}
     path = tmp_path / "s.json"

@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from lightning_wsss.pipeline.report import recorded_threads
+
 
 def figures(summary: Dict) -> Dict[str, float]:
     """``{"<entry> <figure>": value}`` of one summary: every pseudo-label stage and the val mIoU; of a
@@ -45,8 +47,9 @@ def thread_counts(summary: Dict) -> str:
     else:
         records = [stage.get("torch_threads") for result in summary["supervision"].values()
                    for stage in (result.get("stages") or {}).values()]
-    text = ",".join(str(n) for n in sorted({int(r) for r in records if r is not None}))
-    if records and all(r is not None for r in records):
+    counts, complete = recorded_threads(records)
+    text = ",".join(map(str, counts))
+    if complete:
         return text
     return f"{text}+?" if text else "?"
 

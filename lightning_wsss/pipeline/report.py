@@ -6,7 +6,7 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -98,14 +98,20 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines + ([""] + details if details else []))
 
 
+def recorded_threads(records: Sequence[Optional[Any]]) -> Tuple[List[int], bool]:
+    """The distinct torch thread counts among ``records`` (stages' ``torch_threads``, None where a stage made
+    before the record has none), sorted; and whether every record has one (False for no records)."""
+    counts = sorted({int(r) for r in records if r is not None})
+    return counts, bool(records) and all(r is not None for r in records)
+
+
 def thread_line(summary: Mapping[str, Any]) -> str:
     """``  torch threads: image 1, box 1, full 2``: the thread counts each entry's stages ran with (as recorded in
     their ``stage.json``; ``1,2`` where they differ), so every figure of the table comes with its thread count;
     empty when no stage has a record (summaries made before it)."""
     parts = []
     for name, entry in summary.get("supervision", {}).items():
-        counts = sorted({int(stage["torch_threads"]) for stage in (entry.get("stages") or {}).values()
-                         if stage.get("torch_threads") is not None})
+        counts, _ = recorded_threads([stage.get("torch_threads") for stage in (entry.get("stages") or {}).values()])
         if counts:
             parts.append(f"{name} {','.join(map(str, counts))}")
     return f"  torch threads: {', '.join(parts)}" if parts else ""

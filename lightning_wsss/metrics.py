@@ -31,6 +31,9 @@ class SegmentationIoU(MulticlassJaccardIndex):
     def __init__(self, num_classes: int, reduction: str = "mean", **kwargs) -> None:
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        # update() checks the shapes and the value range itself; torchmetrics' own check would add a torch.unique
+        # of every prediction and target (most of a validation batch's metric time on the CPU)
+        kwargs.setdefault("validate_args", False)
         # one extra class collects "predicted ignore"; its own IoU is dropped
         super().__init__(
             num_classes=num_classes + 1, average="none", ignore_index=IGNORE_INDEX, zero_division=float("nan"), **kwargs

@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, Tuple, Union
 import torch
 
 from ..errors import PathLike
+from ..tensors import channel_argmax
 from .crop_inference import SegmentFn, box_crop_inference
 
 
@@ -46,6 +47,6 @@ def predict_box_crops(
             height, width = (int(v) for v in batch["size"][index])
             image = batch["image"][index, :, :height, :width].to(device)
             probs = box_crop_inference(segment_fn, image, batch["boxes"][index], crop_size, context, combine)
-            write_label_png(path, probs.argmax(0).to(torch.uint8).cpu().numpy())
+            write_label_png(path, channel_argmax(probs, dim=0).to(torch.uint8).cpu().numpy())
             written += 1
     return written, skipped

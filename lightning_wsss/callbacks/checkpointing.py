@@ -22,7 +22,7 @@ def save_checkpoint_atomic(trainer: L.Trainer, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        trainer.save_checkpoint(str(tmp))  # rank zero writes
+        trainer.save_checkpoint(str(tmp), weights_only=False)  # rank zero writes; the full state, to resume from
         if trainer.is_global_zero:
             os.replace(tmp, path)
     except BaseException as exc:

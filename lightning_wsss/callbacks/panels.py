@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from ..datamodules.transforms import denormalize
 from ..datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..tensors import channel_argmax
 
 
 def panel_predictions(pl_module: L.LightningModule, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
@@ -21,7 +22,7 @@ def panel_predictions(pl_module: L.LightningModule, batch: Dict[str, Any]) -> Op
     if hasattr(pl_module, "panel_predictions"):
         return pl_module.panel_predictions(batch)
     if hasattr(pl_module, "predict_logits"):
-        return pl_module.predict_logits(batch["image"]).argmax(1)
+        return channel_argmax(pl_module.predict_logits(batch["image"]), dim=1)
     return None
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_wsss.cam.functional import normalize_maps, upsample
+from lightning_wsss.tensors import channel_argmax
 
 __all__ = ["multiscale_cams", "add_background", "cams_to_label"]
 
@@ -112,6 +113,6 @@ def cams_to_label(cams_with_bg: Tensor, class_ids: Tensor) -> Tensor:
     class_ids = class_ids.to(cams_with_bg.device).long()
     valid = torch.cat([torch.ones_like(class_ids[:, :1], dtype=torch.bool), class_ids >= 0], dim=1)
     scores = cams_with_bg.masked_fill(~valid[:, :, None, None], float("-inf"))
-    winner = scores.argmax(dim=1)  # [B, H, W]
+    winner = channel_argmax(scores, dim=1)  # [B, H, W]
     lookup = torch.cat([torch.zeros_like(class_ids[:, :1]), class_ids.clamp(min=0)], dim=1)  # [B, K+1]
     return torch.gather(lookup, 1, winner.flatten(1)).view_as(winner)

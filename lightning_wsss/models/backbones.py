@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
+from .pooling import use_channels_last_max_pools
 from .pretrained import resolve_weights
 
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.")
@@ -173,4 +174,4 @@ def build_backbone(
     backbone = timm.create_model(name, **options)
     if weights not in (None, "imagenet"):
         load_backbone_weights(backbone, name, weights)
-    return backbone
+    return use_channels_last_max_pools(backbone)

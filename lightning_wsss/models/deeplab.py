@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import DataError
 from .backbones import load_backbone_weights, load_state_dict_file, strip_prefixes
+from .pooling import use_channels_last_max_pools
 from .pretrained import resolve_weights
 
 __all__ = ["ARCHITECTURES", "build_deeplab", "load_encoder_weights"]
@@ -102,4 +103,4 @@ def build_deeplab(
     )
     if _is_local_weights(encoder_weights):
         load_encoder_weights(model, encoder, encoder_weights)  # type: ignore[arg-type]
-    return model
+    return use_channels_last_max_pools(model)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..errors import DataError
 from .backbones import load_state_dict_file, to_timm_names
+from .pooling import use_channels_last_max_pools
 from .pretrained import resolve_weights
 
 
@@ -42,6 +43,7 @@ class Trunk(nn.Module):
         self.model = timm.create_model(name, **options)
         if weights not in (None, "imagenet"):
             self._load(name, weights)
+        use_channels_last_max_pools(self.model)
         self.feature_info = _Info(self.model.num_features)
 
     def _load(self, name: str, path: str) -> None:

@@ -8,6 +8,7 @@ from typing import List, Sequence
 import numpy as np
 
 from ..datasets.voc import VOCSegmentation
+from ..tensors import channel_argmax
 
 __all__ = ["predict_val"]
 
@@ -27,5 +28,5 @@ def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str]) 
         for image_id in ids:
             sample = apply_transform(transform, dataset.load(image_id))
             logits = model.predict_logits(sample["image"][None])
-            out.append(logits[0].argmax(0).numpy().astype(np.uint8))
+            out.append(channel_argmax(logits[0], dim=0).numpy().astype(np.uint8))
     return out

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_wsss.refine.affinity_labels import in_map_mask, neighbor_offsets, shift_map
+from lightning_wsss.tensors import channel_argmax
 
 __all__ = [
     "Transition",
@@ -356,4 +357,4 @@ def propagate_to_labels(
     """
     rw = random_walk(cams_with_bg, aff, offsets, beta=beta, t=t, log_t=log_t, method=method)
     up = F.interpolate(rw, size=tuple(size), mode="bilinear", align_corners=False)
-    return up.argmax(dim=1)
+    return channel_argmax(up, dim=1)

@@ -19,6 +19,7 @@ from ..refine.crf import crf_from_scores, crf_params_for
 from ..refine.affinity_labels import affinity_loss, affinity_pairs, neighbor_offsets  # affinity_loss: re-exported
 from ..refine.random_walk import affinity_from_features, irn_scores, random_walk
 from ..refine.separation import affinity_separation_sums, separation_means
+from ..tensors import channel_argmax
 from .base import WSSSTask
 
 WALK_MODES = ("psa", "irn")
@@ -337,7 +338,7 @@ class AffinityRefiner(WSSSTask):
             probs = self.upsample_scores(walked, (h * self.stride, w * self.stride))[:, :, :height, :width]
             if self.hparams.crf:
                 probs = self.crf_refine(batch, i, probs)
-            label = keys[probs[0].argmax(0).cpu().numpy()]
+            label = keys[channel_argmax(probs[0], dim=0).cpu().numpy()]
             results.append([Artifact(f"labels/{image_id}.png", "png", label)])
         return results
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ..callbacks.writers import Artifact
 from ..cam import CAMExtractor, multiscale_cams, normalize_maps, upsample
 from ..datasets.classes import IGNORE_INDEX
+from ..tensors import channel_argmax
 from .classifier import CAMClassifier, present_class_ids
 
 __all__ = ["ErasingCAMClassifier", "frozen_copy", "select_class_maps", "mine_regions", "erase_images",
@@ -105,7 +106,7 @@ def mined_label_map(mined: Tensor, class_ids: Tensor, cams: Tensor, previous: Op
         long [B, H, W]: class index where mined, 255 elsewhere.
     """
     scores = cams.masked_fill(~mined, float("-inf"))
-    winner = scores.argmax(dim=1)
+    winner = channel_argmax(scores, dim=1)
     labels = torch.gather(class_ids.to(cams.device).clamp(min=0), 1, winner.flatten(1)).view_as(winner)
     out = torch.where(mined.any(dim=1), labels, torch.full_like(labels, IGNORE_INDEX))
     if previous is not None:

@@ -20,6 +20,7 @@ from ..datamodules.transforms import denormalize
 from ..datasets.classes import IGNORE_INDEX
 from ..metrics import SegmentationIoU
 from ..models.deeplab import build_deeplab
+from ..tensors import channel_argmax
 from .base import WSSSTask
 
 
@@ -279,7 +280,7 @@ class DeepLabSegmenter(WSSSTask):
     def segment(self, batch: Dict[str, Any]) -> Tensor:
         """Test/predict labels: ``predict_logits`` -> softmax -> ``postprocess`` -> argmax. Returns long [B, H, W]."""
         probs = self.predict_logits(batch["image"]).float().softmax(dim=1)
-        return self.postprocess(probs, batch).argmax(dim=1)
+        return channel_argmax(self.postprocess(probs, batch), dim=1)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Tensor:
@@ -300,7 +301,7 @@ class DeepLabSegmenter(WSSSTask):
         logits = self(batch["image"])
         batch_size = len(batch["id"])
         self.log("val/loss", masked_cross_entropy(logits, batch["mask"]), batch_size=batch_size, sync_dist=True)
-        preds = logits.argmax(dim=1)
+        preds = channel_argmax(logits, dim=1)
         self.val_miou.update(preds, batch["mask"])
         self.val_iou.update(preds, batch["mask"])
         self.log("val/miou", self.val_miou, prog_bar=True, batch_size=batch_size)

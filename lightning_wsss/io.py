@@ -121,6 +121,14 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         handle.write(data)
 
 
+def copy_file_atomic(source: PathLike, target: PathLike) -> None:
+    """Copy ``source`` to ``target`` atomically (``target`` is the old file or the whole copy, never part of it)."""
+    import shutil
+
+    with atomic_write(target, "wb") as handle, open(source, "rb") as src:
+        shutil.copyfileobj(src, handle)
+
+
 def write_json_atomic(path: PathLike, obj: Any, indent: int = 2) -> None:
     """Serialise ``obj`` as JSON to ``path`` atomically."""
     write_bytes_atomic(path, (json.dumps(obj, indent=indent, sort_keys=False) + "\n").encode())

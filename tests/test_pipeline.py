@@ -283,3 +283,44 @@ def test_boxsup_makes_its_masks_with_the_box_init_settings():
     del config["stages"]["box_init"]["kwargs"], config["stages"]["boxsup"]
     args = _boxsup_init_args(config)
     assert args.get("initializer_kwargs") is None and not args.get("proposal_kwargs")
+
+
+def test_boxsup_takes_the_box_init_masks_it_would_make_the_same_way(tiny_synthetic, tmp_path):
+    """BoxSup's round 0 (GrabCut) and proposals (CRF, filled) are the box_init stage's masks, copied, not made
+    again: the same bytes and the same rounds as a BoxSup that makes them itself (box_init without those folders)."""
+    lines = []
+    stages = {"box_init": {"initializers": ["filled", "grabcut", "crf"]}, "boxsup": {"trainer": {"max_epochs": 2},
+                                                                               "model": {"init_args": {"round_epochs": 1}}}}
+    copied = run_pipeline(tiny_config(tiny_synthetic, "box", stages=stages), tmp_path / "a", log=lines.append)
+    assert "[boxsup] 30 round-0 / proposal masks taken from box_init (the same settings)" in lines
+    stages["box_init"]["initializers"] = ["filled"]  # the proposal "filled" copied, GrabCut and the CRF made
+    made = run_pipeline(tiny_config(tiny_synthetic, "box", stages=stages), tmp_path / "b", log=quiet)
+    dirs = [Path(run["supervision"]["box"]["stages"]["boxsup"]["dir"]) / "rounds" for run in (copied, made)]
+    for folder in ("round_0", "round_1", "proposals/crf", "proposals/filled"):
+        files = sorted((dirs[0] / folder).glob("*.png"))
+        assert len(files) == 10
+        assert all(f.read_bytes() == (dirs[1] / folder / f.name).read_bytes() for f in files), folder
+    rounds = [{k: v for k, v in run["supervision"]["box"]["pseudo_miou"].items() if "round" in k} for run in (copied, made)]
+    assert rounds[0] == rounds[1] and len(rounds[0]) == 2
+
+
+def test_box_init_masks_are_reused_only_when_made_the_same_way(tmp_path):
+    from lightning_wsss.pipeline.stages import reusable_box_masks
+    from lightning_wsss.tasks import BoxSupSegmenter
+
+    outputs = {"grabcut_dir": "g", "crf_dir": "c", "filled_dir": "f",
+               "kwargs": {"grabcut": {}, "crf": {"scale_params": True}, "filled": {}}}
+    args = {"initializer": "grabcut", "proposals": ["crf", "filled", "grabcut"],
+            "proposal_kwargs": {"crf": {"scale_params": True}}}
+    out = tmp_path / "rounds"
+    assert reusable_box_masks(BoxSupSegmenter, args, out, outputs) == {
+        out / "round_0": Path("g"), out / "proposals" / "crf": Path("c"), out / "proposals" / "filled": Path("f")}
+    other = {**args, "initializer_kwargs": {"context": 0.5}, "proposal_kwargs": {"crf": {"scale_params": False}}}
+    assert reusable_box_masks(BoxSupSegmenter, other, out, outputs) == {out / "proposals" / "filled": Path("f")}
+    assert reusable_box_masks(BoxSupSegmenter, args, out, {k: v for k, v in outputs.items() if k != "kwargs"}) == {}
+
+    class OwnRoundZero(BoxSupSegmenter):
+        def initial_mask(self, sample):
+            return super().initial_mask(sample)
+
+    assert reusable_box_masks(OwnRoundZero, args, out, outputs) == {}

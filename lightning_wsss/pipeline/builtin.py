@@ -283,7 +283,7 @@ for _spec in (
     StageSpec("box_init", S.box_init_stage, writes=("box_masks",), summary={"*": "*"}, configure=box_init_config,
               options={"initializers": ListOf(Initializer()), "kwargs": InitializerKwargs(),
                        "processes": Optional[int], "ids": Optional[List[str]]}),
-    StageSpec("boxsup", S.boxsup_stage, writes=("labels", "segmenter"), datamodule="BoxDataModule",
+    StageSpec("boxsup", S.boxsup_stage, reads=("box_masks?",), writes=("labels", "segmenter"), datamodule="BoxDataModule",
               summary={"*": "*"}, configure=boxsup_config,
               options={"model": Model("BoxSupSegmenter"), "trainer": TRAINER, "data": DATA}),
     StageSpec("hybrid_labels", S.hybrid_labels_stage, reads=("labels", "box_masks"), writes=("labels", "label_parts"),

@@ -186,9 +186,7 @@ def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[st
     """The union of the two pseudo-label sets: box masks (``box_source`` initializer) for the box images, the
     random walk's labels for the others; written to ``labels/`` (for inspection and ``wsss evaluate``) and
     scored as a whole and per part."""
-    import shutil
-
-    from ..io import atomic_write
+    from ..io import copy_file_atomic
 
     box_ids = list(cfg["box_ids"])
     box_dir = Path(upstream["box_masks"].outputs[f"{cfg['box_source']}_dir"])
@@ -199,9 +197,7 @@ def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[st
     for image_id in ctx.world.share(dataset.ids):
         target = stage_dir / "labels" / f"{image_id}.png"
         if not target.is_file():
-            source = (box_dir if image_id in chosen else image_dir) / f"{image_id}.png"
-            with atomic_write(target) as handle, open(source, "rb") as src:
-                shutil.copyfileobj(src, handle)
+            copy_file_atomic((box_dir if image_id in chosen else image_dir) / f"{image_id}.png", target)
             copied += 1
     log_shares(ctx, "hybrid_labels", "labels copied", copied)
     image_ids = [i for i in dataset.ids if i not in chosen]
@@ -259,6 +255,8 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
         outputs[f"{name}_dir"] = str(folder)
         metrics[name] = pseudo_miou(ctx, folder, dataset)
     outputs["num_boxes"] = _total_boxes(ctx, dataset)
+    # what each folder was made with, so BoxSup can reuse the masks it would make the same way (seed_boxsup_masks)
+    outputs["kwargs"] = {name: dict((cfg.get("kwargs") or {}).get(name, {})) for name in cfg["initializers"]}
     return {"outputs": outputs, "metrics": metrics}
 
 
@@ -383,6 +381,51 @@ def random_walk_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str,
             "metrics": {"pseudo_miou": pseudo_miou(ctx, stage_dir / "labels")}}
 
 
+def reusable_box_masks(model_cls, init_args: Mapping[str, Any], out_dir: Path,
+                       box_masks: Mapping[str, Any]) -> Dict[Path, Path]:
+    """The folders of the ``box_init`` stage (``box_masks`` outputs) holding exactly the masks a BoxSup task would
+    make for its round 0 and its proposals: target folder -> source folder.
+
+    A folder qualifies when ``box_init`` ran that initializer with the settings BoxSup uses for it
+    (``initializer_kwargs`` / ``proposal_kwargs``; the pipeline fills both from ``stages.box_init.kwargs``) and
+    the task makes them as :class:`~lightning_wsss.tasks.BoxSupSegmenter` does (a subclass overriding
+    ``initial_mask`` or ``proposal_masks`` gets none). Both call ``make_box_mask`` on the same raw samples, and
+    GrabCut is seeded per box, so the files are the same bytes.
+    """
+    from ..tasks.boxsup import BoxSupSegmenter
+
+    made_with = box_masks.get("kwargs")
+    if made_with is None or not issubclass(model_cls, BoxSupSegmenter) \
+            or model_cls.initial_mask is not BoxSupSegmenter.initial_mask \
+            or model_cls.proposal_masks is not BoxSupSegmenter.proposal_masks:
+        return {}
+    from ..tasks.rounds import round_dir
+
+    initializer = init_args.get("initializer")
+    wanted = {round_dir(out_dir, 0): (initializer, init_args.get("initializer_kwargs") or {})}
+    for name in init_args.get("proposals") or ():
+        if name != initializer:
+            wanted[out_dir / "proposals" / name] = (name, (init_args.get("proposal_kwargs") or {}).get(name) or {})
+    return {target: Path(box_masks[f"{name}_dir"]) for target, (name, kwargs) in wanted.items()
+            if name in made_with and f"{name}_dir" in box_masks and dict(made_with[name]) == dict(kwargs)}
+
+
+def seed_boxsup_masks(ctx: PipelineContext, model_cls, init_args: Mapping[str, Any], out_dir: Path,
+                      box_masks: Mapping[str, Any]) -> int:
+    """Copy (atomically) the masks of :func:`reusable_box_masks` that BoxSup's folders lack, each rank its share;
+    BoxSup reads masks already on disk instead of making them. Returns the number of files this rank copied."""
+    from ..io import copy_file_atomic
+
+    copied = 0
+    for target, source in reusable_box_masks(model_cls, init_args, out_dir, box_masks).items():
+        for path in ctx.world.share(sorted(source.glob("*.png"))):
+            if not (target / path.name).is_file():
+                copy_file_atomic(path, target / path.name)
+                copied += 1
+    ctx.world.barrier()
+    return copied
+
+
 def boxsup_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                  cfg: Dict[str, Any]) -> Dict[str, Any]:
     """BoxSup rounds from the chosen initializer; the last round's masks are the pseudo labels."""
@@ -391,8 +434,14 @@ def boxsup_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Stag
 
     dm = make_datamodule(ctx, "BoxDataModule", cfg.get("data"))
     model_cls = resolve_class(cfg["model"].get("class_path", "BoxSupSegmenter"), "model")
-    model, ckpt = fit_model(ctx, stage_dir, "boxsup", cfg["model"], dm, cfg.get("trainer"),
-                            extra_init=stage_init_args(model_cls, stage_dir))
+    extra_init = stage_init_args(model_cls, stage_dir)
+    if "box_masks" in upstream and "out_dir" in extra_init:
+        copied = seed_boxsup_masks(ctx, model_cls, cfg["model"].get("init_args") or {}, Path(extra_init["out_dir"]),
+                                   upstream["box_masks"].outputs)
+        total = sum(ctx.world.gather(copied))
+        if total:
+            ctx.log(f"[boxsup] {total} round-0 / proposal masks taken from box_init (the same settings)")
+    model, ckpt = fit_model(ctx, stage_dir, "boxsup", cfg["model"], dm, cfg.get("trainer"), extra_init=extra_init)
     last = max(int(key.split("_")[1]) for key in model.read_rounds())
     return {"outputs": {"checkpoint": str(ckpt), "labels_dir": str(round_dir(model.out_dir, last))},
             "metrics": task_metrics(model)}

@@ -12,7 +12,7 @@ in the same run.
 * ``sample seed``: a training sample's RNG reseeding (``TransformedDataset``) with ``torch.manual_seed`` against
   ``torch.default_generator.manual_seed``, called ``--depth`` frames down the stack as inside Lightning's loops
   (``torch.manual_seed`` formats the stack to queue the accelerators' seeds).
-* ``stem max pool``: forward and backward of the ResNet stem's 3x3 stride-2 max pool on
+* ``stem max pool`` (forward) and ``... + backward``: the ResNet stem's 3x3 stride-2 max pool on
   ``[batch, 32, size * 7 / 16, size * 7 / 16]`` (``test_resnet`` on ``size * 7 / 8`` crops), ``nn.MaxPool2d``
   against :class:`lightning_wsss.models.pooling.ChannelsLastMaxPool2d`.
 
@@ -43,7 +43,7 @@ def _at_depth(depth: int, fn: Callable[[], object]) -> object:
 
 
 def measure(args: argparse.Namespace) -> List[Tuple[str, float, float]]:
-    """``[(name, before ms, after ms)]`` for the four pairs."""
+    """``[(name, before ms, after ms)]`` for the five pairs."""
     import torch
 
     from lightning_wsss.metrics import SegmentationIoU
@@ -75,12 +75,13 @@ def measure(args: argparse.Namespace) -> List[Tuple[str, float, float]]:
     if not torch.equal(old(), new()):
         raise AssertionError("the two reseeds draw different numbers")
     rows.append(("sample seed", _median_ms(old, args.repeats), _median_ms(new, args.repeats)))
-    rows.append(("stem max pool", *_max_pools(args)))
-    return rows
+    forward, both = _max_pools(args)
+    return rows + [("stem max pool", *forward), ("stem max pool + backward", *both)]
 
 
-def _max_pools(args: argparse.Namespace) -> Tuple[float, float]:
-    """Forward + backward ms of ``nn.MaxPool2d`` and of ``ChannelsLastMaxPool2d``; their gradients checked equal."""
+def _max_pools(args: argparse.Namespace) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """Forward ms and forward + backward ms of ``nn.MaxPool2d`` and of ``ChannelsLastMaxPool2d`` (outputs and
+    gradients checked equal)."""
     import torch
     from torch import nn
 
@@ -94,14 +95,17 @@ def _max_pools(args: argparse.Namespace) -> Tuple[float, float]:
         leaf.grad = None
         pool(leaf).sum().backward()
 
-    times = []
+    forward, both, outputs = [], [], []
     for pool in (nn.MaxPool2d(3, 2, 1), ChannelsLastMaxPool2d(3, 2, 1)):
+        with torch.no_grad():
+            forward.append(_median_ms(lambda: pool(features), args.repeats))
+            outputs.append(pool(features))
         leaf = features.clone().requires_grad_()
-        times.append(_median_ms(lambda: step(pool, leaf), args.repeats))
+        both.append(_median_ms(lambda: step(pool, leaf), args.repeats))
         grads.append(leaf.grad)
-    if not torch.equal(*grads):
-        raise AssertionError("the two max pools route different gradients")
-    return times[0], times[1]
+    if not (torch.equal(*outputs) and torch.equal(*grads)):
+        raise AssertionError("the two max pools differ")
+    return (forward[0], forward[1]), (both[0], both[1])
 
 
 def main(argv=None) -> None:
@@ -118,9 +122,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__} threads={args.threads} batch={args.batch} classes={args.classes} "
           f"size={args.size} depth={args.depth} load={os.getloadavg()[0]:.2f}, median of {args.repeats}")
-    print(f"{'operation':<12} {'before ms':>10} {'after ms':>9} {'speed-up':>9}")
+    print(f"{'operation':<24} {'before ms':>10} {'after ms':>9} {'speed-up':>9}")
     for name, before, after in measure(args):
-        print(f"{name:<12} {before:>10.3f} {after:>9.3f} {before / after:>8.1f}x")
+        print(f"{name:<24} {before:>10.3f} {after:>9.3f} {before / after:>8.1f}x")
 
 
 if __name__ == "__main__":

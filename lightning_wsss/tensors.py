@@ -10,7 +10,7 @@ def channel_argmax(scores: Tensor, dim: int = 1) -> Tensor:
     largest): ``scores.argmax(dim)`` to the bit, read from ``scores.max(dim)``.
 
     Why not ``argmax``: on the CPU, torch's ``argmax`` over a dimension that is not the last one (the class channel
-    of ``[B, C, H, W]`` maps) runs several times slower than ``max`` over the same dimension (about 7x for
+    of ``[B, C, H, W]`` maps) runs several times slower than ``max`` over the same dimension (about 6x for
     ``[16, 7, 128, 128]`` on one thread, ``python benchmarks/cpu_overheads.py``), and every validation batch, CAM
     label map and walk ends in one.
 

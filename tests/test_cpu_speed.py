@@ -93,4 +93,5 @@ def test_cpu_overheads_benchmark_runs():
                                 "--repeats", "1", "--depth", "3", cwd=repo)
     assert code == 0, err[-2000:]
     rows = [line for line in out.splitlines() if line.endswith("x")]
-    assert [row.split()[0] for row in rows] == ["label", "IoU", "sample", "stem"]
+    assert [row.rsplit(None, 3)[0] for row in rows] == ["label map", "IoU update", "sample seed", "stem max pool",
+                                                        "stem max pool + backward"]

@@ -13,7 +13,7 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
     A maximum is exact, so the output equals ``MaxPool2d``'s bit for bit, and so does the gradient (routed to the
     same first maximal element). Why: torch's CPU kernel for NCHW pools one plane at a time; its channels-last
     kernel vectorises over channels. On a ResNet stem (``[16, 32, 56, 56]``, 3x3, stride 2, one thread) the
-    forward takes about a fifth of the time, conversions included (``python benchmarks/cpu_overheads.py``). GPU
+    forward takes about a quarter of the time, conversions included (``python benchmarks/cpu_overheads.py``). GPU
     inputs, inputs already channels-last and ``return_indices`` pools go through ``MaxPool2d`` unchanged.
     """
 

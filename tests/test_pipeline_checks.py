@@ -104,7 +104,7 @@ def test_every_preset_plans_with_the_inputs_of_its_stages():
                       "hybrid_labels": {"labels": "random_walk", "box_masks": "box_init"},
                       "segmenter": {"labels": "hybrid_labels", "label_parts": "hybrid_labels"}}
     box = {s.name: dict(s.inputs) for s in plan(resolve({**BASE, "supervision": "box"}))}
-    assert box == {"box_init": {}, "boxsup": {}, "segmenter": {"labels": "boxsup"}}
+    assert box == {"box_init": {}, "boxsup": {"box_masks": "box_init"}, "segmenter": {"labels": "boxsup"}}
     assert [dict(s.inputs) for s in plan(resolve({**BASE, "supervision": "full"}))] == [{}]
     for supervision, preset in presets().items():
         assert [s.name for s in plan(resolve({**BASE, "supervision": supervision}))] == preset["order"]

@@ -47,7 +47,9 @@ def arrays(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
     if path.suffix == ".ckpt":
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        from lightning_wsss.serialization import safe_torch_load
+
+        state = safe_torch_load(path, "checkpoint")
         for name, tensor in state.get("state_dict", state).items():
             tensor = tensor.detach().cpu()
             # numpy has no bfloat16; widening it to float32 is exact, and every other dtype is compared as stored

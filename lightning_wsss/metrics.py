@@ -81,7 +81,7 @@ def score_label_maps(
     Returns:
         ``{"miou": float in [0, 1], "per_class": {name: iou or None}, "num_images": int}``.
     """
-    metric = SegmentationIoU(num_classes, reduction="none", validate_args=False, sync_on_compute=False)
+    metric = SegmentationIoU(num_classes, reduction="none", sync_on_compute=False)
     count = 0
     for pred, target in pairs:
         metric.update(torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(target)))

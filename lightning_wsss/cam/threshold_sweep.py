@@ -53,7 +53,7 @@ class ThresholdSweep:
     def __init__(self, num_classes: int, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                  bg_mode: str = "constant", chunk: int = 64) -> None:
         self.num_classes, self.thresholds, self.bg_mode, self.chunk = num_classes, list(thresholds), bg_mode, chunk
-        self.metrics = [SegmentationIoU(num_classes, reduction="none", validate_args=False) for _ in self.thresholds]
+        self.metrics = [SegmentationIoU(num_classes, reduction="none") for _ in self.thresholds]
         self.foreground = np.zeros(len(self.thresholds), np.int64)
         self.labelled = self.gt_foreground = self.num_images = 0
         self._preds: List[List[np.ndarray]] = [[] for _ in self.thresholds]

@@ -64,6 +64,13 @@ def test_lpcam_negatives_rule_keeps_the_clusters_the_other_images_lack():
     # no image without the class (every image holds it): every object cluster is a prototype, no context
     chosen, around = model.select_by_negatives(objects, context, parts, pool[2:], class_id=1)
     assert torch.equal(chosen, objects) and around.shape[0] == 0
+    # context_from: other_images: the context prototypes are the clusters of the other images' cells (e1, e2)
+    model.hparams.context_from, model.hparams.num_clusters = "other_images", 2
+    chosen, around = model.select_by_negatives(objects, context, parts, pool, class_id=1)
+    assert torch.equal(chosen, e[:1])
+    assert sorted(map(tuple, around.tolist())) == sorted(map(tuple, e[1:].tolist()))
+    with pytest.raises(ValueError, match="context_from"):
+        LPCAMClassifier(3, backbone="test_resnet", context_from="everywhere")
     with pytest.raises(ValueError, match="prototype_rule"):
         LPCAMClassifier(3, backbone="test_resnet", prototype_rule="softmax")
     with pytest.raises(ValueError, match="negative_ratio"):
@@ -79,6 +86,22 @@ def test_prototype_map_is_similarity_minus_context():
     assert torch.allclose(maps[0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
     no_context = prototype_map(features, torch.tensor([[2.0, 0.0]]))
     assert torch.allclose(no_context[0, 0], torch.tensor([1.0, 0.0, 2 ** -0.5]), atol=1e-6)
+
+
+def test_prototype_map_nearest_takes_the_most_similar_prototype_and_context():
+    """Two prototypes (x, y) and one context (z): the mean halves a pixel that matches one prototype exactly, the
+    nearest score does not; a pixel closer to the context than to every prototype scores 0."""
+    features = torch.zeros(1, 3, 1, 3)
+    features[0, :, 0, 0] = torch.tensor([1.0, 0.0, 0.0])  # prototype x
+    features[0, :, 0, 1] = torch.tensor([1.0, 0.0, 2.0])  # mostly context
+    features[0, :, 0, 2] = torch.tensor([1.0, 1.0, 0.0])  # between the two prototypes
+    prototypes, context = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+    nearest = prototype_map(features, prototypes, context, score="nearest")[0, 0]
+    assert torch.allclose(nearest, torch.tensor([1.0, 0.0, 2 ** -0.5]), atol=1e-6)
+    mean = prototype_map(features, prototypes, context)[0, 0]
+    assert torch.allclose(mean, torch.tensor([0.5, 0.0, 2 ** -0.5]), atol=1e-6)
+    with pytest.raises(ValueError, match="score"):
+        prototype_map(features, prototypes, context, score="median")
 
 
 # ---------------------------------------------------------------------------------------------- ReCAM core
@@ -187,6 +210,37 @@ def test_lpcam_negatives_rule_predicts_from_a_pool_of_every_image(tiny_voc, tmp_
               callbacks=[writer]).predict(model, data, return_predictions=False)
     assert set(model.prototypes) == {1, 2} and all(v.shape[0] >= 1 for v in model.prototypes.values())
     assert np.load(tmp_path / "pred" / "cams" / "img_1.npz")["cams"].shape == (2, 48, 48)
+
+
+def test_lpcam_clusters_the_imagenet_hypercolumn(tiny_voc):
+    """cluster_features: imagenet clusters and scores EfficientNet-Lite0's packaged ImageNet levels 2-4 (40 + 112 +
+    320 channels on the stride-8 grid), with the negatives rule; the maps are prototype_map on those features."""
+    torch.manual_seed(0)
+    model = LPCAMClassifier(4, backbone="efficientnet_lite0", weights=None, output_stride=16, cam_scales=[1.0],
+                            cam_flip=False, num_clusters=3, prototype_rule="negatives", negatives_per_image=4,
+                            cluster_features="imagenet", prototype_score="nearest").eval()
+    data = tiny_image_datamodule(tiny_voc)
+    data.setup("predict")
+    model.build_prototypes(data.predict_dataloader())
+    assert set(model.prototypes) == {1, 2} and all(v.shape[1] == 40 + 112 + 320 for v in model.prototypes.values())
+    images = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        features = model.cluster_feature_map(images)
+        assert features.shape == (1, 472, 6, 6)
+        raw = prototype_map(features, model.prototypes[2], model.context.get(2), score="nearest")[:, None]
+        expected = F.interpolate(raw, size=(48, 48), mode="bilinear", align_corners=False)[0, 0]
+    maps = model.compute_cams(images, torch.tensor([[2]]))
+    assert torch.allclose(maps[0, 0], expected / (expected.max() + 1e-5), atol=1e-4)
+    assert not any("hypercolumn" in key for key in model.state_dict())
+    with pytest.raises(ValueError, match="prototype_rule: negatives"):
+        LPCAMClassifier(4, backbone="test_resnet", cluster_features="imagenet")
+    with pytest.raises(ValueError, match="cluster_features"):
+        LPCAMClassifier(4, backbone="test_resnet", cluster_features="dino")
+    with pytest.raises(ValueError, match="prototype_score"):
+        LPCAMClassifier(4, backbone="test_resnet", prototype_score="median")
+    model.hparams.prototype_rule = "classifier"  # set after construction (as tools/cam_variants.py does)
+    with pytest.raises(ValueError, match="prototype_rule: negatives"):
+        model.build_prototypes(data.predict_dataloader())
 
 
 def test_recam_before_its_start_epoch_is_the_plain_classifier(tiny_voc):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["spherical_kmeans", "cluster_means", "select_prototypes", "nearest_shares", "negative_ratios",
-           "prototype_map"]
+           "prototype_map", "PROTOTYPE_SCORES"]
 
 
 def spherical_kmeans(features: Tensor, num_clusters: int, iterations: int = 30, seed: int = 0,
@@ -138,21 +138,38 @@ def negative_ratios(means: Tensor, positives: Tensor, negatives: Tensor) -> Tens
     return torch.where(positive > 0, ratios, torch.full_like(ratios, torch.inf))
 
 
-def prototype_map(features: Tensor, prototypes: Tensor, context: Optional[Tensor] = None) -> Tensor:
-    """LPCAM's map of one class: mean cosine similarity to its prototypes, minus that to its context, ReLU'd.
+PROTOTYPE_SCORES = ("mean", "nearest")
+"""How :func:`prototype_map` reduces a pixel's similarities to the prototypes (and to the context prototypes)."""
+
+
+def prototype_map(features: Tensor, prototypes: Tensor, context: Optional[Tensor] = None,
+                  score: str = "mean") -> Tensor:
+    """LPCAM's map of one class: cosine similarity to its prototypes minus that to its context, ReLU'd.
+
+    ``score="mean"`` (the paper's) averages each pixel's similarities over the prototypes (and over the context
+    prototypes); ``"nearest"`` takes the most similar of each set, so a pixel scores where it is closer to some
+    prototype than to every context prototype, however many prototypes of other parts the class has.
 
     Args:
         features: float [B, D, h, w].
         prototypes: float [P, D] (P >= 1).
         context: float [Q, D] or ``None`` / empty (no context term).
+        score: ``"mean"`` or ``"nearest"``.
 
     Returns:
         float [B, h, w], non-negative (not normalised).
     """
+    if score not in PROTOTYPE_SCORES:
+        raise ValueError(f"score must be one of {PROTOTYPE_SCORES}, got {score!r}")
     if prototypes.shape[0] == 0:
         return features.new_zeros(features.shape[0], *features.shape[2:])
     unit = F.normalize(features, dim=1)
-    similarity = torch.einsum("bdhw,pd->bphw", unit, F.normalize(prototypes.to(unit), dim=1)).mean(1)
+
+    def similarity(means: Tensor) -> Tensor:
+        each = torch.einsum("bdhw,pd->bphw", unit, F.normalize(means.to(unit), dim=1))
+        return each.mean(1) if score == "mean" else each.amax(1)
+
+    result = similarity(prototypes)
     if context is not None and context.shape[0] > 0:
-        similarity = similarity - torch.einsum("bdhw,qd->bqhw", unit, F.normalize(context.to(unit), dim=1)).mean(1)
-    return F.relu(similarity)
+        result = result - similarity(context)
+    return F.relu(result)

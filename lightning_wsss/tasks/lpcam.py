@@ -22,6 +22,13 @@ when the images *without* the class hold few features like it
 they hold as many (ratio at least ``context_ratio``); ``negatives_per_image`` random cells of every image make the
 pool the ratios are counted on.
 
+Two more options of this suite's, measured on the CamVid street tiles (README "LPCAM on real photos"):
+``cluster_features: imagenet`` clusters and scores the hypercolumn of an ImageNet backbone of the classifier's
+architecture (``cluster_levels``, ProbeCAM's features: finer cells that fine-tuning on image labels has not taught
+the context) instead of the classifier's last layer; the class's CAM still chooses which cells are its object
+features, and the ``negatives`` rule judges the clusters. ``prototype_score: nearest`` scores a pixel by its
+most similar prototype minus its most similar context prototype instead of the means.
+
 The prototypes come from the images of the predict loader (the training split in the pipeline's CAM stage, as
 in the paper), read once through the DataModule's ``predict_dataloader`` (every DDP rank sees all images, so
 all ranks build the same prototypes), or from any loader passed to :meth:`build_prototypes`. A class with no
@@ -29,7 +36,7 @@ prototype (no training image, or no cluster above ``class_threshold``) falls bac
 cluster.
 
 Hooks overridden: :meth:`compute_cams` (prototype maps), ``on_predict_start`` (builds the prototypes). Its own
-hooks: :meth:`collect_features`, :meth:`select_by_classifier` / :meth:`select_by_negatives` (which clusters are
+hooks: :meth:`cluster_feature_map`, :meth:`collect_features`, :meth:`select_by_classifier` / :meth:`select_by_negatives` (which clusters are
 prototypes and context prototypes).
 Because only prediction differs, a plain :class:`CAMClassifier` checkpoint loads into this class, so LPCAM and
 the plain CAM are compared on the same classifier (the pipeline's ``cams`` stage takes ``class_path:
@@ -38,7 +45,7 @@ LPCAMClassifier``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,19 +54,30 @@ from torch import Tensor
 
 from ..cam import multiscale_cams
 from ..cam.cell_probe import valid_cells
-from ..cam.prototypes import cluster_means, negative_ratios, prototype_map, select_prototypes, spherical_kmeans
+from ..cam.prototypes import (PROTOTYPE_SCORES, cluster_means, negative_ratios, prototype_map, select_prototypes,
+                              spherical_kmeans)
 from .classifier import CAMClassifier
+from .hypercolumn import HypercolumnFeatures
 
-__all__ = ["LPCAMClassifier", "PROTOTYPE_RULES"]
+__all__ = ["LPCAMClassifier", "PROTOTYPE_RULES", "CLUSTER_FEATURES"]
 
 PROTOTYPE_RULES = ("classifier", "negatives")
 """How LPCAM picks a class's prototypes among its clusters (see the module docstring)."""
+
+CONTEXT_SOURCES = ("class_images", "other_images")
+"""Where the ``negatives`` rule takes its context prototypes from (see :meth:`LPCAMClassifier.select_by_negatives`)."""
+
+OTHER_IMAGES_SEED_OFFSET = 1000
+"""Added to a class's k-means seed when the images without it are clustered."""
+
+CLUSTER_FEATURES = ("classifier", "imagenet")
+"""Which features LPCAM clusters and scores: the classifier's last layer (the paper's) or an ImageNet hypercolumn."""
 
 Pool = List[Tuple[Tensor, Tensor]]
 """Random cells of every image, float [n, D], with its image labels, bool [C - 1]."""
 
 
-class LPCAMClassifier(CAMClassifier):
+class LPCAMClassifier(HypercolumnFeatures, CAMClassifier):
     """A CAM classifier whose maps come from local class prototypes (see the module docstring).
 
     Args:
@@ -79,6 +97,18 @@ class LPCAMClassifier(CAMClassifier):
         negative_ratio, context_ratio: ``"negatives"`` rule: the largest ratio of a prototype, the smallest of a
             context prototype.
         negatives_per_image: ``"negatives"`` rule: random cells of every image kept for the pool of negatives.
+        context_from: ``"negatives"`` rule: ``"class_images"``, the clusters of the class's images that the
+            images without it hold as often (ratio at least ``context_ratio``), or ``"other_images"``, k-means
+            (``num_clusters``) of the pool's cells of the images without the class: what a pixel must be more
+            like an object prototype than.
+        cluster_features: ``"classifier"`` (the paper's: the features the CAM projects) or ``"imagenet"`` (the
+            hypercolumn of an ImageNet backbone of the classifier's architecture at ``cluster_levels``, as ProbeCAM
+            reads; needs ``prototype_rule: negatives``, since the classifier cannot judge those features).
+        cluster_levels: backbone levels of that hypercolumn (timm ``features_only`` indices; its grid is the
+            first level's).
+        prototype_score: ``"mean"`` (the paper's: mean similarity to the prototypes minus mean to the context
+            prototypes) or ``"nearest"`` (the most similar of each, :func:`~lightning_wsss.cam.prototypes.
+            prototype_map`).
         **kwargs: :class:`CAMClassifier` arguments.
     """
 
@@ -96,8 +126,23 @@ class LPCAMClassifier(CAMClassifier):
         negative_ratio: float = 0.5,
         context_ratio: float = 1.0,
         negatives_per_image: int = 16,
+        context_from: str = "class_images",
+        cluster_features: str = "classifier",
+        cluster_levels: Sequence[int] = (2, 3, 4),
+        prototype_score: str = "mean",
         **kwargs: Any,
     ) -> None:
+        if cluster_features not in CLUSTER_FEATURES:
+            raise ValueError(f"cluster_features must be one of {CLUSTER_FEATURES}, got {cluster_features!r}")
+        if cluster_features == "imagenet" and prototype_rule != "negatives":
+            raise ValueError("cluster_features: imagenet needs prototype_rule: negatives (the classifier's rows "
+                             "cannot judge clusters of ImageNet features)")
+        if context_from not in CONTEXT_SOURCES:
+            raise ValueError(f"context_from must be one of {CONTEXT_SOURCES}, got {context_from!r}")
+        if not cluster_levels:
+            raise ValueError("cluster_levels is empty")
+        if prototype_score not in PROTOTYPE_SCORES:
+            raise ValueError(f"prototype_score must be one of {PROTOTYPE_SCORES}, got {prototype_score!r}")
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
         if prototype_rule not in PROTOTYPE_RULES:
@@ -112,6 +157,17 @@ class LPCAMClassifier(CAMClassifier):
         self.prototypes: Dict[int, Tensor] = {}
         self.context: Dict[int, Tensor] = {}
 
+    # ------------------------------------------------------------------ features
+    def _clusters_classifier_features(self) -> bool:
+        return self.hparams.get("cluster_features", "classifier") == "classifier"
+
+    def cluster_feature_map(self, images: Tensor) -> Tensor:
+        """The features LPCAM clusters and scores, float [B, D, h, w] (``cluster_features``)."""
+        if self._clusters_classifier_features():
+            return self.net.features(images)
+        return self.hypercolumn_of(images, "imagenet", self.hparams.get("cluster_levels", (2, 3, 4)),
+                                   ("cluster_features", "cluster_levels"))
+
     # ------------------------------------------------------------------ prototypes
     @torch.no_grad()
     def collect_features(self, batches: Iterable[Dict[str, Any]],
@@ -125,9 +181,11 @@ class LPCAMClassifier(CAMClassifier):
         generator = torch.Generator().manual_seed(int(self.hparams.kmeans_seed))
         for batch in batches:
             images = batch["image"].to(self.device)
-            features = self.net.features(images)
-            maps = self.raw_cams(features)
+            features = self.cluster_feature_map(images)
+            maps = self.raw_cams(features if self._clusters_classifier_features() else self.net.features(images))
             maps = maps / (maps.flatten(2).amax(-1)[..., None, None] + 1e-5)
+            if maps.shape[-2:] != features.shape[-2:]:
+                maps = F.interpolate(maps, size=features.shape[-2:], mode="bilinear", align_corners=False)
             valid = valid_cells(batch["size"], tuple(images.shape[-2:]), tuple(features.shape[-2:])).to(images.device)
             for row in range(images.shape[0]):
                 flat = features[row].flatten(1).T[valid[row]].float().cpu()
@@ -152,6 +210,8 @@ class LPCAMClassifier(CAMClassifier):
         was_training = self.training
         self.eval()
         pool: Optional[Pool] = [] if hp.get("prototype_rule", "classifier") == "negatives" else None
+        if pool is None and not self._clusters_classifier_features():
+            raise ValueError("cluster_features: imagenet needs prototype_rule: negatives")
         collected = self.collect_features(batches, pool)
         self.train(was_training)
         self.prototypes, self.context = {}, {}
@@ -182,7 +242,8 @@ class LPCAMClassifier(CAMClassifier):
     def select_by_negatives(self, objects: Tensor, context: Tensor, parts: Dict[str, List[Tensor]], pool: Pool,
                             class_id: int) -> Tuple[Tensor, Tensor]:
         """``prototype_rule: negatives``: object clusters the images without the class rarely hold are prototypes
-        (at least the rarest), clusters they hold as often are context prototypes."""
+        (at least the rarest); the context prototypes are the clusters they hold as often (``context_from:
+        class_images``) or the clusters of their own cells (``other_images``)."""
         hp = self.hparams
         means = torch.cat([objects, context])
         if means.shape[0] == 0:
@@ -190,11 +251,14 @@ class LPCAMClassifier(CAMClassifier):
         positives = self._subset(torch.cat(parts["object"] + parts["context"]), class_id)
         others = [cells for cells, labels in pool if not bool(labels[class_id - 1])]
         negatives = self._subset(torch.cat(others) if others else means.new_zeros(0, means.shape[1]), class_id)
-        ratios = negative_ratios(means, positives, negatives)
+        from_others = hp.get("context_from", "class_images") == "other_images"
+        ratios = negative_ratios(objects if from_others else means, positives, negatives)
         own = ratios[: objects.shape[0]]
         chosen = objects[own <= float(hp.negative_ratio)]
         if chosen.shape[0] == 0 and objects.shape[0] > 0:
             chosen = objects[own.argmin()][None]
+        if from_others:  # k-means of the other images' cells, on a seed stream apart from the class's own clusters
+            return chosen, self._cluster(negatives, class_id + OTHER_IMAGES_SEED_OFFSET)
         return chosen, means[ratios >= float(hp.context_ratio)]
 
     def _subset(self, features: Tensor, class_id: int) -> Tensor:
@@ -228,13 +292,14 @@ class LPCAMClassifier(CAMClassifier):
 
     def _prototype_maps(self, images: Tensor, class_ids: Tensor) -> Tensor:
         """Raw prototype maps [B, K, h, w] of ``class_ids`` [B, K] on ``images`` [B, 3, h', w'] (zeros for -1)."""
-        features = self.net.features(images)
+        features = self.cluster_feature_map(images)
+        score = self.hparams.get("prototype_score", "mean")
         out = features.new_zeros(class_ids.shape[0], class_ids.shape[1], *features.shape[-2:])
         for class_id in torch.unique(class_ids[class_ids > 0]).tolist():
             prototypes = self.prototypes.get(class_id)
             if prototypes is None:
                 continue
             rows, slots = torch.nonzero(class_ids == class_id, as_tuple=True)
-            maps = prototype_map(features[rows], prototypes, self.context.get(class_id))
+            maps = prototype_map(features[rows], prototypes, self.context.get(class_id), score)
             out[rows, slots] = maps
         return F.relu(out)

@@ -46,19 +46,20 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ..cam import multiscale_cams
-from ..cam.cell_probe import (cells_per_image, fit_cell_probes, fit_image_label_probes, hypercolumn, parse_pooling,
+from ..cam.cell_probe import (cells_per_image, fit_cell_probes, fit_image_label_probes, parse_pooling,
                               probe_logits, valid_cells)
-from ..models.backbones import build_backbone
 from .classifier import CAMClassifier
+from .hypercolumn import HYPERCOLUMN_SOURCES, HypercolumnFeatures
 
 __all__ = ["ProbeCAMClassifier"]
 
-PROBE_FEATURES = ("imagenet", "classifier")
+PROBE_FEATURES = HYPERCOLUMN_SOURCES
+PROBE_OPTIONS = ("probe_features", "probe_levels")
 PROBE_OUTPUTS = ("probability", "logit")
 PROBE_POSITIVES = ("cam_seeds", "image_labels")
 
 
-class ProbeCAMClassifier(CAMClassifier):
+class ProbeCAMClassifier(HypercolumnFeatures, CAMClassifier):
     """A CAM classifier whose maps come from cell probes fit against the negative images (module docstring).
 
     Args:
@@ -122,37 +123,15 @@ class ProbeCAMClassifier(CAMClassifier):
         self.probe_weight: Optional[Tensor] = None
         self.probe_bias: Optional[Tensor] = None
         self.probe_usable: Optional[Tensor] = None
-        self._probe_backbone: List[nn.Module] = []  # a list: not a registered submodule, not in checkpoints
 
     # ------------------------------------------------------------------ features
     def probe_backbone(self) -> nn.Module:
         """The backbone whose levels make the probe's features (built once; ImageNet weights or the classifier's)."""
-        hp = self.hparams
-        if hp.probe_features == "classifier":
-            return self.net.features.backbone
-        if not self._probe_backbone:
-            try:
-                backbone = build_backbone(hp.backbone, "imagenet", output_stride=hp.output_stride,
-                                          out_indices=tuple(int(level) for level in hp.probe_levels))
-            except Exception as exc:  # timm's hub lookup fails offline, or the model has no pretrained weights
-                raise RuntimeError(f"ProbeCAM's probe_features: imagenet needs ImageNet weights for {hp.backbone!r}, "
-                                   f"and none could be loaded ({type(exc).__name__}: {exc}); set probe_features: "
-                                   "classifier to read the trained classifier's own backbone") from exc
-            self._probe_backbone.append(backbone.eval().to(self.device))
-        return self._probe_backbone[0]
+        return self.hypercolumn_backbone(self.hparams.probe_features, self.hparams.probe_levels, PROBE_OPTIONS)
 
     def hypercolumn_features(self, images: Tensor) -> Tensor:
         """Hypercolumn [B, D, h, w] of ``probe_levels`` on the first level's grid."""
-        backbone = self.probe_backbone()
-        levels = backbone(images)
-        if self.hparams.probe_features == "classifier":
-            available = len(levels)
-            wanted = [int(level) for level in self.hparams.probe_levels]
-            if max(wanted) >= available:
-                raise ValueError(f"probe_levels {wanted} need {max(wanted) + 1} backbone levels, the classifier's "
-                                 f"backbone returns {available} (feature_level set?)")
-            levels = [levels[level] for level in wanted]
-        return hypercolumn(levels, tuple(levels[0].shape[-2:]))
+        return self.hypercolumn_of(images, self.hparams.probe_features, self.hparams.probe_levels, PROBE_OPTIONS)
 
     def flip_averaged_features(self, images: Tensor) -> Tensor:
         """:meth:`hypercolumn_features` of the images and of their mirror images (un-flipped), averaged."""

@@ -22,12 +22,13 @@ when the images *without* the class hold few features like it
 they hold as many (ratio at least ``context_ratio``); ``negatives_per_image`` random cells of every image make the
 pool the ratios are counted on.
 
-Two more options of this suite's, measured on the CamVid street tiles (README "LPCAM on real photos"):
-``cluster_features: imagenet`` clusters and scores the hypercolumn of an ImageNet backbone of the classifier's
-architecture (``cluster_levels``, ProbeCAM's features: finer cells that fine-tuning on image labels has not taught
+Three more options of this suite's, measured on the CamVid street tiles (README "LPCAM on the ImageNet
+hypercolumn"): ``cluster_features: imagenet`` clusters and scores the hypercolumn of an ImageNet backbone of the
+classifier's architecture (``cluster_levels``, ProbeCAM's features, which fine-tuning on image labels has not taught
 the context) instead of the classifier's last layer; the class's CAM still chooses which cells are its object
-features, and the ``negatives`` rule judges the clusters. ``prototype_score: nearest`` scores a pixel by its
-most similar prototype minus its most similar context prototype instead of the means.
+features, and the ``negatives`` rule judges the clusters. ``context_from: other_images`` takes the context prototypes
+from the cells of the images without the class (k-means). ``prototype_score: nearest`` scores a pixel by its most
+similar prototype minus its most similar context prototype instead of the means.
 
 The prototypes come from the images of the predict loader (the training split in the pipeline's CAM stage, as
 in the paper), read once through the DataModule's ``predict_dataloader`` (every DDP rank sees all images, so
@@ -36,8 +37,8 @@ prototype (no training image, or no cluster above ``class_threshold``) falls bac
 cluster.
 
 Hooks overridden: :meth:`compute_cams` (prototype maps), ``on_predict_start`` (builds the prototypes). Its own
-hooks: :meth:`cluster_feature_map`, :meth:`collect_features`, :meth:`select_by_classifier` / :meth:`select_by_negatives` (which clusters are
-prototypes and context prototypes).
+hooks: :meth:`cluster_feature_map`, :meth:`collect_features`, :meth:`select_by_classifier` /
+:meth:`select_by_negatives` (which clusters are prototypes and context prototypes).
 Because only prediction differs, a plain :class:`CAMClassifier` checkpoint loads into this class, so LPCAM and
 the plain CAM are compared on the same classifier (the pipeline's ``cams`` stage takes ``class_path:
 LPCAMClassifier``).
@@ -59,7 +60,7 @@ from ..cam.prototypes import (PROTOTYPE_SCORES, cluster_means, negative_ratios, 
 from .classifier import CAMClassifier
 from .hypercolumn import HypercolumnFeatures
 
-__all__ = ["LPCAMClassifier", "PROTOTYPE_RULES", "CLUSTER_FEATURES"]
+__all__ = ["LPCAMClassifier", "PROTOTYPE_RULES", "CONTEXT_SOURCES", "CLUSTER_FEATURES"]
 
 PROTOTYPE_RULES = ("classifier", "negatives")
 """How LPCAM picks a class's prototypes among its clusters (see the module docstring)."""

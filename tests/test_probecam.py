@@ -206,6 +206,8 @@ def test_probecam_imagenet_hypercolumn_of_efficientnet_lite0():
     features = model.hypercolumn_features(torch.zeros(1, 3, 64, 64))
     assert features.shape == (1, 40 + 112 + 320, 8, 8)
     assert model.probe_backbone() is model.probe_backbone()
+    model.hparams.probe_levels = [3, 4]  # another set of levels: its own backbone, not the cached one
+    assert model.hypercolumn_features(torch.zeros(1, 3, 64, 64)).shape == (1, 112 + 320, 4, 4)
     assert not any("hypercolumn" in key or "_probe" in key for key in model.state_dict())
 
 

@@ -7,7 +7,7 @@ and resized to the first level's grid (:func:`~lightning_wsss.cam.cell_probe.hyp
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -23,8 +23,8 @@ HYPERCOLUMN_SOURCES = ("imagenet", "classifier")
 class HypercolumnFeatures:
     """Mixin for :class:`~lightning_wsss.tasks.classifier.CAMClassifier` subclasses: :meth:`hypercolumn_of`.
 
-    The ImageNet backbone is built once per instance, kept outside the module tree (not a registered submodule, so
-    not in checkpoints nor in the optimiser) and moved to the task's device.
+    The ImageNet backbone is built once per instance and set of levels, kept outside the module tree (not a
+    registered submodule, so not in checkpoints nor in the optimiser) and moved to the task's device.
     """
 
     def hypercolumn_backbone(self, source: str, levels: Sequence[int],
@@ -36,17 +36,18 @@ class HypercolumnFeatures:
             raise ValueError(f"{option} must be one of {HYPERCOLUMN_SOURCES}, got {source!r}")
         if source == "classifier":
             return self.net.features.backbone
-        cache: List[nn.Module] = self.__dict__.setdefault("_hypercolumn_backbones", [])
-        if not cache:
+        key = tuple(int(level) for level in levels)
+        cache: Dict[Tuple[int, ...], nn.Module] = self.__dict__.setdefault("_hypercolumn_backbones", {})
+        if key not in cache:
             try:
                 backbone = build_backbone(self.hparams.backbone, "imagenet", output_stride=self.hparams.output_stride,
-                                          out_indices=tuple(int(level) for level in levels))
+                                          out_indices=key)
             except Exception as exc:  # timm's hub lookup fails offline, or the model has no pretrained weights
                 raise RuntimeError(f"{option}: imagenet needs ImageNet weights for {self.hparams.backbone!r}, and none "
                                    f"could be loaded ({type(exc).__name__}: {exc}); set {option}: classifier to read "
                                    "the trained classifier's own backbone") from exc
-            cache.append(backbone.eval())
-        return cache[0].to(self.device)
+            cache[key] = backbone.eval()
+        return cache[key].to(self.device)
 
     def hypercolumn_of(self, images: Tensor, source: str, levels: Sequence[int],
                        options: Tuple[str, str] = ("features", "levels")) -> Tensor:

@@ -212,6 +212,32 @@ def test_lpcam_negatives_rule_predicts_from_a_pool_of_every_image(tiny_voc, tmp_
     assert np.load(tmp_path / "pred" / "cams" / "img_1.npz")["cams"].shape == (2, 48, 48)
 
 
+def test_lpcam_max_cells_per_image_bounds_what_each_image_keeps(tiny_voc, tmp_path):
+    """max_cells_per_image keeps at most that many object and context cells per image and class (rows of the
+    uncapped ones), and leaves the collection unchanged when unset; a cap below 1 is refused."""
+    _, ckpt = plain_cam_checkpoint(tiny_voc, tmp_path)
+    data = tiny_image_datamodule(tiny_voc)
+    data.setup("predict")
+    full = LPCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, num_clusters=3)
+    capped = LPCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, num_clusters=3,
+                                                  max_cells_per_image=2)
+    every = full.collect_features(data.predict_dataloader())
+    bounded = capped.collect_features(data.predict_dataloader())
+    assert set(every) == set(bounded) == {1, 2}
+    largest = max(cells.shape[0] for parts in every.values() for kind in parts.values() for cells in kind)
+    assert largest > 2  # the cap binds on this data
+    for class_id, parts in every.items():
+        for kind, cells_per_image in parts.items():
+            for cells, kept in zip(cells_per_image, bounded[class_id][kind]):
+                assert kept.shape[0] == min(cells.shape[0], 2)
+                assert all(any(torch.equal(row, other) for other in cells) for row in kept)
+    again = LPCAMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, num_clusters=3)
+    assert all(torch.equal(a, b) for c in every for k in every[c]
+               for a, b in zip(every[c][k], again.collect_features(data.predict_dataloader())[c][k]))
+    with pytest.raises(ValueError, match="max_cells_per_image"):
+        LPCAMClassifier(4, backbone="test_resnet", max_cells_per_image=0)
+
+
 def test_lpcam_clusters_the_imagenet_hypercolumn(tiny_voc):
     """cluster_features: imagenet clusters and scores EfficientNet-Lite0's packaged ImageNet levels 2-4 (40 + 112 +
     320 channels on the stride-8 grid), with the negatives rule; the maps are prototype_map on those features."""

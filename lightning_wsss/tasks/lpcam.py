@@ -92,6 +92,11 @@ class LPCAMClassifier(HypercolumnFeatures, CAMClassifier):
         class_threshold: softmax probability above which a cluster is a prototype (paper: 0.9).
         context_low, context_high: probability range of context clusters (paper: 0.05, 0.9).
         max_features: at most this many features per class and kind are clustered (a fixed-seed random subset).
+        max_cells_per_image: at most this many object cells and this many context cells of every image are kept per
+            class while the images are read (a fixed-seed random subset of each); ``None`` (the default, the paper's)
+            keeps every cell until ``max_features`` sub-samples them, which holds every cell of the class's images in
+            memory at once: about ``images x cells per image x D x 4`` bytes per class it labels (a few hundred MB on
+            the CamVid tiles, tens of GB on VOC's training set at output stride 8). Set it on large sets.
         kmeans_seed: seeds k-means and the subset.
         prototype_rule: ``"classifier"`` (the paper's: the softmax thresholds above) or ``"negatives"`` (the
             images without the class judge the clusters, see the module docstring).
@@ -131,8 +136,11 @@ class LPCAMClassifier(HypercolumnFeatures, CAMClassifier):
         cluster_features: str = "classifier",
         cluster_levels: Sequence[int] = (2, 3, 4),
         prototype_score: str = "mean",
+        max_cells_per_image: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
+        if max_cells_per_image is not None and max_cells_per_image < 1:
+            raise ValueError(f"max_cells_per_image must be >= 1 or None, got {max_cells_per_image}")
         if cluster_features not in CLUSTER_FEATURES:
             raise ValueError(f"cluster_features must be one of {CLUSTER_FEATURES}, got {cluster_features!r}")
         if cluster_features == "imagenet" and prototype_rule != "negatives":
@@ -196,9 +204,17 @@ class LPCAMClassifier(HypercolumnFeatures, CAMClassifier):
                 for index in torch.nonzero(batch["labels"][row] > 0.5).flatten().tolist():
                     inside = (maps[row, index].flatten()[valid[row]] > threshold).cpu()
                     slot = collected.setdefault(index + 1, {"object": [], "context": []})
-                    slot["object"].append(flat[inside])
-                    slot["context"].append(flat[~inside])
+                    slot["object"].append(self._cap_cells(flat[inside], generator))
+                    slot["context"].append(self._cap_cells(flat[~inside], generator))
         return collected
+
+    def _cap_cells(self, cells: Tensor, generator: torch.Generator) -> Tensor:
+        """At most ``max_cells_per_image`` rows of ``cells`` [n, D] (a random subset drawn from ``generator``);
+        all of them when the cap is unset or not reached."""
+        cap = self.hparams.get("max_cells_per_image")
+        if cap is None or cells.shape[0] <= int(cap):
+            return cells
+        return cells[torch.randperm(cells.shape[0], generator=generator)[: int(cap)]]
 
     def build_prototypes(self, batches: Iterable[Dict[str, Any]]) -> Dict[str, Dict[int, int]]:
         """Cluster the collected features of every class into its prototypes and context prototypes.

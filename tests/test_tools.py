@@ -600,3 +600,56 @@ def test_compare_stages_finds_the_one_changed_value(tmp_path):
         torch.save({"state_dict": {"w": weight}}, folder / "checkpoints" / "final.ckpt")
     code, out, _ = run_script(TOOLS / "compare_stages.py", str(a), str(b))
     assert code == 1 and "ckpt: 1 arrays compared, 1 differ" in out
+
+
+def test_affinity_pair_labels_by_hand():
+    """Every pair within the radius counted by brute force: taught labels against the masks' regions."""
+    sys.path.insert(0, str(TOOLS))
+    from affinity_pair_labels import pair_counts, pair_rates
+
+    from lightning_wsss.refine.affinity_labels import neighbor_offsets
+
+    label = np.array([[1, 1, 0], [0, 0, 255], [0, 0, 0]], np.uint8)
+    truth = np.array([[1, 0, 0], [1, 0, 0], [255, 0, 0]], np.uint8)
+    expected = dict.fromkeys(("taught", "positive", "negative", "negative_inside", "positive_across", "across",
+                              "across_taught"), 0)
+    for y in range(3):
+        for x in range(3):
+            for dy, dx in neighbor_offsets(2).tolist():
+                v, u = y + dy, x + dx
+                if not (0 <= v < 3 and 0 <= u < 3) or truth[y, x] == 255 or truth[v, u] == 255:
+                    continue
+                across = truth[y, x] != truth[v, u]
+                expected["across"] += int(across)
+                if label[y, x] == 255 or label[v, u] == 255:
+                    continue
+                negative = label[y, x] != label[v, u]
+                expected["taught"] += 1
+                expected["negative" if negative else "positive"] += 1
+                expected["negative_inside"] += int(negative and not across)
+                expected["positive_across"] += int(not negative and across)
+                expected["across_taught"] += int(negative and across)
+    counts = pair_counts(label, truth, stride=1, radius=2)
+    assert counts == expected and counts["negative_inside"] > 0 and counts["positive_across"] > 0
+    rates = pair_rates([(label, truth)], stride=1, radius=2)
+    assert rates["negative_inside"] == expected["negative_inside"] / expected["negative"]
+    assert rates["boundaries_taught"] == expected["across_taught"] / expected["across"]
+    # stride 2 keeps the centre pixel of every 2 x 2 cell: rows and columns 1 (and the last, clamped) of a 4 x 4 map
+    big = np.kron(label, np.ones((2, 2), np.uint8))[:4, :4]
+    assert pair_counts(big, np.kron(truth, np.ones((2, 2), np.uint8))[:4, :4], stride=2, radius=2)["taught"] > 0
+
+
+def test_affinity_pair_labels_cli(tiny_voc, tmp_path):
+    """Labels equal to the masks teach no boundary inside a region and every boundary; labels of all background
+    teach no boundary at all."""
+    reader = VOCSegmentation(tiny_voc, "train")
+    for image_id in reader.ids:
+        mask = reader.load(image_id)["mask"]
+        write_label_png(tmp_path / "same" / f"{image_id}.png", mask)
+        write_label_png(tmp_path / "flat" / f"{image_id}.png", np.zeros_like(mask))
+    same = json.loads(run_tool("affinity_pair_labels.py", "--labels", str(tmp_path / "same"), "--root", str(tiny_voc),
+                               "--stride", "4", "--json"))
+    assert same["negative_inside"] == 0.0 and same["positive_across"] == 0.0 and same["boundaries_taught"] == 1.0
+    flat = json.loads(run_tool("affinity_pair_labels.py", "--labels", str(tmp_path / "flat"), "--root", str(tiny_voc),
+                               "--stride", "4", "--json"))
+    assert flat["negative"] == 0.0 and flat["boundaries_taught"] == 0.0 and flat["positive_across"] > 0.0

@@ -611,8 +611,8 @@ def test_affinity_pair_labels_by_hand():
 
     label = np.array([[1, 1, 0], [0, 0, 255], [0, 0, 0]], np.uint8)
     truth = np.array([[1, 0, 0], [1, 0, 0], [255, 0, 0]], np.uint8)
-    expected = dict.fromkeys(("taught", "positive", "negative", "negative_inside", "positive_across", "across",
-                              "across_taught"), 0)
+    expected = dict.fromkeys(("taught", "positive", "negative", "negative_inside", "negative_inside_object",
+                              "positive_across", "across", "across_taught"), 0)
     for y in range(3):
         for x in range(3):
             for dy, dx in neighbor_offsets(2).tolist():
@@ -627,10 +627,12 @@ def test_affinity_pair_labels_by_hand():
                 expected["taught"] += 1
                 expected["negative" if negative else "positive"] += 1
                 expected["negative_inside"] += int(negative and not across)
+                expected["negative_inside_object"] += int(negative and not across and truth[y, x] != 0)
                 expected["positive_across"] += int(not negative and across)
                 expected["across_taught"] += int(negative and across)
     counts = pair_counts(label, truth, stride=1, radius=2)
     assert counts == expected and counts["negative_inside"] > 0 and counts["positive_across"] > 0
+    assert 0 < counts["negative_inside_object"] < counts["negative_inside"]
     rates = pair_rates([(label, truth)], stride=1, radius=2)
     assert rates["negative_inside"] == expected["negative_inside"] / expected["negative"]
     assert rates["boundaries_taught"] == expected["across_taught"] / expected["across"]
@@ -650,6 +652,7 @@ def test_affinity_pair_labels_cli(tiny_voc, tmp_path):
     same = json.loads(run_tool("affinity_pair_labels.py", "--labels", str(tmp_path / "same"), "--root", str(tiny_voc),
                                "--stride", "4", "--json"))
     assert same["negative_inside"] == 0.0 and same["positive_across"] == 0.0 and same["boundaries_taught"] == 1.0
+    assert same["negative_inside_object"] == 0.0
     flat = json.loads(run_tool("affinity_pair_labels.py", "--labels", str(tmp_path / "flat"), "--root", str(tiny_voc),
                                "--stride", "4", "--json"))
     assert flat["negative"] == 0.0 and flat["boundaries_taught"] == 0.0 and flat["positive_across"] > 0.0

@@ -10,7 +10,8 @@ labelled) is compared with the masks' relation of the same two cells; pairs with
 
 - ``positive`` / ``negative``: shares of the taught pairs taught as one region / as a boundary;
 - ``negative_inside``: of the taught negative pairs, the share whose two cells lie in one ground-truth region (a
-  boundary taught where there is none);
+  boundary taught where there is none); ``negative_inside_object`` the share of them inside one object class's
+  region (a boundary taught through an object), the rest inside the background;
 - ``positive_across``: of the taught positive pairs, the share whose two cells lie in two regions (a boundary taught
   away);
 - ``boundaries_taught``: of the masks' pairs across a region boundary, the share taught as negative.
@@ -31,7 +32,8 @@ from lightning_wsss.metrics import label_pairs
 from lightning_wsss.refine.affinity_labels import affinity_pairs
 from lightning_wsss.tasks.affinity import downsample_labels
 
-COUNTS = ("taught", "positive", "negative", "negative_inside", "positive_across", "across", "across_taught")
+COUNTS = ("taught", "positive", "negative", "negative_inside", "negative_inside_object", "positive_across", "across",
+          "across_taught")
 
 
 def pair_counts(label: np.ndarray, truth: np.ndarray, stride: int, radius: int) -> Dict[str, int]:
@@ -45,6 +47,7 @@ def pair_counts(label: np.ndarray, truth: np.ndarray, stride: int, radius: int) 
     positive, negative = (taught_bg | taught_fg) & known, taught_neg & known
     return {"taught": int((positive | negative).sum()), "positive": int(positive.sum()),
             "negative": int(negative.sum()), "negative_inside": int((negative & same).sum()),
+            "negative_inside_object": int((negative & true_fg).sum()),
             "positive_across": int((positive & across).sum()), "across": int(across.sum()),
             "across_taught": int((across & taught_neg).sum())}
 
@@ -58,6 +61,7 @@ def pair_rates(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], stride: int, radi
     return {"positive": totals["positive"] / max(1, totals["taught"]),
             "negative": totals["negative"] / max(1, totals["taught"]),
             "negative_inside": totals["negative_inside"] / max(1, totals["negative"]),
+            "negative_inside_object": totals["negative_inside_object"] / max(1, totals["negative"]),
             "positive_across": totals["positive_across"] / max(1, totals["positive"]),
             "boundaries_taught": totals["across_taught"] / max(1, totals["across"]),
             "taught_pairs": totals["taught"]}
@@ -81,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"{args.labels} ({len(dataset.ids)} images, stride {args.stride}, radius {args.radius}): "
           f"{rates['taught_pairs']} taught pairs, {100 * rates['positive']:.1f} % positive, "
           f"{100 * rates['negative']:.1f} % negative")
-    print(f"negative pairs inside one ground-truth region: {100 * rates['negative_inside']:.1f} %")
+    print(f"negative pairs inside one ground-truth region: {100 * rates['negative_inside']:.1f} % "
+          f"(inside an object class's region: {100 * rates['negative_inside_object']:.1f} %)")
     print(f"positive pairs across a region boundary: {100 * rates['positive_across']:.1f} %")
     print(f"ground-truth boundary pairs taught as negative: {100 * rates['boundaries_taught']:.1f} %")
 

@@ -10,8 +10,9 @@ labelled) is compared with the masks' relation of the same two cells; pairs with
 
 - ``positive`` / ``negative``: shares of the taught pairs taught as one region / as a boundary;
 - ``negative_inside``: of the taught negative pairs, the share whose two cells lie in one ground-truth region (a
-  boundary taught where there is none); ``negative_inside_object`` the share of them inside one object class's
-  region (a boundary taught through an object), the rest inside the background;
+  boundary taught where there is none);
+- ``negative_inside_object``: of the taught negative pairs, the share whose two cells lie in one object class's
+  region (a boundary taught through an object; the rest of ``negative_inside`` lies inside the background);
 - ``positive_across``: of the taught positive pairs, the share whose two cells lie in two regions (a boundary taught
   away);
 - ``boundaries_taught``: of the masks' pairs across a region boundary, the share taught as negative.

@@ -95,7 +95,7 @@ def test_base_config_chain_and_its_errors(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["image_erasing", "image_cda", "image_sec", "image_selftrain", "image_irn",
-                                    "image_lpcam", "image_recam", "image_probecam"])
+                                    "image_lpcam", "image_recam", "image_probecam", "image_cam_crf"])
 def test_demo_methods_are_their_configs_on_the_demo(method, tmp_path):
     """``wsss demo --methods M``: the demo's image pipeline with the method config's own keys, under M's name."""
     from lightning_wsss.pipeline.demo import METHODS, demo_config, method_config, method_overrides
@@ -110,6 +110,9 @@ def test_demo_methods_are_their_configs_on_the_demo(method, tmp_path):
                                                           "image_probecam": "ProbeCAMClassifier"}[method]
         assert config["stages"]["affinity"] == demo_config(tmp_path, "image", False, False)["stages"]["affinity"]
         assert config["stages"].get("classifier") == demo_config(tmp_path, "image", False, False)["stages"].get("classifier")
+    if method == "image_cam_crf":  # the baseline's classifier and CAMs, no affinity stage
+        assert config["order"] == ["classifier", "cams", "cam_crf", "segmenter"]
+        assert config["stages"].get("cams") == demo_config(tmp_path, "image", False, False)["stages"].get("cams")
     if method == "image_recam":  # the classifier of experiments/synthetic/study/demo_recam_background.yaml
         init_args = config["stages"]["classifier"]["model"]["init_args"]
         assert config["stages"]["classifier"]["model"]["class_path"] == "ReCAMClassifier"

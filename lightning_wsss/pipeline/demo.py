@@ -44,14 +44,16 @@ CURVE_FRACTIONS = (0.0, 0.1, 0.3, 1.0)
 # ``wsss demo --methods``: the methods beyond the baselines, IRN's boundary relations (``image_irn``, the affinity
 # stage a BoundaryRefiner), ReCAM's maps (``image_recam``: ReCAM with the background in its softmax, its own
 # classifier) and LPCAM's maps (``image_lpcam``, the CAM stage an LPCAMClassifier on the baseline's
-# classifier) and ProbeCAM's (``image_probecam``, likewise on the baseline's classifier), each the image pipeline with the settings of its
+# classifier) and ProbeCAM's (``image_probecam``, likewise on the baseline's classifier), the baseline's CAMs through a
+# dense CRF instead of the walk (``image_cam_crf``), each the image pipeline with the settings of its
 # experiments/synthetic/pipeline_<method>.yaml (the file's own keys, on the demo's data); each shares the baseline's
 # stages it does not change (CDA's seed classifier is the baseline classifier; SEC and self-training reuse
 # everything up to the random walk).
 METHODS: Dict[str, str] = {"image_erasing": "pipeline_erasing.yaml", "image_cda": "pipeline_cda.yaml",
                            "image_sec": "pipeline_sec.yaml", "image_selftrain": "pipeline_selftrain.yaml",
                            "image_irn": "pipeline_irn.yaml", "image_lpcam": "pipeline_lpcam.yaml",
-                           "image_recam": "pipeline_recam.yaml", "image_probecam": "pipeline_probecam.yaml"}
+                           "image_recam": "pipeline_recam.yaml", "image_probecam": "pipeline_probecam.yaml",
+                           "image_cam_crf": "pipeline_cam_crf.yaml"}
 
 METHOD_CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "synthetic"
 """Where the method configs are: the source checkout's ``experiments/synthetic``."""

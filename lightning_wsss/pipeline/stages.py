@@ -219,8 +219,9 @@ def _set_reader(reader) -> None:
     _READER = reader
 
 
-def _init_box_worker(reader) -> None:
-    """Pool initializer: the reader, and one OpenCV / torch thread per worker (GrabCut uses OpenCV's pool)."""
+def _init_worker(reader) -> None:
+    """Pool initializer: the reader, and one OpenCV / torch thread per worker (GrabCut and the CRF use OpenCV's
+    and torch's pools)."""
     _set_reader(reader)
     limit_worker_threads()
 
@@ -249,7 +250,7 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
         jobs = [(i, name, kwargs, folder / f"{i}.png") for i in ctx.world.share(dataset.ids)
                 if not (folder / f"{i}.png").is_file()]
         bar = tqdm(total=len(jobs), desc=f"box masks ({name})", disable=not _progress(ctx))
-        _run_box_jobs(jobs, dataset, processes, bar)
+        _run_jobs(_box_mask_job, jobs, dataset, processes, bar)
         log_shares(ctx, "box_init", f"{name} masks", len(jobs))
         folder.mkdir(parents=True, exist_ok=True)
         outputs[f"{name}_dir"] = str(folder)
@@ -260,18 +261,19 @@ def box_init_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, St
     return {"outputs": outputs, "metrics": metrics}
 
 
-def _run_box_jobs(jobs: List[Any], dataset, processes: int, bar) -> None:
-    """Write the masks of ``jobs`` (:func:`_box_mask_job`), in a pool of ``processes`` when there are several."""
+def _run_jobs(job_fn, jobs: List[Any], dataset, processes: int, bar) -> None:
+    """Run ``job_fn`` (a top-level function reading the worker's ``dataset``) on each of ``jobs``, in a pool of
+    ``processes`` when there are several."""
     from concurrent.futures import ProcessPoolExecutor
 
     if processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(processes, initializer=_init_box_worker, initargs=(dataset,)) as pool:
-            for _ in pool.map(_box_mask_job, jobs, chunksize=8):
+        with ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(dataset,)) as pool:
+            for _ in pool.map(job_fn, jobs, chunksize=8):
                 bar.update()
     else:
         _set_reader(dataset)
         for job in jobs:
-            _box_mask_job(job)
+            job_fn(job)
             bar.update()
     bar.close()
 
@@ -379,6 +381,56 @@ def random_walk_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str,
     predict_to_dir(ctx, stage_dir, "random_walk", model, dm, cfg.get("trainer"))
     return {"outputs": {"labels_dir": str(stage_dir / "labels")},
             "metrics": {"pseudo_miou": pseudo_miou(ctx, stage_dir / "labels")}}
+
+
+def cam_crf_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
+                  cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The CAM maps through a dense CRF at full resolution, no affinity network: pseudo labels of the training
+    split (:func:`~lightning_wsss.refine.cam_crf.cam_crf_labels`), each rank on its share with ``processes``
+    workers (default: the cores the rank owns).
+
+    ``crf``: the CRF setting (default ``true``, psa's parameters); ``bg_mode`` / ``bg_threshold`` / ``bg_alpha``:
+    the background channel, by default the CAM stage's (its ``cam`` settings, else the classifier's).
+    """
+    from ..refine.cam_crf import background_settings
+
+    dataset = split_reader(ctx)
+    hparams = _checkpoint_hparams(upstream["classifier"].outputs["checkpoint"]) if "classifier" in upstream else {}
+    settings = {**background_settings(cfg, hparams), "crf": cfg.get("crf", True)}
+    cams_dir, folder = Path(upstream["cams"].outputs["cams_dir"]), stage_dir / "labels"
+    jobs = [(i, cams_dir / f"{i}.npz", folder / f"{i}.png", settings) for i in ctx.world.share(dataset.ids)
+            if not (folder / f"{i}.png").is_file()]
+    processes = int(cfg.get("processes") or owned_cores(ctx.world.local_size))
+    _run_jobs(_cam_crf_job, jobs, dataset, processes, tqdm(total=len(jobs), desc="CAM + CRF",
+                                                           disable=not _progress(ctx)))
+    log_shares(ctx, "cam_crf", "label maps", len(jobs))
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"outputs": {"labels_dir": str(folder), "background": {k: v for k, v in settings.items() if k != "crf"}},
+            "metrics": {"pseudo_miou": pseudo_miou(ctx, folder, dataset)}}
+
+
+def _checkpoint_hparams(path: str) -> Dict[str, Any]:
+    """The ``hyper_parameters`` of a Lightning checkpoint (empty where it has none)."""
+    from ..serialization import safe_torch_load
+
+    checkpoint = safe_torch_load(path, "checkpoint")
+    return dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
+
+
+def _cam_crf_job(args) -> str:
+    """Worker: one image's CAM + CRF labels, written atomically (top-level so process pools can pickle it)."""
+    from ..cam.files import load_cams
+    from ..errors import DataError
+    from ..refine.cam_crf import cam_crf_labels
+
+    image_id, cams_path, path, settings = args
+    saved = load_cams(cams_path)
+    try:
+        labels = cam_crf_labels(_READER.load(image_id)["image"], saved["cams"], saved["keys"], **settings)
+    except ValueError as exc:
+        raise DataError(cams_path, str(exc)) from None
+    write_label_png(path, labels)
+    return image_id
 
 
 def reusable_box_masks(model_cls, init_args: Mapping[str, Any], out_dir: Path,

@@ -1,0 +1,57 @@
+"""CAM + dense CRF: pseudo labels from the CAM maps refined by a CRF at full resolution, with no affinity network.
+
+The baseline psa and irn report next to their walks (psa's Table 1, "CAM + CRF"), and what a pipeline runs where no
+walk beats none (``wsss sweep-walk`` best at 0 steps): the ``cam_crf`` stage.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..cam.multiscale import add_background
+from .crf import CRFSpec, crf_from_scores
+
+__all__ = ["cam_crf_labels", "background_settings"]
+
+
+def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mode: str = "constant",
+                   bg_threshold: float = 0.15, bg_alpha: float = 16.0, crf: CRFSpec = True) -> np.ndarray:
+    """Labels of one image: its CAMs with a background channel, through a dense CRF, arg-maxed.
+
+    Args:
+        image: uint8 RGB image [H, W, 3].
+        cams: float CAMs [K, H, W] in [0, 1] at the image's size (K may be 0: background everywhere).
+        keys: int class indices [K] of the CAM channels (1..num_classes-1).
+        bg_mode, bg_threshold, bg_alpha: the background channel, as the CAM stage's
+            (:func:`~lightning_wsss.cam.multiscale.add_background`: ``"constant"`` or ``"power"``).
+        crf: the CRF's :data:`~lightning_wsss.refine.crf.CRFSpec` (``False``: the CAM labels themselves).
+
+    Returns:
+        uint8 labels [H, W]: 0 for background, else the class index.
+
+    Raises:
+        ValueError: the CAMs do not match the image's size or their keys.
+    """
+    if cams.ndim != 3 or cams.shape[1:] != image.shape[:2] or len(keys) != cams.shape[0]:
+        raise ValueError(f"CAMs {tuple(cams.shape)} with {len(keys)} keys do not fit an image of size "
+                         f"{tuple(image.shape[:2])}")
+    if cams.shape[0] == 0:  # no foreground class
+        return np.zeros(image.shape[:2], np.uint8)
+    scores = add_background(torch.from_numpy(np.ascontiguousarray(cams, np.float32))[None], mode=bg_mode,
+                            bg_threshold=bg_threshold, alpha=bg_alpha)[0].numpy()
+    probs = crf_from_scores(image, scores, crf)
+    classes = np.concatenate([[0], np.asarray(keys, np.int64)])
+    return classes[probs.argmax(axis=0)].astype(np.uint8)
+
+
+def background_settings(stage: Optional[dict], checkpoint_hparams: Optional[dict]) -> dict:
+    """``{bg_mode, bg_threshold, bg_alpha}``: the stage's own, else the classifier's hyperparameters, else the
+    :class:`~lightning_wsss.tasks.CAMClassifier` defaults (the CAM stage's ``cam`` settings are copied into the
+    stage's section when the pipeline is planned)."""
+    out = {"bg_mode": "constant", "bg_threshold": 0.15, "bg_alpha": 16.0}
+    for source in (checkpoint_hparams or {}, stage or {}):
+        out.update({k: source[k] for k in out if source.get(k) is not None})
+    return out

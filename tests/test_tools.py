@@ -656,3 +656,26 @@ def test_affinity_pair_labels_cli(tiny_voc, tmp_path):
     flat = json.loads(run_tool("affinity_pair_labels.py", "--labels", str(tmp_path / "flat"), "--root", str(tiny_voc),
                                "--stride", "4", "--json"))
     assert flat["negative"] == 0.0 and flat["boundaries_taught"] == 0.0 and flat["positive_across"] > 0.0
+
+
+def test_cam_crf_sweep_scores_settings_and_foreground_shares(tiny_voc, tmp_path):
+    """Maps equal to the masks score 100 at any threshold below 1; flat 0.5 maps label every pixel foreground below
+    0.5 and none above, which the foreground shares show."""
+    reader = VOCSegmentation(tiny_voc, "train")
+    exact, flat = tmp_path / "exact", tmp_path / "flat"
+    exact.mkdir(), flat.mkdir()
+    for image_id in reader.ids:
+        mask = np.asarray(reader.load(image_id)["mask"])
+        keys = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
+        np.savez(exact / f"{image_id}.npz", cams=np.stack([(mask == k).astype(np.float32) for k in keys]), keys=keys)
+        np.savez(flat / f"{image_id}.npz", cams=np.full((len(keys), *mask.shape), 0.5, np.float32), keys=keys)
+    rows = json.loads(run_tool("cam_crf_sweep.py", "--cams", str(exact), "--root", str(tiny_voc), "--bg-thresholds",
+                               "0.2,0.8", "--crfs", "{none: false}", "--json"))
+    assert [(r["bg_threshold"], round(r["miou"], 6)) for r in rows] == [(0.2, 1.0), (0.8, 1.0)]
+    assert rows[0]["labelled_fg"] == pytest.approx(rows[0]["gt_fg"]) and 0 < rows[0]["gt_fg"] < 1
+    rows = json.loads(run_tool("cam_crf_sweep.py", "--cams", str(flat), "--root", str(tiny_voc), "--bg-thresholds",
+                               "0.3,0.6", "--crfs", "{none: false}", "--json"))
+    assert [r["labelled_fg"] for r in rows] == pytest.approx([1.0, 0.0], abs=0.02)
+    assert rows[1]["miou"] < 1.0
+    out = run_tool("cam_crf_sweep.py", "--cams", str(exact), "--root", str(tiny_voc), "--bg-thresholds", "0.5")
+    assert "best: crf none, bg_threshold 0.5: 100.00" in out

@@ -1,7 +1,7 @@
 """CAM + dense CRF: pseudo labels from the CAM maps refined by a CRF at full resolution, with no affinity network.
 
-The baseline psa and irn report next to their walks (psa's Table 1, "CAM + CRF"), and what a pipeline runs where no
-walk beats none (``wsss sweep-walk`` best at 0 steps): the ``cam_crf`` stage.
+The common "CAM + CRF" baseline of weakly supervised segmentation, and what a pipeline runs where no walk beats
+none (``wsss sweep-walk`` best at 0 steps): the ``cam_crf`` stage.
 """
 
 from __future__ import annotations

@@ -57,6 +57,13 @@ def test_the_crf_pulls_an_overreaching_cam_back_to_the_colour_edge():
 
     assert iou(plain) == pytest.approx(24 / 32)
     assert iou(refined) > 0.95
+    # ignore_changes: the pixels the CRF moved (the over-reach) become 255, the rest keeps the labels both agree on
+    agreed = cam_crf_labels(image, cams, np.array([3]), bg_threshold=0.4, crf=True, ignore_changes=True)
+    changed = plain != refined
+    assert changed[:, 24:32].mean() > 0.9
+    assert (agreed[changed] == 255).all() and (agreed[~changed] == np.where(plain, 3, 0)[~changed]).all()
+    assert not (cam_crf_labels(image, cams, np.array([3]), bg_threshold=0.4, crf=False, ignore_changes=True)
+                == 255).any()
 
 
 def test_cams_that_do_not_fit_the_image_are_refused():

@@ -187,14 +187,11 @@ def affinity_reads(section: Mapping[str, Any], config: Mapping[str, Any]) -> Seq
     return ("cams", "classifier") if section.get("init_from") == "classifier" else ("cams",)
 
 
-BACKGROUND_KEYS = ("bg_mode", "bg_threshold", "bg_alpha")
-
-
 def cam_crf_config(section: Dict[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
     """The CAM stage's background settings (``stages.cams.cam``) where the section sets none: the CRF starts from
     the CAM stage's labels, and a change of its threshold reruns both."""
     cam = ((config.get("stages") or {}).get("cams") or {}).get("cam") or {}
-    for key in BACKGROUND_KEYS:
+    for key in S.BACKGROUND:
         if key not in section and key in cam:
             section[key] = cam[key]
     return section
@@ -296,7 +293,7 @@ for _spec in (
     StageSpec("cam_crf", S.cam_crf_stage, reads=("cams", "classifier"), writes=("labels",),
               summary={"pseudo_miou": "cam_crf"}, configure=cam_crf_config,
               options={"crf": CRFSetting(), "bg_mode": OneOf(("constant", "power")), "bg_threshold": float,
-                       "bg_alpha": float, "processes": Optional[int]}),
+                       "bg_alpha": float, "ignore_changes": bool, "processes": Optional[int]}),
     StageSpec("box_init", S.box_init_stage, writes=("box_masks",), summary={"*": "*"}, configure=box_init_config,
               options={"initializers": ListOf(Initializer()), "kwargs": InitializerKwargs(),
                        "processes": Optional[int], "ids": Optional[List[str]]}),

@@ -390,13 +390,15 @@ def cam_crf_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Sta
     workers (default: the cores the rank owns).
 
     ``crf``: the CRF setting (default ``true``, psa's parameters); ``bg_mode`` / ``bg_threshold`` / ``bg_alpha``:
-    the background channel, by default the CAM stage's (its ``cam`` settings, else the classifier's).
+    the background channel, by default the CAM stage's (its ``cam`` settings, else the classifier's);
+    ``ignore_changes``: 255 where the CRF changed the CAM labels.
     """
     from ..refine.cam_crf import background_settings
 
     dataset = split_reader(ctx)
     hparams = _checkpoint_hparams(upstream["classifier"].outputs["checkpoint"]) if "classifier" in upstream else {}
-    settings = {**background_settings(cfg, hparams), "crf": cfg.get("crf", True)}
+    settings = {**background_settings(cfg, hparams), "crf": cfg.get("crf", True),
+                "ignore_changes": bool(cfg.get("ignore_changes", False))}
     cams_dir, folder = Path(upstream["cams"].outputs["cams_dir"]), stage_dir / "labels"
     jobs = [(i, cams_dir / f"{i}.npz", folder / f"{i}.png", settings) for i in ctx.world.share(dataset.ids)
             if not (folder / f"{i}.png").is_file()]
@@ -405,8 +407,11 @@ def cam_crf_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Sta
                                                            disable=not _progress(ctx)))
     log_shares(ctx, "cam_crf", "label maps", len(jobs))
     folder.mkdir(parents=True, exist_ok=True)
-    return {"outputs": {"labels_dir": str(folder), "background": {k: v for k, v in settings.items() if k != "crf"}},
+    return {"outputs": {"labels_dir": str(folder), "background": {k: settings[k] for k in BACKGROUND}},
             "metrics": {"pseudo_miou": pseudo_miou(ctx, folder, dataset)}}
+
+
+BACKGROUND = ("bg_mode", "bg_threshold", "bg_alpha")
 
 
 def _checkpoint_hparams(path: str) -> Dict[str, Any]:

@@ -18,7 +18,8 @@ __all__ = ["cam_crf_labels", "background_settings"]
 
 
 def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mode: str = "constant",
-                   bg_threshold: float = 0.15, bg_alpha: float = 16.0, crf: CRFSpec = True) -> np.ndarray:
+                   bg_threshold: float = 0.15, bg_alpha: float = 16.0, crf: CRFSpec = True,
+                   ignore_changes: bool = False) -> np.ndarray:
     """Labels of one image: its CAMs with a background channel, through a dense CRF, arg-maxed.
 
     Args:
@@ -28,9 +29,11 @@ def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mod
         bg_mode, bg_threshold, bg_alpha: the background channel, as the CAM stage's
             (:func:`~lightning_wsss.cam.multiscale.add_background`: ``"constant"`` or ``"power"``).
         crf: the CRF's :data:`~lightning_wsss.refine.crf.CRFSpec` (``False``: the CAM labels themselves).
+        ignore_changes: label 255 (ignored by the segmenter) where the CRF changed the CAM labels, so only the
+            pixels both agree on are taught.
 
     Returns:
-        uint8 labels [H, W]: 0 for background, else the class index.
+        uint8 labels [H, W]: 0 for background, else the class index (255 where ignored).
 
     Raises:
         ValueError: the CAMs do not match the image's size or their keys.
@@ -42,9 +45,11 @@ def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mod
         return np.zeros(image.shape[:2], np.uint8)
     scores = add_background(torch.from_numpy(np.ascontiguousarray(cams, np.float32))[None], mode=bg_mode,
                             bg_threshold=bg_threshold, alpha=bg_alpha)[0].numpy()
-    probs = crf_from_scores(image, scores, crf)
     classes = np.concatenate([[0], np.asarray(keys, np.int64)])
-    return classes[probs.argmax(axis=0)].astype(np.uint8)
+    labels = classes[crf_from_scores(image, scores, crf).argmax(axis=0)].astype(np.uint8)
+    if ignore_changes:
+        labels[labels != classes[scores.argmax(axis=0)]] = 255
+    return labels
 
 
 def background_settings(stage: Optional[dict], checkpoint_hparams: Optional[dict]) -> dict:

@@ -25,15 +25,14 @@ from lightning_wsss.cam.files import load_cams
 from lightning_wsss.datasets import open_split
 from lightning_wsss.metrics import score_label_maps
 from lightning_wsss.refine.cam_crf import cam_crf_labels
+from lightning_wsss.threads import limit_worker_threads
 
 _READER = None
 
 
 def _init(root: str, split: str) -> None:
     global _READER
-    import torch
-
-    torch.set_num_threads(1)
+    limit_worker_threads()
     _READER = open_split(root, split)
 
 

@@ -16,7 +16,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 
@@ -99,6 +99,12 @@ def safe_torch_load(path: PathLike, what: str = "weights file", trust: Optional[
         raise describe_load_error(file, exc, what) from exc
 
 
+def checkpoint_hparams(path: PathLike) -> Dict[str, Any]:
+    """The ``hyper_parameters`` of a Lightning checkpoint (empty where it has none)."""
+    checkpoint = safe_torch_load(path, "checkpoint")
+    return dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
+
+
 def weights_only_kwargs(function) -> dict:
     """``{"weights_only": ...}`` for a Lightning loader that takes the argument (Lightning >= 2.4), else ``{}``."""
     import inspect
@@ -132,4 +138,4 @@ def load_model_checkpoint(model_cls, path: PathLike, **kwargs):
 
 
 __all__ = ["SAFE_GLOBALS", "TRUST_ENV", "UnsafePickleError", "allow_safe_globals", "describe_load_error",
-           "load_model_checkpoint", "safe_torch_load", "trust_pickles", "weights_only", "weights_only_kwargs"]
+           "checkpoint_hparams", "load_model_checkpoint", "safe_torch_load", "trust_pickles", "weights_only", "weights_only_kwargs"]

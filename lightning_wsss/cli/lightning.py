@@ -47,9 +47,9 @@ class WSSSLightningCLI(LightningCLI):
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
         if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
             return  # Lightning's own keywords and remote (fsspec) paths are left to it
-        from ..serialization import safe_torch_load
+        from ..serialization import checkpoint_hparams
 
-        hparams = dict(safe_torch_load(ckpt_path, "checkpoint").get("hyper_parameters") or {})
+        hparams = checkpoint_hparams(ckpt_path)
         hparams.pop("_instantiator", None)
         if not hparams:
             return

@@ -394,9 +394,10 @@ def cam_crf_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Sta
     ``ignore_changes``: 255 where the CRF changed the CAM labels.
     """
     from ..refine.cam_crf import background_settings
+    from ..serialization import checkpoint_hparams
 
     dataset = split_reader(ctx)
-    hparams = _checkpoint_hparams(upstream["classifier"].outputs["checkpoint"]) if "classifier" in upstream else {}
+    hparams = checkpoint_hparams(upstream["classifier"].outputs["checkpoint"]) if "classifier" in upstream else {}
     settings = {**background_settings(cfg, hparams), "crf": cfg.get("crf", True),
                 "ignore_changes": bool(cfg.get("ignore_changes", False))}
     cams_dir, folder = Path(upstream["cams"].outputs["cams_dir"]), stage_dir / "labels"
@@ -412,14 +413,6 @@ def cam_crf_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Sta
 
 
 BACKGROUND = ("bg_mode", "bg_threshold", "bg_alpha")
-
-
-def _checkpoint_hparams(path: str) -> Dict[str, Any]:
-    """The ``hyper_parameters`` of a Lightning checkpoint (empty where it has none)."""
-    from ..serialization import safe_torch_load
-
-    checkpoint = safe_torch_load(path, "checkpoint")
-    return dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
 
 
 def _cam_crf_job(args) -> str:

@@ -109,6 +109,11 @@ def test_pipeline_refines_the_cams_without_an_affinity_stage(tiny_synthetic, tmp
     assert stages["cam_crf"]["metrics"]["pseudo_miou"] == pytest.approx(stages["cams"]["metrics"]["pseudo_miou"],
                                                                         abs=0.002)
 
+    # the worker count is left out of the hash: another one reuses the stage
+    again = run_pipeline(crf_config(tiny_synthetic, {"crf": False, "processes": 2}), tmp_path,
+                         log=lambda _m: None, until="cam_crf")["stages"]
+    assert again["cam_crf"]["dir"] == stages["cam_crf"]["dir"]
+
     # with the CRF (two workers): the CAM stages are reused, the labels differ somewhere
     refined = run_pipeline(crf_config(tiny_synthetic, {"crf": {"scale_params": True}, "processes": 2}), tmp_path,
                            log=lambda _m: None, until="cam_crf")["stages"]

@@ -392,7 +392,7 @@ def stage_folders(config: dict) -> Dict[str, str]:
     folders = {s.name: s.folder or s.name for s in stages}
     digests: Dict[str, str] = {}
     for stage in stages:
-        digests[stage.name] = stage_hash(stage.config, {folders[n]: digests[n] for n in stage.upstream})
+        digests[stage.name] = stage_hash(stage.hashed_config(), {folders[n]: digests[n] for n in stage.upstream})
     return {s.name: f"{s.root or '.'}/{folders[s.name]}/{digests[s.name]}" for s in stages}
 
 

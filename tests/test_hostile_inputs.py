@@ -425,7 +425,7 @@ def test_bad_ckpt_path_is_one_line(tiny_voc, tmp_path, capsys, monkeypatch, kind
 def test_stage_busy_is_one_line(tiny_voc, tmp_path, capsys):
     config_path = tiny_pipeline(tiny_voc, tmp_path)
     stage = build_stages(resolve(yaml.safe_load(config_path.read_text())))[0]
-    stage_dir = tmp_path / "out" / "full" / "segmenter" / stage_hash(stage.config, {})
+    stage_dir = tmp_path / "out" / "full" / "segmenter" / stage_hash(stage.hashed_config(), {})
     stage_dir.mkdir(parents=True)
     with open(stage_dir / ".lock", "a") as handle:  # another run holds the stage
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)

@@ -324,3 +324,22 @@ def test_box_init_masks_are_reused_only_when_made_the_same_way(tmp_path):
             return super().initial_mask(sample)
 
     assert reusable_box_masks(OwnRoundZero, args, out, outputs) == {}
+
+
+def test_worker_counts_stay_out_of_the_stage_hash():
+    from lightning_wsss.pipeline.checks import load_config
+    from lightning_wsss.pipeline.config import stage_hash
+    from lightning_wsss.pipeline.plan import build_stages
+
+    def box_init(processes):
+        config = load_config(Path(__file__).parents[1] / "experiments" / "synthetic" / "pipeline_box.yaml")
+        if processes is not None:
+            config["stages"]["box_init"]["processes"] = processes
+        return next(stage for stage in build_stages(config) if stage.name == "box_init")
+
+    plain, four = box_init(None), box_init(4)
+    assert four.config["stage"]["processes"] == 4  # the stage still gets it
+    assert stage_hash(four.hashed_config(), {}) == stage_hash(plain.hashed_config(), {}) == stage_hash(plain.config, {})
+    changed = box_init(None)
+    changed.config["stage"]["ids"] = ["a"]
+    assert stage_hash(changed.hashed_config(), {}) != stage_hash(plain.hashed_config(), {})

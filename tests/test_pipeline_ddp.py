@@ -336,7 +336,7 @@ def test_a_stage_held_by_another_job_stops_every_rank(odd_synthetic, tmp_path):
 
     config = write_config(odd_synthetic, "box", tmp_path / "box.yaml")
     first = build_stages(resolve(load_config(config)))[0]
-    stage_dir = tmp_path / "out" / "box" / first.name / stage_hash(first.config, {})
+    stage_dir = tmp_path / "out" / "box" / first.name / stage_hash(first.hashed_config(), {})
     with lock_held_elsewhere(stage_dir):
         proc = start(config, tmp_path / "out", processes=2)
         output = finish(proc)

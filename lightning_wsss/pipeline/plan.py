@@ -116,7 +116,8 @@ def build_stages(config: Mapping[str, Any]) -> List[Stage]:
     """
     shared = {key: config.get(key) for key in SHARED_KEYS}
     return [Stage(step.name, {"stage": step.spec.stage_config(dict(step.section), config), "shared": shared},
-                  _own_section(step.spec.run), folder=step.spec.folder, root=step.root, inputs=dict(step.inputs))
+                  _own_section(step.spec.run), folder=step.spec.folder, root=step.root, inputs=dict(step.inputs),
+                  unhashed=step.spec.unhashed)
             for step in plan(config)]
 
 

@@ -52,6 +52,8 @@ class StageSpec:
             (default: the section itself).
         folder: the output folder when it differs from the stage name (a stage that is another one's twin
             shares its folder and hash).
+        unhashed: section keys that change how the stage runs, not what it writes (a worker count): passed to
+            :attr:`run`, left out of the hash, so changing them reuses the stage.
     """
 
     name: str
@@ -63,6 +65,7 @@ class StageSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     configure: Optional[Callable[[Dict[str, Any], Mapping[str, Any]], Dict[str, Any]]] = None
     folder: Optional[str] = None
+    unhashed: Tuple[str, ...] = ()
 
     def read_names(self, section: Section, config: Mapping[str, Any]) -> List[str]:
         """The artifacts this stage reads under its section and the pipeline config."""

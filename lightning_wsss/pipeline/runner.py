@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import DataError, StageBusyError
 from ..io import remove_stale_temporaries, write_json_atomic
@@ -70,6 +70,18 @@ class Stage:
     """A folder relative to the pipeline's own (``../image``) holding this stage: a hybrid pipeline keeps its
     image-label stages with the image pipeline's, so the two share them."""
     inputs: Optional[Mapping[str, str]] = None
+    unhashed: Tuple[str, ...] = ()
+    """Keys of ``config["stage"]`` (or of ``config`` itself when it has no ``stage``) that change how the stage
+    runs, not what it writes (a worker count): passed to :attr:`run`, left out of the hash."""
+
+    def hashed_config(self) -> Dict[str, Any]:
+        """:attr:`config` without its :attr:`unhashed` keys."""
+        if not self.unhashed:
+            return self.config
+        if isinstance(self.config.get("stage"), Mapping):
+            own = {k: v for k, v in self.config["stage"].items() if k not in self.unhashed}
+            return {**self.config, "stage": own}
+        return {k: v for k, v in self.config.items() if k not in self.unhashed}
 
     def __post_init__(self) -> None:
         if self.inputs is None:
@@ -183,7 +195,7 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
     folders = {stage.name: stage.folder or stage.name for stage in stages}
     for stage in stages:
         upstream = {folders[name]: ctx.results[name].hash for name in stage.upstream}
-        digest = stage_hash(stage.config, upstream)
+        digest = stage_hash(stage.hashed_config(), upstream)
         stage_dir = ctx.out_dir / (stage.root or ".") / folders[stage.name] / digest
         marker = stage_dir / "stage.json"
         done = ctx.world.broadcast(_complete(marker, stage.name) if ctx.world.is_zero else None)

@@ -201,3 +201,19 @@ def test_walk_flip_averages_the_mirror_image(flip):
     torch.testing.assert_close(aff, expected[1])
     with pytest.raises(ValueError, match="walk_flip"):
         AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16, walk_flip="both")
+
+
+def test_the_walks_crf_changes_are_bounded(monkeypatch):
+    model = AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16, crf=True,
+                            crf_max_growth=1.0, crf_min_kept=0.5)
+    keys = np.array([0, 2], np.uint8)
+    walked = np.zeros((8, 8), np.uint8)
+    walked[:2, :2] = 2  # the walk's labels: class 2 on 4 pixels
+    flood, erase = torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8)
+    flood[0, 1], erase[0, 0] = 1.0, 1.0  # the CRF's: class 2 everywhere, or nowhere
+    for crf_scores in (flood, erase):
+        monkeypatch.setattr(model, "crf_refine", lambda batch, index, probs, s=crf_scores: s)
+        assert np.array_equal(model.crf_labels({}, 0, crf_scores, keys, walked), walked)
+    model.hparams.crf_max_growth = model.hparams.crf_min_kept = None  # unbounded: the CRF's labels
+    monkeypatch.setattr(model, "crf_refine", lambda batch, index, probs: flood)
+    assert (model.crf_labels({}, 0, flood, keys, walked) == 2).all()

@@ -19,6 +19,7 @@ from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
 from lightning_wsss.pipeline.plan import stage_names
 from lightning_wsss.pipeline.defaults import resolve
 from lightning_wsss.refine.cam_crf import background_settings, cam_crf_labels
+from lightning_wsss.refine.label_bounds import keep_regions, limit_growth
 
 pytest.importorskip("pydensecrf.densecrf")
 
@@ -73,6 +74,68 @@ def test_cams_that_do_not_fit_the_image_are_refused():
         cam_crf_labels(two_colour_image(), np.zeros((1, 48, 48), np.float32), np.array([1, 2]))
 
 
+def test_limit_growth_reverts_a_class_that_grows_past_its_bound_and_keeps_what_it_loses():
+    cam = np.zeros((4, 8), np.uint8)
+    cam[0, :4] = 1  # class 1: 4 pixels
+    cam[3, :4] = 2  # class 2: 4 pixels
+    refined = cam.copy()
+    refined[1, :3] = 1  # class 1 gains 3 (<= 1 x 4): kept
+    refined[2:, 4:] = 2  # class 2 gains 8 (> 4): back to the CAM's labels
+    refined[0, 0] = 0  # a pixel class 1 loses stays lost
+    limited = limit_growth(cam, refined, 1.0)
+    assert (limited[1, :3] == 1).all() and limited[0, 0] == 0
+    assert (limited[2:, 4:] == 0).all() and (limited[3, :4] == 2).all()
+    assert limit_growth(cam, refined, 2.0).tolist() == refined.tolist()  # 8 <= 2 x 4
+    no_growth = limit_growth(cam, refined, 0.0)
+    assert no_growth[0, 0] == 0 and ((no_growth == 1) <= (cam == 1)).all() and ((no_growth == 2) <= (cam == 2)).all()
+
+
+def test_keep_regions_restores_a_cam_region_the_crf_erased_and_leaves_one_it_shrank():
+    cam = np.zeros((6, 12), np.uint8)
+    cam[1:5, 1:5] = 4  # region A: 16 pixels
+    cam[1:5, 7:11] = 4  # region B: 16 pixels, same class
+    refined = cam.copy()
+    refined[1:5, 1:4] = 0  # A keeps 4 of 16 (25 %)
+    refined[1:3, 7:11] = 0  # B keeps 8 of 16 (50 %)
+    refined[5, :] = 2  # the CRF's own additions stay
+    kept = keep_regions(cam, refined, 0.5)
+    assert (kept[1:5, 1:5] == 4).all()  # A restored as a whole
+    assert np.array_equal(kept[:, 6:], refined[:, 6:])  # B kept half: as refined
+    assert (kept[5] == 2).all()
+    assert np.array_equal(keep_regions(cam, refined, 0.25), refined)  # 25 % is enough at 0.25
+    assert np.array_equal(keep_regions(cam, refined, 0.0), refined)
+
+
+def test_min_kept_stops_the_crf_erasing_a_weak_object():
+    image = two_colour_image()
+    cams = np.zeros((1, 48, 48), np.float32)
+    cams[0, 10:20, 30:40] = 0.5  # a weak CAM region on the blue half, whose colour says background
+    erased = cam_crf_labels(image, cams, np.array([3]), bg_threshold=0.4, crf=True)
+    assert (erased[10:20, 30:40] == 3).mean() < 0.5
+    kept = cam_crf_labels(image, cams, np.array([3]), bg_threshold=0.4, crf=True, min_kept=0.5)
+    assert (kept[10:20, 30:40] == 3).all()
+
+
+def test_max_growth_bounds_the_crf_by_the_reference_labels():
+    image = two_colour_image()
+    cams = np.zeros((1, 48, 48), np.float32)
+    cams[0, :, :20] = 0.6  # falls 4 columns short of the edge at 24: the CRF grows it by 4 / 20
+    cams[0, :, 20:24] = 0.3  # below the background threshold, above nothing
+    free = cam_crf_labels(image, cams, np.array([3]), bg_threshold=0.4, crf=True) == 3
+    assert free[:, 20:24].mean() > 0.9
+    bounded = cam_crf_labels(image, cams, np.array([3]), bg_threshold=0.4, crf=True, max_growth=0.1) == 3
+    assert not bounded[:, 20:].any() and bounded[:, :20].mean() > 0.9
+    assert np.array_equal(cam_crf_labels(image, cams, np.array([3]), bg_threshold=0.4, crf=True, max_growth=0.5) == 3,
+                          free)
+    # measured against other labels (the CAM stage's at its own threshold): there the class has 8 columns
+    reference = np.where(np.arange(48) < 8, 3, 0).astype(np.uint8)[None].repeat(48, axis=0)
+    against = cam_crf_labels(image, cams, np.array([3]), bg_threshold=0.4, crf=True, max_growth=1.0,
+                             reference=reference) == 3
+    assert not against[:, 8:].any()
+    with pytest.raises(ValueError, match="reference labels"):
+        cam_crf_labels(image, cams, np.array([3]), max_growth=1.0, reference=reference[:40])
+
+
 def test_background_settings_stage_over_classifier_over_defaults():
     assert background_settings(None, None) == {"bg_mode": "constant", "bg_threshold": 0.15, "bg_alpha": 16.0}
     assert background_settings({"bg_threshold": 0.3}, {"bg_threshold": 0.2, "bg_mode": "power", "lr": 1}) == \
@@ -121,6 +184,23 @@ def test_pipeline_refines_the_cams_without_an_affinity_stage(tiny_synthetic, tmp
     other = Path(refined["cam_crf"]["dir"]) / "labels"
     assert any(not np.array_equal(np.array(Image.open(cams_labels / n)), np.array(Image.open(other / n)))
                for n in names)
+
+
+def test_the_stage_bounds_growth_by_the_cam_stages_labels(tiny_synthetic, tmp_path):
+    def outside_the_cam_labels(section: dict) -> int:
+        """Class pixels of the stage's labels that the CAM stage (threshold 0.35) labelled otherwise."""
+        stages = run_pipeline(crf_config(tiny_synthetic, {"crf": {"scale_params": True}, "bg_threshold": 0.2,
+                                                          "processes": 1, **section}),
+                              tmp_path, log=lambda _m: None, until="cam_crf")["stages"]
+        cams_labels, crf_labels = Path(stages["cams"]["dir"]) / "labels", Path(stages["cam_crf"]["dir"]) / "labels"
+        count = 0
+        for path in sorted(crf_labels.glob("*.png")):
+            crf, cam = np.array(Image.open(path)), np.array(Image.open(cams_labels / path.name))
+            count += int(((crf > 0) & (crf != cam)).sum())
+        return count
+
+    assert outside_the_cam_labels({}) > 0  # the lower threshold and the CRF add pixels
+    assert outside_the_cam_labels({"max_growth": 0.0}) == 0
 
 
 def test_a_broken_cam_file_is_named_and_earlier_labels_stay(tiny_synthetic, tmp_path):

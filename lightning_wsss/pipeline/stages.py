@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..io import write_label_png
+from ..io import read_label_png, write_label_png
 from ..metrics import evaluate_reader
 from ..serialization import load_model_checkpoint
 from ..threads import limit_worker_threads, owned_cores
@@ -391,7 +391,11 @@ def cam_crf_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Sta
 
     ``crf``: the CRF setting (default ``true``, psa's parameters); ``bg_mode`` / ``bg_threshold`` / ``bg_alpha``:
     the background channel, by default the CAM stage's (its ``cam`` settings, else the classifier's);
-    ``ignore_changes``: 255 where the CRF changed the CAM labels.
+    ``ignore_changes``: 255 where the CRF changed the CAM labels; ``max_growth``: no class may gain more than this
+    times its area in the CAM stage's labels (:func:`~lightning_wsss.refine.cam_crf.limit_growth`), so a lower
+    ``bg_threshold`` lets the CRF reach an object's edges without flooding its context; ``min_kept``: every region
+    of the CAM stage's labels keeps at least this share of its pixels
+    (:func:`~lightning_wsss.refine.cam_crf.keep_regions`).
     """
     from ..refine.cam_crf import background_settings
     from ..serialization import checkpoint_hparams
@@ -399,10 +403,13 @@ def cam_crf_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Sta
     dataset = split_reader(ctx)
     hparams = checkpoint_hparams(upstream["classifier"].outputs["checkpoint"]) if "classifier" in upstream else {}
     settings = {**background_settings(cfg, hparams), "crf": cfg.get("crf", True),
-                "ignore_changes": bool(cfg.get("ignore_changes", False))}
+                "ignore_changes": bool(cfg.get("ignore_changes", False)),
+                "max_growth": cfg.get("max_growth"), "min_kept": cfg.get("min_kept")}
     cams_dir, folder = Path(upstream["cams"].outputs["cams_dir"]), stage_dir / "labels"
-    jobs = [(i, cams_dir / f"{i}.npz", folder / f"{i}.png", settings) for i in ctx.world.share(dataset.ids)
-            if not (folder / f"{i}.png").is_file()]
+    bounded = settings["max_growth"] is not None or settings["min_kept"] is not None
+    reference = Path(upstream["cams"].outputs["labels_dir"]) if bounded else None
+    jobs = [(i, cams_dir / f"{i}.npz", reference / f"{i}.png" if reference else None, folder / f"{i}.png", settings)
+            for i in ctx.world.share(dataset.ids) if not (folder / f"{i}.png").is_file()]
     processes = int(cfg.get("processes") or owned_cores(ctx.world.local_size))
     _run_jobs(_cam_crf_job, jobs, dataset, processes, tqdm(total=len(jobs), desc="CAM + CRF",
                                                            disable=not _progress(ctx)))
@@ -421,10 +428,14 @@ def _cam_crf_job(args) -> str:
     from ..errors import DataError
     from ..refine.cam_crf import cam_crf_labels
 
-    image_id, cams_path, path, settings = args
+    image_id, cams_path, reference_path, path, settings = args
     saved = load_cams(cams_path)
+    image = _READER.load(image_id)["image"]
+    reference = read_label_png(reference_path) if reference_path is not None else None
+    if reference is not None and reference.shape != image.shape[:2]:
+        raise DataError(reference_path, f"CAM labels {reference.shape} do not fit an image of size {image.shape[:2]}")
     try:
-        labels = cam_crf_labels(_READER.load(image_id)["image"], saved["cams"], saved["keys"], **settings)
+        labels = cam_crf_labels(image, saved["cams"], saved["keys"], reference=reference, **settings)
     except ValueError as exc:
         raise DataError(cams_path, str(exc)) from None
     write_label_png(path, labels)

@@ -1,4 +1,5 @@
-"""Refinement core: dense CRF, affinity pseudo labels and the sparse random walk (pure functions)."""
+"""Refinement core: dense CRF, bounds on its changes, affinity pseudo labels and the sparse random walk (pure
+functions)."""
 
 from lightning_wsss.refine.affinity_labels import (
     affinity_label_map_irn,
@@ -19,6 +20,7 @@ from lightning_wsss.refine.crf import (
     crf_params_for,
     scaled_crf_params,
 )
+from lightning_wsss.refine.label_bounds import bound_changes, keep_regions, limit_growth
 from lightning_wsss.refine.random_walk import (
     Transition,
     affinity_from_features,
@@ -44,6 +46,9 @@ __all__ = [
     "affinity_label_map_psa",
     "affinity_label_map_irn",
     "affinity_pairs",
+    "bound_changes",
+    "limit_growth",
+    "keep_regions",
     "Transition",
     "affinity_from_features",
     "transition_matrix",

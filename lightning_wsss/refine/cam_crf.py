@@ -13,13 +13,15 @@ import torch
 
 from ..cam.multiscale import add_background
 from .crf import CRFSpec, crf_from_scores
+from .label_bounds import bound_changes
 
 __all__ = ["cam_crf_labels", "background_settings"]
 
 
 def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mode: str = "constant",
                    bg_threshold: float = 0.15, bg_alpha: float = 16.0, crf: CRFSpec = True,
-                   ignore_changes: bool = False) -> np.ndarray:
+                   ignore_changes: bool = False, max_growth: Optional[float] = None,
+                   min_kept: Optional[float] = None, reference: Optional[np.ndarray] = None) -> np.ndarray:
     """Labels of one image: its CAMs with a background channel, through a dense CRF, arg-maxed.
 
     Args:
@@ -31,12 +33,18 @@ def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mod
         crf: the CRF's :data:`~lightning_wsss.refine.crf.CRFSpec` (``False``: the CAM labels themselves).
         ignore_changes: label 255 (ignored by the segmenter) where the CRF changed the CAM labels, so only the
             pixels both agree on are taught.
+        max_growth: :func:`~.label_bounds.limit_growth`'s bound on the pixels the CRF adds to a class over
+            ``reference`` (``None``: no bound).
+        min_kept: :func:`~.label_bounds.keep_regions`' share of each ``reference`` region the CRF must keep
+            (``None``: none).
+        reference: uint8 labels [H, W] both bounds are measured against, e.g. the CAM stage's labels at its own
+            background threshold when the CRF starts from a lower one (default: the CAM labels of ``bg_*``).
 
     Returns:
         uint8 labels [H, W]: 0 for background, else the class index (255 where ignored).
 
     Raises:
-        ValueError: the CAMs do not match the image's size or their keys.
+        ValueError: the CAMs or the reference labels do not match the image's size, or the CAMs their keys.
     """
     if cams.ndim != 3 or cams.shape[1:] != image.shape[:2] or len(keys) != cams.shape[0]:
         raise ValueError(f"CAMs {tuple(cams.shape)} with {len(keys)} keys do not fit an image of size "
@@ -47,8 +55,10 @@ def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mod
                             bg_threshold=bg_threshold, alpha=bg_alpha)[0].numpy()
     classes = np.concatenate([[0], np.asarray(keys, np.int64)])
     labels = classes[crf_from_scores(image, scores, crf).argmax(axis=0)].astype(np.uint8)
+    cam_labels = classes[scores.argmax(axis=0)].astype(np.uint8)
+    labels = bound_changes(cam_labels if reference is None else reference, labels, max_growth, min_kept)
     if ignore_changes:
-        labels[labels != classes[scores.argmax(axis=0)]] = 255
+        labels[labels != cam_labels] = 255
     return labels
 
 

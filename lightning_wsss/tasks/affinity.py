@@ -16,6 +16,7 @@ from ..models.affinity import AffinityNet
 from ..models.backbones import build_backbone
 from ..errors import DataError
 from ..refine.crf import crf_from_scores, crf_params_for
+from ..refine.label_bounds import bound_changes
 from ..refine.affinity_labels import affinity_loss, affinity_pairs, neighbor_offsets  # affinity_loss: re-exported
 from ..refine.random_walk import affinity_from_features, irn_scores, random_walk
 from ..refine.separation import affinity_separation_sums, separation_means
@@ -113,6 +114,9 @@ class AffinityRefiner(WSSSTask):
         crf: dense-CRF post-processing of the walked probabilities: ``False`` (none), ``True`` (psa's parameters)
             or a mapping of :class:`~lightning_wsss.refine.crf.CRFParams` fields plus ``scale_params`` (spatial
             widths scaled from 500 px to the image, :func:`~lightning_wsss.refine.crf.crf_params_for`).
+        crf_max_growth, crf_min_kept: bounds on what the CRF changes in the walk's labels
+            (:func:`~lightning_wsss.refine.label_bounds.bound_changes`: no class grows past ``crf_max_growth`` times
+            its walked area, every walked region keeps ``crf_min_kept`` of its pixels; ``None``: no bound).
         **kwargs: :class:`~lightning_wsss.tasks.base.WSSSTask` arguments (``lr``, ``head_lr_mult``,
             ``weight_decay``, ``momentum``, ``optimizer``, ``poly_power``).
     """
@@ -140,6 +144,8 @@ class AffinityRefiner(WSSSTask):
         walk_flip: Union[bool, str] = False,
         backbone_init: Optional[str] = None,
         crf: Union[bool, Dict[str, Any]] = False,
+        crf_max_growth: Optional[float] = None,
+        crf_min_kept: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
         if walk_mode not in WALK_MODES:
@@ -336,9 +342,8 @@ class AffinityRefiner(WSSSTask):
             small = self.walk_cams(self.downsample_cams(cams, (h, w), (height, width)), embedding[row : row + 1])
             walked = self.walk_scores(small, aff[row : row + 1])
             probs = self.upsample_scores(walked, (h * self.stride, w * self.stride))[:, :, :height, :width]
-            if self.hparams.crf:
-                probs = self.crf_refine(batch, i, probs)
-            label = keys[channel_argmax(probs[0], dim=0).cpu().numpy()]
+            walked_label = keys[channel_argmax(probs[0], dim=0).cpu().numpy()]
+            label = self.crf_labels(batch, i, probs, keys, walked_label) if self.hparams.crf else walked_label
             results.append([Artifact(f"labels/{image_id}.png", "png", label)])
         return results
 
@@ -362,6 +367,13 @@ class AffinityRefiner(WSSSTask):
     def upsample_scores(scores: Tensor, size: Tuple[int, int]) -> Tensor:
         """Bilinear upsampling of walked scores [1, C, h, w] to ``size``."""
         return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+
+    def crf_labels(self, batch: Dict[str, Any], index: int, probs: Tensor, keys: np.ndarray,
+                   walked_label: np.ndarray) -> np.ndarray:
+        """uint8 labels [H, W] of walked scores [1, C, H, W] after the CRF (:meth:`crf_refine`), its changes to the
+        walk's labels ``walked_label`` bounded by ``crf_max_growth`` / ``crf_min_kept``."""
+        label = keys[channel_argmax(self.crf_refine(batch, index, probs)[0], dim=0).cpu().numpy()]
+        return bound_changes(walked_label, label, self.hparams.crf_max_growth, self.hparams.crf_min_kept)
 
     def crf_refine(self, batch: Dict[str, Any], index: int, probs: Tensor) -> Tensor:
         """Dense-CRF of walked scores [1, C, H, W] on the denormalised image (``crf``: its setting)."""

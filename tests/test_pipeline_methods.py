@@ -12,6 +12,8 @@ from lightning_wsss.pipeline import run_pipeline
 from lightning_wsss.pipeline.checks import load_config
 from lightning_wsss.pipeline.config import deep_merge
 from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
+from lightning_wsss.pipeline.defaults import resolve
+from lightning_wsss.pipeline.plan import stage_names
 from test_pipeline import quiet, tiny_synthetic  # noqa: F401  (fixture)
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "synthetic"
@@ -95,7 +97,7 @@ def test_base_config_chain_and_its_errors(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["image_erasing", "image_cda", "image_sec", "image_selftrain", "image_irn",
-                                    "image_lpcam", "image_recam", "image_probecam", "image_cam_crf"])
+                                    "image_lpcam", "image_recam", "image_probecam", "image_cam_crf", "image_walk"])
 def test_demo_methods_are_their_configs_on_the_demo(method, tmp_path):
     """``wsss demo --methods M``: the demo's image pipeline with the method config's own keys, under M's name."""
     from lightning_wsss.pipeline.demo import METHODS, demo_config, method_config, method_overrides
@@ -110,6 +112,8 @@ def test_demo_methods_are_their_configs_on_the_demo(method, tmp_path):
                                                           "image_probecam": "ProbeCAMClassifier"}[method]
         assert config["stages"]["affinity"] == demo_config(tmp_path, "image", False, False)["stages"]["affinity"]
         assert config["stages"].get("classifier") == demo_config(tmp_path, "image", False, False)["stages"].get("classifier")
+    if "order" not in method_overrides(method):  # the walk's pipeline, not the demo's bounded CAM + CRF
+        assert "order" not in config and stage_names(resolve(config))[-2:] == ["random_walk", "segmenter"]
     if method == "image_cam_crf":  # the baseline's classifier and CAMs, no affinity stage
         assert config["order"] == ["classifier", "cams", "cam_crf", "segmenter"]
         assert config["stages"].get("cams") == demo_config(tmp_path, "image", False, False)["stages"].get("cams")
@@ -117,3 +121,17 @@ def test_demo_methods_are_their_configs_on_the_demo(method, tmp_path):
         init_args = config["stages"]["classifier"]["model"]["init_args"]
         assert config["stages"]["classifier"]["model"]["class_path"] == "ReCAMClassifier"
         assert init_args["recam_background"] is True and init_args["recam_start_epoch"] == 8
+
+
+def test_the_demos_image_refinement_is_the_bounded_cam_crf(tmp_path):
+    """``wsss demo``'s image pipeline and hybrid curve refine the CAMs with the bounded CRF, no AffinityNet; the
+    walk is ``--methods image_walk``, the same stages as experiments/synthetic/pipeline_cam_crf.yaml's settings."""
+    from lightning_wsss.pipeline.demo import demo_config, method_config, method_overrides
+
+    image = demo_config(tmp_path, "image", quick=False, progress=False)
+    assert stage_names(resolve(image)) == ["classifier", "cams", "cam_crf", "segmenter"]
+    assert image["stages"]["cam_crf"] == method_overrides("image_cam_crf")["stages"]["cam_crf"]
+    hybrid = demo_config(tmp_path, "hybrid", quick=False, progress=False, box_fraction=0.1)
+    assert "affinity" not in stage_names(resolve(hybrid)) and "cam_crf" in stage_names(resolve(hybrid))
+    walk = method_config(tmp_path, "image_walk", quick=False, progress=False)
+    assert stage_names(resolve(walk)) == ["classifier", "cams", "affinity", "random_walk", "segmenter"]

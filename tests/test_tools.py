@@ -679,3 +679,34 @@ def test_cam_crf_sweep_scores_settings_and_foreground_shares(tiny_voc, tmp_path)
     assert rows[1]["miou"] < 1.0
     out = run_tool("cam_crf_sweep.py", "--cams", str(exact), "--root", str(tiny_voc), "--bg-thresholds", "0.5")
     assert "best: crf none, bg_threshold 0.5: 100.00" in out
+
+
+def test_refinement_changes_counts_floods_trims_and_lost_objects(tiny_voc, tmp_path):
+    """Reference = the masks; the 'refinement' floods class 1 over the background of one image and erases every
+    object of class 2: its added pixels are all wrong, its removed ones all right, and every class-2 object is lost."""
+    reader = VOCSegmentation(tiny_voc, "train")
+    reference, refined = tmp_path / "reference", tmp_path / "refined"
+    flooded = reader.ids[0]
+    objects_2 = 0
+    for image_id in reader.ids:
+        mask = np.asarray(reader.load(image_id)["mask"])
+        write_label_png(reference / f"{image_id}.png", mask)
+        changed = np.where(mask == 2, 0, mask).astype(np.uint8)
+        if image_id == flooded:
+            changed[mask == 0] = 1
+        write_label_png(refined / f"{image_id}.png", changed)
+        objects_2 += int(((mask == 2).any()))
+    assert objects_2 > 0 and (np.asarray(reader.load(flooded)["mask"]) == 1).any()
+    result = json.loads(run_tool("refinement_changes.py", "--reference", str(reference), "--refined", str(refined),
+                                 "--root", str(tiny_voc), "--max-growth", "1", "--min-kept", "0.5", "--json"))
+    added, added_right = np.array(result["added"]), np.array(result["added_right"])
+    assert added[1].sum() > 0 and added_right[1].sum() == 0 and added[2:].sum() == 0
+    removed, removed_right = np.array(result["removed"]), np.array(result["removed_right"])
+    assert removed[2] > 0 and removed_right[2] == 0 and removed[1] == 0
+    lost_ref, lost_new = np.array(result["lost_reference"]), np.array(result["lost_refined"])
+    assert lost_ref[:, 1].sum() == 0 and lost_new[2, 1] == lost_new[2, 0] >= objects_2 and lost_new[1, 1] == 0
+    assert result["miou"]["reference"] == pytest.approx(1.0) and result["miou"]["refined"] < 0.8
+    assert result["miou"]["bounded"] == pytest.approx(1.0)  # both bounds undo both changes here
+    table = run_tool("refinement_changes.py", "--reference", str(reference), "--refined", str(refined),
+                     "--root", str(tiny_voc))
+    assert "objects lost" in table and "mIoU: reference 100.00" in table

@@ -18,13 +18,26 @@ from .summary import read_summary
 DEMO_DATA = {"num_train": 400, "num_val": 100, "size": 128, "seed": 0}
 
 DEMO_STAGES: Dict[str, Any] = {"affinity": {"schedule": {"min_steps": 250}},
+                               "cam_crf": {"crf": {"scale_params": True}, "bg_threshold": 0.1, "max_growth": 1.0,
+                                           "min_kept": 0.5},
                                "box_init": {"kwargs": {"crf": {"scale_params": True, "edge_confidence": 0.6}}}}
-"""The demo's own stage settings. AffinityNet: 250 steps, not 500: on the demo the ratio of val/aff_same to
-val/aff_cross stops growing there (14.6 at step 250, 12.5 at step 500; README "Refinement"). The CRF box
+"""The demo's own stage settings. The image labels' refinement: the CAMs through psa's CRF scaled to the 128 px
+images at background 0.1 (the best of ``tools/cam_crf_sweep.py`` on seed 0), its changes bounded against the CAM
+labels (no class more than doubled, every CAM region kept on half its pixels): over three seeds it beats the walk
+in labels and segmenter (README "Bounded CRF"). AffinityNet (``--methods image_walk``, IRN, SEC, self-training):
+250 steps, not 500: on the demo the ratio of val/aff_same to val/aff_cross stops growing there (14.6 at step 250,
+12.5 at step 500; README "Refinement"). The CRF box
 initializer: spatial widths scaled to the 128 px images and the box prior's border confidence 0.6, the best of
 ``tools/box_init_sweep.py`` on the demo's training masks (README "Boxes"; the synthetic shapes fill 71 % of their
 boxes). BoxSup takes the pipelines' defaults (README "Boxes"), its pool's CRF proposal made with these settings
 (a pipeline's BoxSup takes the ``box_init`` stage's ``kwargs``)."""
+
+DEMO_ORDERS: Dict[str, list] = {
+    "image": ["classifier", "cams", "cam_crf", "segmenter"],
+    "hybrid": ["classifier", "cams", "cam_crf", "box_init", "hybrid_labels", "segmenter"],
+}
+"""The demo's image-label refinement is the bounded CAM + CRF (``DEMO_STAGES``), in the hybrid curve too; the
+methods (:data:`METHODS`) start from the walk's pipeline, ``presets.yaml``'s ``image`` order."""
 
 QUICK_OVERRIDES: Dict[str, Any] = {
     "data": {"batch_size": 4, "eval_batch_size": 4, "crop_size": 64},
@@ -53,7 +66,7 @@ METHODS: Dict[str, str] = {"image_erasing": "pipeline_erasing.yaml", "image_cda"
                            "image_sec": "pipeline_sec.yaml", "image_selftrain": "pipeline_selftrain.yaml",
                            "image_irn": "pipeline_irn.yaml", "image_lpcam": "pipeline_lpcam.yaml",
                            "image_recam": "pipeline_recam.yaml", "image_probecam": "pipeline_probecam.yaml",
-                           "image_cam_crf": "pipeline_cam_crf.yaml"}
+                           "image_cam_crf": "pipeline_cam_crf.yaml", "image_walk": "pipeline_walk.yaml"}
 
 METHOD_CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "synthetic"
 """Where the method configs are: the source checkout's ``experiments/synthetic``."""
@@ -92,14 +105,19 @@ def demo_config(data_root: Path, supervision: str, quick: bool, progress: bool, 
     if box_fraction is not None:
         config.update(supervision="hybrid", name=f"demo-hybrid-{box_fraction:g}", summary_key=f"hybrid_{box_fraction:g}",
                       hybrid={"box_fraction": float(box_fraction)})
+    if config["supervision"] in DEMO_ORDERS:
+        config["order"] = list(DEMO_ORDERS[config["supervision"]])
     if quick:
         config = deep_merge(config, QUICK_OVERRIDES)
     return config
 
 
 def method_config(data_root: Path, method: str, quick: bool, progress: bool, size: int = 128) -> Dict[str, Any]:
-    """The pipeline config of a demo method: the demo's image pipeline with the method's settings."""
-    config = deep_merge(demo_config(data_root, "image", quick, progress, size), method_overrides(method))
+    """The pipeline config of a demo method: the demo's image pipeline with the method's settings, in the stage
+    order of the method's config, else of ``presets.yaml``'s image pipeline (the walk)."""
+    config = demo_config(data_root, "image", quick, progress, size)
+    config.pop("order")
+    config = deep_merge(config, method_overrides(method))
     return deep_merge(config, {"name": f"demo-{method}", "summary_key": method})
 
 

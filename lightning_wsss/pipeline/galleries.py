@@ -4,7 +4,7 @@ each supervision's segmenter predictions."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -24,6 +24,14 @@ def _heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return (0.5 * image + 0.5 * colours).astype(np.uint8)
 
 
+def _refinement(stages: Dict[str, Any]) -> Optional[str]:
+    """The last stage after the CAMs that wrote labels (the random walk, CAM + CRF), or None."""
+    names = list(stages)
+    after = names[names.index("cams") + 1:] if "cams" in names else []
+    labelled = [name for name in after if name != "segmenter" and (Path(stages[name]["dir"]) / "labels").is_dir()]
+    return labelled[-1] if labelled else None
+
+
 def demo_galleries(summary: Dict[str, Any], data_root: Path, num_images: int = 6) -> Dict[str, bytes]:
     """Galleries: training images with CAMs and every supervision's pseudo labels; val images with predictions."""
     from ..cam.files import load_cams
@@ -36,9 +44,12 @@ def demo_galleries(summary: Dict[str, Any], data_root: Path, num_images: int = 6
     if "image" in entries:
         stages = entries["image"]["stages"]
         cams_dir = Path(stages["cams"]["dir"]) / "cams"
-        columns += ["CAM", "CAM labels", "random walk"]
-        sources += [("cam", cams_dir), ("png", Path(stages["cams"]["dir"]) / "labels"),
-                    ("png", Path(stages["random_walk"]["dir"]) / "labels")]
+        columns += ["CAM", "CAM labels"]
+        sources += [("cam", cams_dir), ("png", Path(stages["cams"]["dir"]) / "labels")]
+        refined = _refinement(stages)
+        if refined is not None:
+            columns.append(refined.replace("_", " "))
+            sources.append(("png", Path(stages[refined]["dir"]) / "labels"))
     if "box" in entries:
         rounds_dir = Path(entries["box"]["stages"]["boxsup"]["dir"]) / "rounds"
         last = max((p for p in rounds_dir.glob("round_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))

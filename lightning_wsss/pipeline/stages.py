@@ -183,8 +183,8 @@ def segmenter_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, S
 # ---------------------------------------------------------------------- hybrid
 def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                         cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The union of the two pseudo-label sets: box masks (``box_source`` initializer) for the box images, the
-    random walk's labels for the others; written to ``labels/`` (for inspection and ``wsss evaluate``) and
+    """The union of the two pseudo-label sets: box masks (``box_source`` initializer) for the box images, the image
+    labels' last refinement (the random walk's, or ``cam_crf``'s) for the others; written to ``labels/`` (for inspection and ``wsss evaluate``) and
     scored as a whole and per part."""
     from ..io import copy_file_atomic
 
@@ -203,7 +203,8 @@ def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[st
     image_ids = [i for i in dataset.ids if i not in chosen]
     # the box part's score is box_init's; here the union and the image-label part
     metrics = {"hybrid": pseudo_miou(ctx, stage_dir / "labels", dataset),
-               "image_random_walk": pseudo_miou(ctx, image_dir, _subset_reader(ctx, image_ids)) if image_ids else float("nan")}
+               f"image_{upstream['labels'].name}":  # the image part, named after its stage (image_random_walk)
+                   pseudo_miou(ctx, image_dir, _subset_reader(ctx, image_ids)) if image_ids else float("nan")}
     return {"outputs": {"labels_dir": str(stage_dir / "labels"), "box_mask_dir": str(box_dir),
                         "image_mask_dir": str(image_dir), "box_ids": box_ids,
                         "num_boxes": int(upstream["box_masks"].outputs["num_boxes"])},

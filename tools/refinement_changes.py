@@ -48,7 +48,8 @@ def growth_bin(added: int, reference: int) -> int:
     return int(np.searchsorted(GROWTH_BINS, added / reference, side="right"))
 
 
-def image_changes(reference: np.ndarray, refined: np.ndarray, mask: np.ndarray, num_classes: int) -> Dict[str, np.ndarray]:
+def image_changes(reference: np.ndarray, refined: np.ndarray, mask: np.ndarray,
+                  num_classes: int) -> Dict[str, np.ndarray]:
     """Counts of one image: ``added`` / ``added_right`` [C, bins], ``removed`` / ``removed_right`` [C]."""
     valid = mask != 255
     bins = len(GROWTH_BINS) + 1
@@ -144,11 +145,11 @@ def format_changes(result: Dict[str, object]) -> str:
     lines = ["pixels in % of all (in parentheses: % the masks confirm)", " | ".join(head)]
     for label in range(1, len(result["classes"])):
         objects_ = max(int(lost_ref[label, 0]), 1)
+        lost = (f"{100 * lost_ref[label, 1] / objects_:.1f} -> {100 * lost_new[label, 1] / objects_:.1f} % "
+                f"of {int(lost_ref[label, 0])}")
         lines.append(" | ".join([result["classes"][label]]
                                 + [share(added[label, b], added_right[label, b]) for b in range(added.shape[1])]
-                                + [share(removed[label], removed_right[label]),
-                                   f"{100 * lost_ref[label, 1] / objects_:.1f} -> {100 * lost_new[label, 1] / objects_:.1f} % "
-                                   f"of {int(lost_ref[label, 0])}"]))
+                                + [share(removed[label], removed_right[label]), lost]))
     lines.append("mIoU: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in result["miou"].items()))
     return "\n".join(lines)
 

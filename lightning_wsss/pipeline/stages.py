@@ -184,8 +184,8 @@ def segmenter_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, S
 def hybrid_labels_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, StageResult],
                         cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The union of the two pseudo-label sets: box masks (``box_source`` initializer) for the box images, the image
-    labels' last refinement (the random walk's, or ``cam_crf``'s) for the others; written to ``labels/`` (for inspection and ``wsss evaluate``) and
-    scored as a whole and per part."""
+    labels' last refinement (the random walk's, or ``cam_crf``'s) for the others; written to ``labels/`` (for
+    inspection and ``wsss evaluate``) and scored as a whole and per part."""
     from ..io import copy_file_atomic
 
     box_ids = list(cfg["box_ids"])
@@ -393,10 +393,10 @@ def cam_crf_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, Sta
     ``crf``: the CRF setting (default ``true``, psa's parameters); ``bg_mode`` / ``bg_threshold`` / ``bg_alpha``:
     the background channel, by default the CAM stage's (its ``cam`` settings, else the classifier's);
     ``ignore_changes``: 255 where the CRF changed the CAM labels; ``max_growth``: no class may gain more than this
-    times its area in the CAM stage's labels (:func:`~lightning_wsss.refine.cam_crf.limit_growth`), so a lower
+    times its area in the CAM stage's labels (:func:`~lightning_wsss.refine.label_bounds.limit_growth`), so a lower
     ``bg_threshold`` lets the CRF reach an object's edges without flooding its context; ``min_kept``: every region
     of the CAM stage's labels keeps at least this share of its pixels
-    (:func:`~lightning_wsss.refine.cam_crf.keep_regions`).
+    (:func:`~lightning_wsss.refine.label_bounds.keep_regions`).
     """
     from ..refine.cam_crf import background_settings
     from ..serialization import checkpoint_hparams

@@ -679,6 +679,17 @@ def test_cam_crf_sweep_scores_settings_and_foreground_shares(tiny_voc, tmp_path)
     assert rows[1]["miou"] < 1.0
     out = run_tool("cam_crf_sweep.py", "--cams", str(exact), "--root", str(tiny_voc), "--bg-thresholds", "0.5")
     assert "best: crf none, bg_threshold 0.5: 100.00" in out
+    # bounded against the masks as reference labels, no class may grow at all: the flat maps' flood goes back
+    reference = tmp_path / "reference"
+    for image_id in reader.ids:
+        write_label_png(reference / f"{image_id}.png", np.asarray(reader.load(image_id)["mask"]))
+    rows = json.loads(run_tool("cam_crf_sweep.py", "--cams", str(flat), "--root", str(tiny_voc), "--bg-thresholds",
+                               "0.3", "--crfs", "{none: false}", "--reference", str(reference), "--max-growth", "0",
+                               "--json"))
+    assert rows[0]["miou"] == pytest.approx(1.0) and rows[0]["labelled_fg"] == pytest.approx(rows[0]["gt_fg"])
+    code, _, err = run_script(TOOLS / "cam_crf_sweep.py", "--cams", str(flat), "--root", str(tiny_voc),
+                              "--max-growth", "1")
+    assert code == 2 and "--reference" in err
 
 
 def test_refinement_changes_counts_floods_trims_and_lost_objects(tiny_voc, tmp_path):

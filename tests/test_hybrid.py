@@ -164,3 +164,14 @@ def test_hybrid_pipeline_curve_points_share_image_stages(tiny_synthetic, tmp_pat
                     inside[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
             assert not cam[~inside].any()
     assert json.loads((tmp_path / "restricted" / "summary.json").read_text())["supervision"]["hybrid_0.3"]
+
+
+def test_a_hybrid_run_after_the_image_run_finds_its_stages_complete(tiny_synthetic, tmp_path):  # noqa: F811
+    """The hybrid pipeline looks for its image-label stages in OUT/hybrid/../image before OUT/hybrid exists."""
+    run_pipeline(tiny_config(tiny_synthetic, "image"), tmp_path, log=quiet, until="cams")
+    assert not (tmp_path / "hybrid").exists()
+    lines = []
+    run_pipeline(tiny_config(tiny_synthetic, "hybrid", summary_key="hybrid_0.3", hybrid={"box_fraction": 0.3, "seed": 1}),
+                 tmp_path, log=lines.append, until="cams")
+    assert any(line.startswith("[classifier] complete") for line in lines), lines
+    assert any(line.startswith("[cams] complete") for line in lines), lines

@@ -196,7 +196,9 @@ def run_stages(ctx: PipelineContext, stages: List[Stage]) -> Dict[str, StageResu
     for stage in stages:
         upstream = {folders[name]: ctx.results[name].hash for name in stage.upstream}
         digest = stage_hash(stage.hashed_config(), upstream)
-        stage_dir = ctx.out_dir / (stage.root or ".") / folders[stage.name] / digest
+        # lexically normalised: "OUT/hybrid/../image/..." names the image pipeline's folder even before OUT/hybrid
+        # exists (the OS resolves ".." only through an existing folder, and the stage would not be found complete)
+        stage_dir = Path(os.path.normpath(ctx.out_dir / (stage.root or ".") / folders[stage.name] / digest))
         marker = stage_dir / "stage.json"
         done = ctx.world.broadcast(_complete(marker, stage.name) if ctx.world.is_zero else None)
         if done is not None:

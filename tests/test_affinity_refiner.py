@@ -207,13 +207,16 @@ def test_the_walks_crf_changes_are_bounded(monkeypatch):
     model = AffinityRefiner(3, backbone="test_resnet", feature_levels=(1, 2, 3), embed_dim=16, crf=True,
                             crf_max_growth=1.0, crf_min_kept=0.5)
     keys = np.array([0, 2], np.uint8)
-    walked = np.zeros((8, 8), np.uint8)
-    walked[:2, :2] = 2  # the walk's labels: class 2 on 4 pixels
+    walked_scores = torch.zeros(1, 2, 8, 8)
+    walked_scores[0, 0] = 0.5
+    walked_scores[0, 1, :2, :2] = 1.0  # the walk's labels: class 2 on 4 pixels
+    walked = model.labels_of(walked_scores, keys)
+    assert (walked == 2).sum() == 4
     flood, erase = torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8)
     flood[0, 1], erase[0, 0] = 1.0, 1.0  # the CRF's: class 2 everywhere, or nowhere
     for crf_scores in (flood, erase):
         monkeypatch.setattr(model, "crf_refine", lambda batch, index, probs, s=crf_scores: s)
-        assert np.array_equal(model.crf_labels({}, 0, crf_scores, keys, walked), walked)
+        assert np.array_equal(model.crf_labels({}, 0, walked_scores, keys), walked)
     model.hparams.crf_max_growth = model.hparams.crf_min_kept = None  # unbounded: the CRF's labels
     monkeypatch.setattr(model, "crf_refine", lambda batch, index, probs: flood)
-    assert (model.crf_labels({}, 0, flood, keys, walked) == 2).all()
+    assert (model.crf_labels({}, 0, walked_scores, keys) == 2).all()

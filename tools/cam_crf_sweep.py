@@ -6,8 +6,8 @@
         [--processes 2] [--json] [--reference DIR --max-growth 1 --min-kept 0.5]
 
 ``--reference`` (the CAM stage's ``labels`` folder) with ``--max-growth`` / ``--min-kept`` scores the labels with
-the stage's bounds on the CRF's changes (README "Bounded CRF"). ``--crfs``: named CRF settings (YAML: ``false``, ``true`` or a mapping of ``CRFParams`` fields plus
-``scale_params``); ``none: false`` gives the CAM labels at each threshold. The best setting is printed last.
+the stage's bounds on the CRF's changes (README "Bounded CRF"). ``--crfs``: named CRF settings (YAML: ``false``,
+``true`` or a mapping of ``CRFParams`` fields plus ``scale_params``); ``none: false`` gives the CAM labels at each threshold. The best setting is printed last.
 A setting that maximises this score can still flood the background (the foreground share tells).
 """
 

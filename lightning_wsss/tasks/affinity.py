@@ -342,8 +342,7 @@ class AffinityRefiner(WSSSTask):
             small = self.walk_cams(self.downsample_cams(cams, (h, w), (height, width)), embedding[row : row + 1])
             walked = self.walk_scores(small, aff[row : row + 1])
             probs = self.upsample_scores(walked, (h * self.stride, w * self.stride))[:, :, :height, :width]
-            walked_label = keys[channel_argmax(probs[0], dim=0).cpu().numpy()]
-            label = self.crf_labels(batch, i, probs, keys, walked_label) if self.hparams.crf else walked_label
+            label = self.crf_labels(batch, i, probs, keys) if self.hparams.crf else self.labels_of(probs, keys)
             results.append([Artifact(f"labels/{image_id}.png", "png", label)])
         return results
 
@@ -368,12 +367,19 @@ class AffinityRefiner(WSSSTask):
         """Bilinear upsampling of walked scores [1, C, h, w] to ``size``."""
         return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
 
-    def crf_labels(self, batch: Dict[str, Any], index: int, probs: Tensor, keys: np.ndarray,
-                   walked_label: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def labels_of(scores: Tensor, keys: np.ndarray) -> np.ndarray:
+        """uint8 labels [H, W] of scores [1, C, H, W]: the class ``keys`` [C] of each pixel's highest channel."""
+        return keys[channel_argmax(scores[0], dim=0).cpu().numpy()]
+
+    def crf_labels(self, batch: Dict[str, Any], index: int, probs: Tensor, keys: np.ndarray) -> np.ndarray:
         """uint8 labels [H, W] of walked scores [1, C, H, W] after the CRF (:meth:`crf_refine`), its changes to the
-        walk's labels ``walked_label`` bounded by ``crf_max_growth`` / ``crf_min_kept``."""
-        label = keys[channel_argmax(self.crf_refine(batch, index, probs)[0], dim=0).cpu().numpy()]
-        return bound_changes(walked_label, label, self.hparams.crf_max_growth, self.hparams.crf_min_kept)
+        walk's own labels bounded by ``crf_max_growth`` / ``crf_min_kept`` where either is set."""
+        label = self.labels_of(self.crf_refine(batch, index, probs), keys)
+        max_growth, min_kept = self.hparams.crf_max_growth, self.hparams.crf_min_kept
+        if max_growth is None and min_kept is None:
+            return label
+        return bound_changes(self.labels_of(probs, keys), label, max_growth, min_kept)
 
     def crf_refine(self, batch: Dict[str, Any], index: int, probs: Tensor) -> Tensor:
         """Dense-CRF of walked scores [1, C, H, W] on the denormalised image (``crf``: its setting)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from lightning_wsss.pipeline.config import deep_merge
 from lightning_wsss.pipeline.demo import QUICK_OVERRIDES
 from lightning_wsss.pipeline.plan import stage_names
 from lightning_wsss.pipeline.defaults import resolve
-from lightning_wsss.refine.cam_crf import background_settings, cam_crf_labels
+from lightning_wsss.refine.cam_crf import BACKGROUND_KEYS, background_settings, cam_crf_labels
+from lightning_wsss.tasks import CAMClassifier
 from lightning_wsss.refine.label_bounds import keep_regions, limit_growth
 
 pytest.importorskip("pydensecrf.densecrf")
@@ -140,6 +142,12 @@ def test_background_settings_stage_over_classifier_over_defaults():
     assert background_settings(None, None) == {"bg_mode": "constant", "bg_threshold": 0.15, "bg_alpha": 16.0}
     assert background_settings({"bg_threshold": 0.3}, {"bg_threshold": 0.2, "bg_mode": "power", "lr": 1}) == \
         {"bg_mode": "power", "bg_threshold": 0.3, "bg_alpha": 16.0}
+
+
+def test_background_defaults_are_the_classifiers():
+    """A CAM stage without background settings in its checkpoint is scored as the classifier would score it."""
+    classifier = inspect.signature(CAMClassifier.__init__).parameters
+    assert background_settings(None, None) == {key: classifier[key].default for key in BACKGROUND_KEYS}
 
 
 @pytest.fixture(scope="module")

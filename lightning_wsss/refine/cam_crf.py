@@ -6,6 +6,7 @@ none (``wsss sweep-walk`` best at 0 steps): the ``cam_crf`` stage.
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import numpy as np
@@ -15,7 +16,10 @@ from ..cam.multiscale import add_background
 from .crf import CRFSpec, crf_from_scores
 from .label_bounds import bound_changes
 
-__all__ = ["cam_crf_labels", "background_settings"]
+__all__ = ["cam_crf_labels", "background_settings", "BACKGROUND_KEYS"]
+
+BACKGROUND_KEYS = ("bg_mode", "bg_threshold", "bg_alpha")
+"""The settings that score the background of CAMs, named as :class:`~lightning_wsss.tasks.CAMClassifier` names them."""
 
 
 def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mode: str = "constant",
@@ -64,9 +68,10 @@ def cam_crf_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_mod
 
 def background_settings(stage: Optional[dict], checkpoint_hparams: Optional[dict]) -> dict:
     """``{bg_mode, bg_threshold, bg_alpha}``: the stage's own, else the classifier's hyperparameters, else the
-    :class:`~lightning_wsss.tasks.CAMClassifier` defaults (the CAM stage's ``cam`` settings are copied into the
-    stage's section when the pipeline is planned)."""
-    out = {"bg_mode": "constant", "bg_threshold": 0.15, "bg_alpha": 16.0}
+    defaults of :func:`cam_crf_labels` (those of :class:`~lightning_wsss.tasks.CAMClassifier`, which a test keeps
+    equal; the CAM stage's ``cam`` settings are copied into the stage's section when the pipeline is planned)."""
+    defaults = inspect.signature(cam_crf_labels).parameters
+    out = {key: defaults[key].default for key in BACKGROUND_KEYS}
     for source in (checkpoint_hparams or {}, stage or {}):
         out.update({k: source[k] for k in out if source.get(k) is not None})
     return out

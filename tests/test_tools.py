@@ -716,8 +716,33 @@ def test_refinement_changes_counts_floods_trims_and_lost_objects(tiny_voc, tmp_p
     assert removed[2] > 0 and removed_right[2] == 0 and removed[1] == 0
     lost_ref, lost_new = np.array(result["lost_reference"]), np.array(result["lost_refined"])
     assert lost_ref[:, 1].sum() == 0 and lost_new[2, 1] == lost_new[2, 0] >= objects_2 and lost_new[1, 1] == 0
+    newly = np.array(result["newly_lost"])  # every class-2 region erased whole: all "removed"
+    assert newly[2, 0] == lost_new[2, 1] and newly[:, 1:].sum() == 0 and newly[1].sum() == 0
     assert result["miou"]["reference"] == pytest.approx(1.0) and result["miou"]["refined"] < 0.8
     assert result["miou"]["bounded"] == pytest.approx(1.0)  # both bounds undo both changes here
     table = run_tool("refinement_changes.py", "--reference", str(reference), "--refined", str(refined),
                      "--root", str(tiny_voc))
     assert "objects lost" in table and "mIoU: reference 100.00" in table
+    assert f"removed {lost_new[2, 1]}, kept off 0, kept on 0" in table
+
+
+def test_refinement_changes_newly_lost_objects_by_what_became_of_their_regions():
+    """Three 10 x 10 or 10 x 6 objects of class 1, each labelled in the reference and lost after the refinement:
+    one region erased (removed), one region five times the object that keeps its outside part (kept off), one
+    region on 30 % of the object halved to 15 % of it (kept on)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("refinement_changes", TOOLS / "refinement_changes.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    mask = np.zeros((20, 60), np.uint8)
+    mask[5:15, 2:12] = mask[5:15, 22:28] = mask[5:15, 42:52] = 1
+    reference, refined = np.zeros_like(mask), np.zeros_like(mask)
+    reference[5:15, 2:12] = 1                                 # object 1: its region erased
+    reference[2:18, 16:34] = refined[2:18, 16:34] = 1         # object 2: a region around it ...
+    refined[5:15, 22:28] = 0                                  # ... that keeps only its outside part
+    reference[5:15, 42:45] = 1                                # object 3: 30 of its 100 pixels ...
+    refined[5:15, 42] = refined[5:10, 43] = 1                 # ... of which 15 kept
+    counts = tool.newly_lost(reference, refined, mask, None, 2)
+    assert counts.tolist() == [[0, 0, 0], [1, 1, 1]]
+    assert tool.newly_lost(reference, reference, mask, None, 2).sum() == 0

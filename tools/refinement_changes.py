@@ -14,7 +14,11 @@ pixels, a segmenter also learns from what the changes are. Per class (pixels who
   the masks do not label with the class;
 - ``objects lost``: of the masks' objects (``SegmentationObject`` instances where the data set has them, else the
   connected regions of each class), the share labelled with their class on less than 20 % of their pixels, in the
-  reference and after the refinement.
+  reference and after the refinement;
+- ``newly lost``: the objects lost after the refinement but not in the reference, by what became of the reference's
+  regions of their class that overlap them: ``removed`` (under half of those regions' pixels keep the class: what
+  ``--min-kept`` restores), ``kept off`` (at least half keep it, but the regions lay mostly outside the object: the
+  refinement kept their outside part), ``kept on`` (at least half keep it, the regions lay mostly on the object).
 
 ``--max-growth`` / ``--min-kept`` also score the refined labels with those bounds
 (:func:`lightning_wsss.refine.label_bounds.bound_changes`) against the reference.
@@ -39,6 +43,8 @@ GROWTH_BINS = (0.5, 1.0)
 """Edges of the growth bins: below 0.5, 0.5 to 1, above 1."""
 LOST_BELOW = 0.2
 """An object is lost when less than this share of its pixels carries its class."""
+NEWLY_LOST = ("removed", "kept off", "kept on")
+"""What became of the reference regions of a newly lost object (see the module docstring)."""
 
 
 def growth_bin(added: int, reference: int) -> int:
@@ -96,6 +102,23 @@ def lost_objects(labels: np.ndarray, mask: np.ndarray, instances: Optional[np.nd
     return out
 
 
+def newly_lost(reference: np.ndarray, refined: np.ndarray, mask: np.ndarray, instances: Optional[np.ndarray],
+               num_classes: int) -> np.ndarray:
+    """Counts [C, 3] of the objects lost in ``refined`` but not in ``reference``, by :data:`NEWLY_LOST`."""
+    out = np.zeros((num_classes, len(NEWLY_LOST)), np.int64)
+    regions_of: Dict[int, np.ndarray] = {}
+    for label, region in objects(mask, instances):
+        if (reference[region] == label).mean() < LOST_BELOW or (refined[region] == label).mean() >= LOST_BELOW:
+            continue
+        if label not in regions_of:
+            regions_of[label] = cv2.connectedComponents((reference == label).astype(np.uint8), connectivity=8)[1]
+        touched = np.isin(regions_of[label], np.unique(regions_of[label][region & (reference == label)]))
+        kept = (refined[touched] == label).mean()
+        inside = region[touched].mean()
+        out[label, 0 if kept < 0.5 else (1 if inside < 0.5 else 2)] += 1
+    return out
+
+
 def refinement_changes(reference_dir: Path, refined_dir: Path, root: Path, split: str = "train",
                        max_growth: Optional[float] = None, min_kept: Optional[float] = None) -> Dict[str, object]:
     """The changes of ``refined_dir`` against ``reference_dir`` on ``split``'s masks (see the module docstring).
@@ -110,6 +133,7 @@ def refinement_changes(reference_dir: Path, refined_dir: Path, root: Path, split
     instance_dir = Path(root) / "SegmentationObject"
     totals: Dict[str, np.ndarray] = {}
     lost = {"reference": np.zeros((num_classes, 2), np.int64), "refined": np.zeros((num_classes, 2), np.int64)}
+    newly = np.zeros((num_classes, len(NEWLY_LOST)), np.int64)
     pairs: Dict[str, list] = {"reference": [], "refined": [], "bounded": []}
     pixels = 0
     for image_id in dataset.ids:
@@ -124,11 +148,13 @@ def refinement_changes(reference_dir: Path, refined_dir: Path, root: Path, split
         for key, labels in (("reference", reference), ("refined", refined)):
             lost[key] += lost_objects(labels, mask, instances, num_classes)
             pairs[key].append((labels, mask))
+        newly += newly_lost(reference, refined, mask, instances, num_classes)
         if max_growth is not None or min_kept is not None:
             pairs["bounded"].append((bound_changes(reference, refined, max_growth, min_kept), mask))
     miou = {key: score_label_maps(p, num_classes, names)["miou"] for key, p in pairs.items() if p}
     return {"classes": names, "pixels": pixels, **{k: v.tolist() for k, v in totals.items()},
-            "lost_reference": lost["reference"].tolist(), "lost_refined": lost["refined"].tolist(), "miou": miou}
+            "lost_reference": lost["reference"].tolist(), "lost_refined": lost["refined"].tolist(),
+            "newly_lost": newly.tolist(), "miou": miou}
 
 
 def format_changes(result: Dict[str, object]) -> str:
@@ -150,6 +176,9 @@ def format_changes(result: Dict[str, object]) -> str:
         lines.append(" | ".join([result["classes"][label]]
                                 + [share(added[label, b], added_right[label, b]) for b in range(added.shape[1])]
                                 + [share(removed[label], removed_right[label]), lost]))
+    newly = np.asarray(result["newly_lost"])
+    lines.append("objects newly lost, by what became of their reference regions: "
+                 + ", ".join(f"{name} {int(newly[:, i].sum())}" for i, name in enumerate(NEWLY_LOST)))
     lines.append("mIoU: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in result["miou"].items()))
     return "\n".join(lines)
 

@@ -227,6 +227,13 @@ def test_summary_seed_table(tmp_path):
                                     "environment": {"torch_threads": threads}}))
     assert run_tool("summary_seed_table.py", *map(str, stages)).splitlines()[2:] == \
         ["| boxsup boxsup_round_1 | 71.00 +- 1.41 | 70.00 / 72.00 |", "torch threads per seed: 2 / 1"]
+    for path, seconds in zip(files, (600.0, 800.0)):
+        data = json.loads(path.read_text())
+        data["supervision"]["image"]["wall_s"] = seconds
+        path.write_text(json.dumps(data))
+    out = run_tool("summary_seed_table.py", "--wall", *map(str, files)).splitlines()
+    assert out[0] == "| figure (mIoU %; wall s) | mean +- std | per seed |"
+    assert out[-2] == "| image wall s | 700.00 +- 141.42 | 600.00 / 800.00 |" and "| image cam | 50.00 +- 14.14" in out[2]
 
 
 def test_summary_seed_table_reads_the_threads_of_a_pipeline_summary(tmp_path):

@@ -10,6 +10,7 @@ stage and the final segmenter's val mIoU; the table gives each figure's mean +- 
 per-seed values, for the entries and figures every file has. A stage's ``stage.json`` (what ``wsss pipeline
 --until STAGE`` leaves, without a summary entry) gives its metrics, named after the stage. A last line gives each
 file's torch thread counts, from its stages' records (``?`` where a stage made before the record has none).
+``--wall`` adds each entry's wall seconds (its stages end to end, reused stages at the time recorded when they ran).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def figures(summary: Dict) -> Dict[str, float]:
     return out
 
 
+def wall_seconds(summary: Dict) -> Dict[str, float]:
+    """``{"<entry> wall s": seconds}`` of a summary's entries that record their wall time."""
+    return {f"{entry} wall s": float(result["wall_s"]) for entry, result in summary.get("supervision", {}).items()
+            if isinstance(result.get("wall_s"), (int, float))}
+
+
 def thread_counts(summary: Dict) -> str:
     """The torch thread counts a summary's stages (or one stage) ran with: ``"2"``, ``"1,2"``; ``"?"`` for none
     recorded, ``"2+?"`` where some stages have no record."""
@@ -54,11 +61,17 @@ def thread_counts(summary: Dict) -> str:
     return f"{text}+?" if text else "?"
 
 
-def seed_table(summaries: Sequence[Dict]) -> str:
-    """The Markdown table of the figures all ``summaries`` share, in the first summary's order."""
+def seed_table(summaries: Sequence[Dict], wall: bool = False) -> str:
+    """The Markdown table of the figures all ``summaries`` share, in the first summary's order (``wall``: then the
+    entries' wall seconds, unscaled)."""
     per_file = [figures(s) for s in summaries]
     keys = [k for k in per_file[0] if all(k in f for f in per_file[1:])]
-    lines = ["| figure (mIoU %) | mean +- std | per seed |", "|---|---|---|"]
+    if wall:
+        times = [wall_seconds(s) for s in summaries]
+        per_file = [{**f, **{k: v / 100 for k, v in t.items()}} for f, t in zip(per_file, times)]
+        keys += [k for k in times[0] if all(k in t for t in times[1:])]
+    head = "figure (mIoU %; wall s)" if wall else "figure (mIoU %)"
+    lines = [f"| {head} | mean +- std | per seed |", "|---|---|---|"]
     for key in keys:
         values = np.asarray([f[key] for f in per_file], dtype=np.float64) * 100
         spread = values.std(ddof=1) if values.size > 1 else 0.0
@@ -69,9 +82,10 @@ def seed_table(summaries: Sequence[Dict]) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("summaries", nargs="+", type=Path, help="summary.json (or stage.json) files, one per seed")
+    parser.add_argument("--wall", action="store_true", help="also each entry's wall seconds")
     args = parser.parse_args(argv)
     summaries = [json.loads(p.read_text()) for p in args.summaries]
-    print(seed_table(summaries))
+    print(seed_table(summaries, args.wall))
     print(f"torch threads per seed: {' / '.join(thread_counts(s) for s in summaries)}")
 
 

@@ -60,11 +60,20 @@ def test_method_pipelines_share_the_baseline_stages(tiny_synthetic, tmp_path):  
     assert segmenter_config["config"]["stage"]["labels_from"] == "affinity"
     assert set(segmenter_config["upstream"]) == {"affinity"}
 
-    selftrain = run_pipeline(shrunk("pipeline_selftrain", tiny_synthetic, stages={"segmenter": {"model": {"init_args": {
-        "rounds": 1, "round_epochs": 1}}}}), tmp_path, log=quiet)["supervision"]["image_selftrain"]
+    assert stage_outputs(sec, "segmenter")["class_path"] == "SECSegmenter"
+
+    summary = run_pipeline(shrunk("pipeline_selftrain", tiny_synthetic, stages={"segmenter": {"model": {"init_args": {
+        "rounds": 1, "round_epochs": 1}}}}), tmp_path, log=quiet)
+    selftrain = summary["supervision"]["image_selftrain"]
     assert {"selftrain_round_0", "selftrain_round_1"} <= set(selftrain["pseudo_miou"])
     # round 0 is the random walk's labels, scored the same way
     assert selftrain["pseudo_miou"]["selftrain_round_0"] == pytest.approx(base["pseudo_miou"]["random_walk"])
+
+    # the demo report's galleries load every entry's segmenter as its class (SEC's crashed `wsss demo --methods`)
+    from lightning_wsss.pipeline.galleries import demo_galleries
+
+    galleries = demo_galleries(summary, tiny_synthetic, num_images=2)
+    assert set(summary["supervision"]) >= {"image", "image_sec", "image_selftrain"} and len(galleries) == 2
 
 
 def test_segmenter_seed_reruns_only_the_segmenter(tiny_synthetic, tmp_path, monkeypatch):  # noqa: F811

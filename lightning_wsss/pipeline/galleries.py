@@ -13,6 +13,7 @@ from ..io import read_label_png
 from ..palette import colorize
 from .predictions import predict_val
 from .report import gallery
+from .runner import read_stage_marker
 
 __all__ = ["demo_galleries"]
 
@@ -30,6 +31,14 @@ def _refinement(stages: Dict[str, Any]) -> Optional[str]:
     after = names[names.index("cams") + 1:] if "cams" in names else []
     labelled = [name for name in after if name != "segmenter" and (Path(stages[name]["dir"]) / "labels").is_dir()]
     return labelled[-1] if labelled else None
+
+
+def segmenter_predictions(stage: Dict[str, Any], dataset: VOCSegmentation, ids: list) -> list:
+    """Predictions of a summary entry's segmenter stage, loaded as the class the stage trained (see
+    :func:`~lightning_wsss.pipeline.predictions.load_segmenter` for stages made before it was recorded)."""
+    stage_dir = Path(stage["dir"])
+    outputs = read_stage_marker(stage_dir / "stage.json", "segmenter").outputs
+    return predict_val(stage_dir / "checkpoints" / "final.ckpt", dataset, ids, outputs.get("class_path"))
 
 
 def demo_galleries(summary: Dict[str, Any], data_root: Path, num_images: int = 6) -> Dict[str, bytes]:
@@ -71,8 +80,8 @@ def demo_galleries(summary: Dict[str, Any], data_root: Path, num_images: int = 6
     galleries["Training images: CAMs and pseudo labels"] = gallery(columns, rows, titles)
     val_columns = ["image"] + [f"{name} segmenter" for name in entries] + ["ground truth"]
     val = VOCSegmentation(data_root, "val")
-    predictions = {name: predict_val(Path(entry["stages"]["segmenter"]["dir"]) / "checkpoints" / "final.ckpt",
-                                     val, val.ids[:num_images]) for name, entry in entries.items()}
+    predictions = {name: segmenter_predictions(entry["stages"]["segmenter"], val, val.ids[:num_images])
+                   for name, entry in entries.items()}
     val_rows = []
     for k, image_id in enumerate(val.ids[:num_images]):
         sample = val.load(image_id)

@@ -3,25 +3,57 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from ..datasets.voc import VOCSegmentation
 from ..tensors import channel_argmax
 
-__all__ = ["predict_val"]
+__all__ = ["predict_val", "load_segmenter"]
 
 
-def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str]) -> List[np.ndarray]:
-    """Argmax predictions uint8 [H, W] of a segmenter checkpoint on a few images."""
+def init_parameters(cls: type) -> set:
+    """The keyword arguments ``cls(...)`` takes through its own and its bases' ``__init__``."""
+    import inspect
+
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names.update(name for name, p in inspect.signature(klass.__init__).parameters.items()
+                         if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name != "self")
+    return names
+
+
+def load_segmenter(checkpoint: Path, class_path: Optional[str] = None):
+    """A segmenter checkpoint for prediction, as ``class_path`` (a short name of the suite or a full path); without
+    one (stages made before their class was recorded), as ``DeepLabSegmenter``, and a subclass's checkpoint (its own
+    arguments beside the network's, SEC's losses) as the network alone: a ``DeepLabSegmenter`` from the arguments it
+    takes, with the checkpoint's weights."""
+    from ..serialization import checkpoint_hparams, load_model_checkpoint, safe_torch_load
+    from ..tasks import DeepLabSegmenter
+    from .config import resolve_class
+
+    if class_path:
+        return load_model_checkpoint(resolve_class(class_path, "model"), checkpoint)
+    hparams = checkpoint_hparams(checkpoint)
+    accepted = init_parameters(DeepLabSegmenter)
+    if set(hparams) <= accepted:
+        return load_model_checkpoint(DeepLabSegmenter, checkpoint)
+    model = DeepLabSegmenter(**{k: v for k, v in hparams.items() if k in accepted})
+    model.load_state_dict(safe_torch_load(checkpoint, "checkpoint")["state_dict"])
+    return model
+
+
+def predict_val(checkpoint: Path, dataset: VOCSegmentation, ids: Sequence[str],
+                class_path: Optional[str] = None) -> List[np.ndarray]:
+    """Argmax predictions uint8 [H, W] of a segmenter checkpoint on a few images (``class_path``: the segmenter's
+    class, see :func:`load_segmenter`)."""
     import torch
 
     from ..datamodules.transforms import apply_transform, eval_transform
-    from ..serialization import load_model_checkpoint
-    from ..tasks import DeepLabSegmenter
 
-    model = load_model_checkpoint(DeepLabSegmenter, checkpoint).eval()
+    model = load_segmenter(checkpoint, class_path).eval()
     transform = eval_transform()
     out = []
     with torch.no_grad():

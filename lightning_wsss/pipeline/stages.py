@@ -177,7 +177,8 @@ def segmenter_stage(ctx: PipelineContext, stage_dir: Path, upstream: Dict[str, S
     model, ckpt = fit_model(ctx, stage_dir, "segmenter", cfg["model"], dm, cfg.get("trainer"),
                             extra_init=stage_init_args(model_cls, stage_dir) or None, seed=cfg.get("seed"))
     metrics = validate_model(ctx, stage_dir, "segmenter", model, dm, cfg.get("trainer"))
-    return {"outputs": {"checkpoint": str(ckpt)}, "metrics": {"val_miou": metrics["val/miou"], **task_metrics(model)}}
+    outputs = {"checkpoint": str(ckpt), "class_path": cfg["model"].get("class_path", "DeepLabSegmenter")}
+    return {"outputs": outputs, "metrics": {"val_miou": metrics["val/miou"], **task_metrics(model)}}
 
 
 # ---------------------------------------------------------------------- hybrid

@@ -13,18 +13,6 @@ from ..tensors import channel_argmax
 __all__ = ["predict_val", "load_segmenter"]
 
 
-def init_parameters(cls: type) -> set:
-    """The keyword arguments ``cls(...)`` takes through its own and its bases' ``__init__``."""
-    import inspect
-
-    names = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            names.update(name for name, p in inspect.signature(klass.__init__).parameters.items()
-                         if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name != "self")
-    return names
-
-
 def load_segmenter(checkpoint: Path, class_path: Optional[str] = None):
     """A segmenter checkpoint for prediction, as ``class_path`` (a short name of the suite or a full path); without
     one (stages made before their class was recorded), as ``DeepLabSegmenter``, and a subclass's checkpoint (its own
@@ -33,11 +21,12 @@ def load_segmenter(checkpoint: Path, class_path: Optional[str] = None):
     from ..serialization import checkpoint_hparams, load_model_checkpoint, safe_torch_load
     from ..tasks import DeepLabSegmenter
     from .config import resolve_class
+    from .options import parameters
 
     if class_path:
         return load_model_checkpoint(resolve_class(class_path, "model"), checkpoint)
     hparams = checkpoint_hparams(checkpoint)
-    accepted = init_parameters(DeepLabSegmenter)
+    accepted = set(parameters(DeepLabSegmenter))
     if set(hparams) <= accepted:
         return load_model_checkpoint(DeepLabSegmenter, checkpoint)
     model = DeepLabSegmenter(**{k: v for k, v in hparams.items() if k in accepted})

@@ -64,16 +64,14 @@ def thread_counts(summary: Dict) -> str:
 def seed_table(summaries: Sequence[Dict], wall: bool = False) -> str:
     """The Markdown table of the figures all ``summaries`` share, in the first summary's order (``wall``: then the
     entries' wall seconds, unscaled)."""
-    per_file = [figures(s) for s in summaries]
-    keys = [k for k in per_file[0] if all(k in f for f in per_file[1:])]
+    per_file = [{k: 100 * v for k, v in figures(s).items()} for s in summaries]  # mIoU in percent
     if wall:
-        times = [wall_seconds(s) for s in summaries]
-        per_file = [{**f, **{k: v / 100 for k, v in t.items()}} for f, t in zip(per_file, times)]
-        keys += [k for k in times[0] if all(k in t for t in times[1:])]
+        per_file = [{**f, **wall_seconds(s)} for f, s in zip(per_file, summaries)]
+    keys = [k for k in per_file[0] if all(k in f for f in per_file[1:])]
     head = "figure (mIoU %; wall s)" if wall else "figure (mIoU %)"
     lines = [f"| {head} | mean +- std | per seed |", "|---|---|---|"]
     for key in keys:
-        values = np.asarray([f[key] for f in per_file], dtype=np.float64) * 100
+        values = np.asarray([f[key] for f in per_file], dtype=np.float64)
         spread = values.std(ddof=1) if values.size > 1 else 0.0
         lines.append(f"| {key} | {values.mean():.2f} +- {spread:.2f} | {' / '.join(f'{v:.2f}' for v in values)} |")
     return "\n".join(lines)
